@@ -1,0 +1,8 @@
+"""TinyGPT: a readable deep-learning library that trains a GPT from its own small parts."""
+from tinygpt.backend import manual_seed
+from tinygpt.buffer import Buffer
+from tinygpt.tensor import GradientFunction, Tensor, apply_op, is_grad_enabled, no_grad
+from tinygpt.utils import DType
+
+__version__ = "0.1.0"
+__all__ = ["Buffer", "DType", "GradientFunction", "Tensor", "apply_op", "is_grad_enabled", "manual_seed", "no_grad"]

@@ -1,0 +1,517 @@
+"""Operations: one class per differentiable op, forward(Buffers) and a hand-derived backward(grad).
+
+Grouped as elementwise, reduce, movement and fused. `backward` returns one gradient per input
+(a tuple when there are several), with None for inputs that need no gradient.
+Fused ops (matmul, softmax, cross-entropy, layer norm, attention) reach the array module through
+`Buffer.array` because a chain of Buffer expressions would cost extra passes over memory.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tinygpt import backend
+from tinygpt.buffer import Buffer
+from tinygpt.utils import DType, normalize_axes
+
+
+class Operation:
+    """A differentiable op: forward keeps what backward needs; backward maps the output grad to input grads."""
+
+    def __init__(self, needs_input_grad: list[bool]) -> None:
+        self.needs_input_grad = needs_input_grad
+
+    def forward(self, *buffers: Buffer, **kwargs) -> Buffer:
+        raise NotImplementedError
+
+    def backward(self, grad: Buffer) -> Buffer | None | tuple[Buffer | None, ...]:
+        raise NotImplementedError
+
+
+def _sum_to_shape(grad, shape: tuple[int, ...]):
+    """Sum a backend array over the leading and size-1 dims that broadcasting added to reach `shape`."""
+    leading = grad.ndim - len(shape)
+    axes = tuple(range(leading)) + tuple(leading + i for i, size in enumerate(shape) if size == 1 and grad.shape[leading + i] != 1)
+    if axes:
+        grad = grad.sum(axis=axes, keepdims=True)
+    return grad.reshape(shape)
+
+
+# ---- elementwise ------------------------------------------------------------------------------------
+class Add(Operation):
+    """z = x + y;  dz/dx = 1, dz/dy = 1"""
+
+    def forward(self, x: Buffer, y: Buffer) -> Buffer:
+        return x + y
+
+    def backward(self, grad: Buffer):
+        return (grad if self.needs_input_grad[0] else None, grad if self.needs_input_grad[1] else None)
+
+
+class Sub(Operation):
+    """z = x - y;  dz/dx = 1, dz/dy = -1"""
+
+    def forward(self, x: Buffer, y: Buffer) -> Buffer:
+        return x - y
+
+    def backward(self, grad: Buffer):
+        return (grad if self.needs_input_grad[0] else None, -grad if self.needs_input_grad[1] else None)
+
+
+class Neg(Operation):
+    """y = -x;  dy/dx = -1"""
+
+    def forward(self, x: Buffer) -> Buffer:
+        return -x
+
+    def backward(self, grad: Buffer):
+        return -grad
+
+
+class Mul(Operation):
+    """z = x * y;  dz/dx = y, dz/dy = x"""
+
+    def forward(self, x: Buffer, y: Buffer) -> Buffer:
+        self.x, self.y = x, y
+        return x * y
+
+    def backward(self, grad: Buffer):
+        return (grad * self.y if self.needs_input_grad[0] else None,
+                grad * self.x if self.needs_input_grad[1] else None)
+
+
+class Div(Operation):
+    """z = x / y;  dz/dx = 1/y, dz/dy = -x/y^2"""
+
+    def forward(self, x: Buffer, y: Buffer) -> Buffer:
+        self.x, self.y = x, y
+        return x / y
+
+    def backward(self, grad: Buffer):
+        grad_x = grad / self.y if self.needs_input_grad[0] else None
+        grad_y = -grad * self.x / (self.y * self.y) if self.needs_input_grad[1] else None
+        return grad_x, grad_y
+
+
+class Pow(Operation):
+    """z = x ** y;  dz/dx = y x^(y-1), dz/dy = x^y log(x)"""
+
+    def forward(self, x: Buffer, y: Buffer) -> Buffer:
+        self.x, self.y = x, y
+        self.z = x ** y
+        return self.z
+
+    def backward(self, grad: Buffer):
+        grad_x = grad * self.y * self.x ** (self.y - 1.0) if self.needs_input_grad[0] else None
+        grad_y = grad * self.z * self.x.log() if self.needs_input_grad[1] else None
+        return grad_x, grad_y
+
+
+class Log(Operation):
+    """y = log(x);  dy/dx = 1/x"""
+
+    def forward(self, x: Buffer) -> Buffer:
+        self.x = x
+        return x.log()
+
+    def backward(self, grad: Buffer):
+        return grad / self.x
+
+
+class Exp(Operation):
+    """y = exp(x);  dy/dx = y"""
+
+    def forward(self, x: Buffer) -> Buffer:
+        self.y = x.exp()
+        return self.y
+
+    def backward(self, grad: Buffer):
+        return grad * self.y
+
+
+class Maximum(Operation):
+    """z = max(x, y);  the grad goes to the larger input, split in half on ties (as PyTorch)"""
+
+    def forward(self, x: Buffer, y: Buffer) -> Buffer:
+        self.x, self.y = x, y
+        return x.maximum(y)
+
+    def backward(self, grad: Buffer):
+        share_x = (self.x > self.y).float() + (self.x == self.y).float() * 0.5
+        grad_x = grad * share_x if self.needs_input_grad[0] else None
+        grad_y = grad * (1.0 - share_x) if self.needs_input_grad[1] else None
+        return grad_x, grad_y
+
+
+class Relu(Operation):
+    """y = max(x, 0);  dy/dx = [x > 0]"""
+
+    def forward(self, x: Buffer) -> Buffer:
+        self.positive = (x > 0).astype(x.dtype)
+        return x * self.positive
+
+    def backward(self, grad: Buffer):
+        return grad * self.positive
+
+
+class Tanh(Operation):
+    """y = tanh(x);  dy/dx = 1 - y^2"""
+
+    def forward(self, x: Buffer) -> Buffer:
+        self.y = x.tanh()
+        return self.y
+
+    def backward(self, grad: Buffer):
+        return grad * (1.0 - self.y * self.y)
+
+
+GELU_C = math.sqrt(2.0 / math.pi)
+
+
+class GELU(Operation):
+    """y = x/2 (1 + tanh(u)), u = c (x + 0.044715 x^3);  dy/dx = (1 + t)/2 + x/2 (1 - t^2) c (1 + 3*0.044715 x^2)"""
+
+    def forward(self, x: Buffer) -> Buffer:
+        xp, a = x.xp, x.array
+        self.x = a
+        self.t = xp.tanh(GELU_C * (a + 0.044715 * a * a * a))
+        return Buffer.from_array(0.5 * a * (1.0 + self.t))
+
+    def backward(self, grad: Buffer):
+        a, t = self.x, self.t
+        local = 0.5 * (1.0 + t) + 0.5 * a * (1.0 - t * t) * GELU_C * (1.0 + 0.134145 * a * a)
+        return Buffer.from_array(grad.array * local)
+
+
+# ---- reduce ----------------------------------------------------------------------------------------
+class Sum(Operation):
+    """y = sum over axes;  dy/dx = 1 broadcast back over the summed axes"""
+
+    def forward(self, x: Buffer, axes=None, keepdim: bool = False) -> Buffer:
+        self.shape, self.axes = x.shape, normalize_axes(axes, x.ndim)
+        return x.sum(self.axes, keepdim)
+
+    def backward(self, grad: Buffer):
+        kept = tuple(1 if axis in self.axes else size for axis, size in enumerate(self.shape))
+        return grad.reshape(kept).expand(self.shape)
+
+
+class Max(Operation):
+    """y = max over axes;  the grad is shared evenly among the elements equal to the max (as torch.amax)"""
+
+    def forward(self, x: Buffer, axes=None, keepdim: bool = False) -> Buffer:
+        self.axes = normalize_axes(axes, x.ndim)
+        kept = x.max(self.axes, keepdim=True)
+        self.is_max = (x == kept.expand(x.shape)).float()
+        self.count = self.is_max.sum(self.axes, keepdim=True)
+        return kept if keepdim else kept.reshape(tuple(s for i, s in enumerate(x.shape) if i not in self.axes))
+
+    def backward(self, grad: Buffer):
+        share = (grad.reshape(self.count.shape) / self.count).expand(self.is_max.shape)
+        return share * self.is_max
+
+
+# ---- movement --------------------------------------------------------------------------------------
+class Reshape(Operation):
+    """y = x viewed with a new shape;  dx = dy viewed with the old shape"""
+
+    def forward(self, x: Buffer, shape=()) -> Buffer:
+        self.shape = x.shape
+        return x.reshape(shape)
+
+    def backward(self, grad: Buffer):
+        return grad.reshape(self.shape)
+
+
+class Expand(Operation):
+    """y = x broadcast (stride 0) along size-1 dims;  dx = dy summed over those dims"""
+
+    def forward(self, x: Buffer, shape=()) -> Buffer:
+        self.shape = x.shape
+        return x.expand(shape)
+
+    def backward(self, grad: Buffer):
+        axes = tuple(i for i, (old, new) in enumerate(zip(self.shape, grad.shape)) if old != new)
+        return grad.sum(axes, keepdim=True) if axes else grad
+
+
+class Permute(Operation):
+    """y = x with dims reordered;  dx = dy with the inverse order"""
+
+    def forward(self, x: Buffer, dims=()) -> Buffer:
+        self.inverse = tuple(sorted(range(len(dims)), key=lambda i: dims[i]))
+        return x.permute(dims)
+
+    def backward(self, grad: Buffer):
+        return grad.permute(self.inverse)
+
+
+class Slice(Operation):
+    """y = x[index] (a view);  dx = zeros with dy written at index"""
+
+    def forward(self, x: Buffer, index=None) -> Buffer:
+        self.shape, self.index, self.dtype, self.device = x.shape, index, x.dtype, x.device
+        return x[index]
+
+    def backward(self, grad: Buffer):
+        grad_x = Buffer.zeros(self.shape, self.dtype, self.device)
+        grad_x[self.index] = grad
+        return grad_x
+
+
+class Concatenate(Operation):
+    """y = [x1, x2, ...] along axis;  dxi = the slice of dy that xi filled"""
+
+    def forward(self, *buffers: Buffer, axis: int = 0) -> Buffer:
+        out = Buffer.concatenate(buffers, axis)
+        (self.axis,) = normalize_axes(axis, out.ndim)
+        self.sizes = [b.shape[self.axis] for b in buffers]
+        return out
+
+    def backward(self, grad: Buffer):
+        grads, start = [], 0
+        for size, needed in zip(self.sizes, self.needs_input_grad):
+            index = (slice(None),) * self.axis + (slice(start, start + size),)
+            grads.append(grad[index] if needed else None)
+            start += size
+        return tuple(grads)
+
+
+class Tril(Operation):
+    """y = lower triangle of x (last two dims);  dx = lower triangle of dy"""
+
+    def forward(self, x: Buffer, diagonal: int = 0) -> Buffer:
+        self.diagonal = diagonal
+        return x.tril(diagonal)
+
+    def backward(self, grad: Buffer):
+        return grad.tril(self.diagonal)
+
+
+# ---- fused -----------------------------------------------------------------------------------------
+class Matmul(Operation):
+    """z = x @ y (batched, broadcast batch dims);  dx = dz @ y^T, dy = x^T @ dz, summed over broadcast dims"""
+
+    def forward(self, x: Buffer, y: Buffer) -> Buffer:
+        self.x, self.y = x, y
+        return x.matmul(y)
+
+    def backward(self, grad: Buffer):
+        xp = grad.xp
+        x = self.x.array if self.x.ndim > 1 else self.x.array[None, :]  # vectors act as 1-row / 1-column matrices
+        y = self.y.array if self.y.ndim > 1 else self.y.array[:, None]
+        batch = tuple(np.broadcast_shapes(x.shape[:-2], y.shape[:-2]))
+        g = grad.array.reshape(batch + (x.shape[-2], y.shape[-1]))
+        grad_x = grad_y = None
+        if self.needs_input_grad[0]:
+            grad_x = Buffer.from_array(_sum_to_shape(xp.matmul(g, xp.swapaxes(y, -1, -2)), x.shape).reshape(self.x.shape))
+        if self.needs_input_grad[1]:
+            if y.ndim == 2 and x.ndim > 2:  # one big GEMM instead of a batch of small ones then a sum
+                gy = x.reshape(-1, x.shape[-1]).T @ g.reshape(-1, g.shape[-1])
+            else:
+                gy = _sum_to_shape(xp.matmul(xp.swapaxes(x, -1, -2), g), y.shape)
+            grad_y = Buffer.from_array(gy.reshape(self.y.shape))
+        return grad_x, grad_y
+
+
+def _softmax(logits, axis: int):
+    xp = backend.array_module(backend.device_of(logits))
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    exps = xp.exp(shifted, out=shifted)
+    exps /= exps.sum(axis=axis, keepdims=True)
+    return exps
+
+
+class Softmax(Operation):
+    """y = exp(x) / sum(exp(x));  dx = y * (dy - sum(dy * y))"""
+
+    def forward(self, x: Buffer, axis: int = -1) -> Buffer:
+        (self.axis,) = normalize_axes(axis, x.ndim)
+        self.y = _softmax(x.array, self.axis)
+        return Buffer.from_array(self.y)
+
+    def backward(self, grad: Buffer):
+        g = grad.array
+        return Buffer.from_array(self.y * (g - (g * self.y).sum(axis=self.axis, keepdims=True)))
+
+
+class LogSoftmax(Operation):
+    """y = x - logsumexp(x);  dx = dy - softmax(x) * sum(dy)"""
+
+    def forward(self, x: Buffer, axis: int = -1) -> Buffer:
+        xp, a = x.xp, x.array
+        (self.axis,) = normalize_axes(axis, x.ndim)
+        shifted = a - a.max(axis=self.axis, keepdims=True)
+        y = shifted - xp.log(xp.exp(shifted).sum(axis=self.axis, keepdims=True))
+        self.y = y
+        return Buffer.from_array(y)
+
+    def backward(self, grad: Buffer):
+        g = grad.array
+        return Buffer.from_array(g - grad.xp.exp(self.y) * g.sum(axis=self.axis, keepdims=True))
+
+
+class CrossEntropy(Operation):
+    """loss_i = logsumexp(x_i) - x_i[t_i] over the last axis;  dx_i = softmax(x_i) - onehot(t_i)"""
+
+    def forward(self, logits: Buffer, targets: Buffer, reduction: str = "mean") -> Buffer:
+        xp = logits.xp
+        if targets.shape != logits.shape[:-1]:
+            raise ValueError(f"cross_entropy: targets of shape {targets.shape} do not match logits {logits.shape}")
+        if targets.dtype.is_float:
+            raise TypeError(f"cross_entropy: targets must be integer class ids, got {targets.dtype.name}")
+        num_classes = logits.shape[-1]
+        flat = logits.array.reshape(-1, num_classes)
+        self.targets = targets.array.reshape(-1)
+        if self.targets.size and (int(self.targets.min()) < 0 or int(self.targets.max()) >= num_classes):
+            raise IndexError(f"cross_entropy: target ids must lie in [0, {num_classes})")
+        self.rows = xp.arange(flat.shape[0])
+        self.probs = _softmax(flat, 1)
+        losses = -xp.log(self.probs[self.rows, self.targets])
+        self.shape, self.reduction = logits.shape, reduction
+        return Buffer.from_array(_reduce(losses.reshape(targets.shape), reduction))
+
+    def backward(self, grad: Buffer):
+        g = grad.array
+        if self.reduction == "none":
+            g = g.reshape(-1, 1)
+        elif self.reduction == "mean":
+            g = g / max(self.rows.shape[0], 1)
+        dlogits = self.probs.copy()
+        dlogits[self.rows, self.targets] -= 1.0
+        dlogits *= g
+        return Buffer.from_array(dlogits.reshape(self.shape)), None
+
+
+def _reduce(losses, reduction: str):
+    if reduction == "none":
+        return losses
+    if reduction == "sum":
+        return losses.sum()
+    if reduction == "mean":
+        return losses.mean() if losses.size else losses.sum() * float("nan")
+    raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+
+
+class LayerNorm(Operation):
+    """y = (x - mean) / sqrt(var + eps) * w + b over the last axis;
+    dx = rstd * (dxh - mean(dxh) - xh * mean(dxh * xh)) with dxh = dy * w"""
+
+    def forward(self, x: Buffer, weight: Buffer | None = None, bias: Buffer | None = None, eps: float = 1e-5) -> Buffer:
+        xp, a = x.xp, x.array
+        mean = a.mean(axis=-1, keepdims=True)
+        centered = a - mean
+        var = (centered * centered).mean(axis=-1, keepdims=True)
+        self.rstd = 1.0 / xp.sqrt(var + eps)
+        self.normalized = centered * self.rstd
+        self.weight = weight.array if weight is not None else None
+        out = self.normalized * self.weight if weight is not None else self.normalized.copy()
+        if bias is not None:
+            out += bias.array
+        return Buffer.from_array(out)
+
+    def backward(self, grad: Buffer):
+        g, xh = grad.array, self.normalized
+        leading = tuple(range(g.ndim - 1))
+        grads = [None, None, None]
+        if self.needs_input_grad[0]:
+            dxh = g * self.weight if self.weight is not None else g
+            dx = dxh - dxh.mean(axis=-1, keepdims=True) - xh * (dxh * xh).mean(axis=-1, keepdims=True)
+            dx *= self.rstd
+            grads[0] = Buffer.from_array(dx)
+        if len(self.needs_input_grad) > 1 and self.needs_input_grad[1]:
+            grads[1] = Buffer.from_array((g * xh).sum(axis=leading))
+        if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
+            grads[2] = Buffer.from_array(g.sum(axis=leading))
+        return tuple(grads[: len(self.needs_input_grad)])
+
+
+class Embedding(Operation):
+    """y = W[ids];  dW = scatter-add of dy rows at ids (repeated ids accumulate)"""
+
+    def forward(self, weight: Buffer, ids: Buffer) -> Buffer:
+        if ids.dtype.is_float:
+            raise TypeError(f"embedding: ids must be integers, got {ids.dtype.name}")
+        num_embeddings = weight.shape[0]
+        self.ids, self.weight_shape, self.dtype = ids.array, weight.shape, weight.dtype
+        if self.ids.size and (int(self.ids.min()) < 0 or int(self.ids.max()) >= num_embeddings):
+            raise IndexError(f"embedding: ids must lie in [0, {num_embeddings}), got {int(self.ids.min())}..{int(self.ids.max())}")
+        return Buffer.from_array(weight.array[self.ids])
+
+    def backward(self, grad: Buffer):
+        xp = grad.xp
+        grad_weight = xp.zeros(self.weight_shape, dtype=self.dtype.numpy)
+        backend.scatter_add(xp, grad_weight, self.ids.reshape(-1), grad.array.reshape(-1, self.weight_shape[-1]))
+        return Buffer.from_array(grad_weight), None
+
+
+class Dropout(Operation):
+    """y = x * m / (1 - p) with m ~ Bernoulli(1 - p);  dx = dy * m / (1 - p)"""
+
+    def forward(self, x: Buffer, p: float = 0.5) -> Buffer:
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        keep = backend.generator(x.device).random(x.shape, dtype=x.dtype.numpy) >= p
+        self.scale = keep * (1.0 / (1.0 - p))
+        self.scale = self.scale.astype(x.dtype.numpy)
+        return Buffer.from_array(x.array * self.scale)
+
+    def backward(self, grad: Buffer):
+        return Buffer.from_array(grad.array * self.scale)
+
+
+_causal_masks: dict = {}
+
+
+def causal_mask(xp, query_length: int, key_length: int, dtype):
+    """Additive mask (0 where key j <= query i + offset, -inf after); cached, never part of the graph."""
+    key = (xp.__name__, query_length, key_length, dtype)
+    if key not in _causal_masks:
+        offset = key_length - query_length
+        allowed = xp.tri(query_length, key_length, k=offset, dtype=bool)
+        _causal_masks[key] = xp.where(allowed, 0.0, -xp.inf).astype(dtype)
+    return _causal_masks[key]
+
+
+class ScaledDotProductAttention(Operation):
+    """y = softmax(q k^T / sqrt(d) + causal) v over (B, H, T, d);
+    dS = P * (dP - sum(dP * P)), dq = dS k / sqrt(d), dk = dS^T q / sqrt(d), dv = P^T dy"""
+
+    def forward(self, q: Buffer, k: Buffer, v: Buffer, dropout_p: float = 0.0) -> Buffer:
+        xp = q.xp
+        self.q, self.k, self.v = q.array, k.array, v.array
+        self.scale = 1.0 / math.sqrt(q.shape[-1])
+        scores = xp.matmul(self.q, xp.swapaxes(self.k, -1, -2))
+        scores *= self.scale
+        scores += causal_mask(xp, q.shape[-2], k.shape[-2], scores.dtype)
+        self.probs = _softmax(scores, -1)
+        self.keep = None
+        attention = self.probs
+        if dropout_p > 0.0:
+            self.keep = (backend.generator(q.device).random(self.probs.shape, dtype=self.probs.dtype) >= dropout_p)
+            self.keep = self.keep.astype(self.probs.dtype) * (1.0 / (1.0 - dropout_p))
+            attention = self.probs * self.keep
+        self.attention = attention
+        return Buffer.from_array(xp.matmul(attention, self.v))
+
+    def backward(self, grad: Buffer):
+        xp, g = grad.xp, grad.array
+        grad_v = xp.matmul(xp.swapaxes(self.attention, -1, -2), g) if self.needs_input_grad[2] else None
+        dprobs = xp.matmul(g, xp.swapaxes(self.v, -1, -2))
+        if self.keep is not None:
+            dprobs *= self.keep
+        dscores = dprobs
+        dscores -= (dprobs * self.probs).sum(axis=-1, keepdims=True)
+        dscores *= self.probs
+        dscores *= self.scale
+        grad_q = xp.matmul(dscores, self.k) if self.needs_input_grad[0] else None
+        grad_k = xp.matmul(xp.swapaxes(dscores, -1, -2), self.q) if self.needs_input_grad[1] else None
+        return tuple(None if a is None else Buffer.from_array(a) for a in (grad_q, grad_k, grad_v))
+
+
+__all__ = [
+    "Operation", "Add", "Sub", "Neg", "Mul", "Div", "Pow", "Log", "Exp", "Maximum", "Relu", "Tanh", "GELU",
+    "Sum", "Max", "Reshape", "Expand", "Permute", "Slice", "Concatenate", "Tril", "Matmul", "Softmax",
+    "LogSoftmax", "CrossEntropy", "LayerNorm", "Embedding", "Dropout", "ScaledDotProductAttention", "DType",
+]

@@ -1,0 +1,399 @@
+"""Tensor: a Buffer plus the autograd graph (GradientFunction, apply_op, backward, no_grad)."""
+from __future__ import annotations
+
+import functools
+import json
+from numbers import Number
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from tinygpt import backend, mlops
+from tinygpt.buffer import Buffer
+from tinygpt.utils import DType, normalize_axes
+
+_grad_enabled = True
+
+
+class no_grad:
+    """Context manager (and decorator) in which no graph is built."""
+
+    def __enter__(self) -> None:
+        global _grad_enabled
+        self.previous, _grad_enabled = _grad_enabled, False
+
+    def __exit__(self, *exc_info) -> None:
+        global _grad_enabled
+        _grad_enabled = self.previous
+
+    def __call__(self, fn):
+        @functools.wraps(fn)
+        def without_grad(*args, **kwargs):
+            with no_grad():
+                return fn(*args, **kwargs)
+
+        return without_grad
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled
+
+
+class GradientFunction:
+    """The node that made a tensor: the operation (holding what backward needs) and its input tensors."""
+
+    __slots__ = ("operation", "inputs", "input_versions", "released")
+
+    def __init__(self, operation: mlops.Operation, inputs: Sequence["Tensor | None"]) -> None:
+        self.operation = operation
+        self.inputs = tuple(inputs)
+        self.input_versions = tuple(t._version if t is not None else 0 for t in inputs)
+        self.released = False
+
+    @property
+    def name(self) -> str:
+        return type(self.operation).__name__ if self.operation is not None else "<released>"
+
+    def backward(self, grad: Buffer) -> Iterator[tuple["Tensor", Buffer]]:
+        """Yield (input tensor, gradient) for each input that requires grad."""
+        for tensor, version in zip(self.inputs, self.input_versions):
+            if tensor is not None and tensor._version != version:
+                raise RuntimeError(
+                    f"a tensor of shape {tensor.shape} saved by {self.name} was modified in place after use "
+                    f"(version {version} -> {tensor._version}); its gradient would be wrong")
+        grads = self.operation.backward(grad)
+        if not isinstance(grads, tuple):
+            grads = (grads,)
+        for tensor, input_grad in zip(self.inputs, grads):
+            if tensor is not None and tensor.requires_grad and input_grad is not None:
+                yield tensor, input_grad
+
+    def release(self) -> None:
+        """Drop the saved buffers and the inputs so that their memory can be freed."""
+        self.operation, self.inputs, self.released = None, (), True
+
+
+def apply_op(operation_class: type[mlops.Operation], *inputs: "Tensor | None", **kwargs) -> "Tensor":
+    """Run an op's forward on the inputs' buffers; attach a GradientFunction if any input requires grad."""
+    needs_input_grad = [_grad_enabled and t is not None and t.requires_grad for t in inputs]
+    operation = operation_class(needs_input_grad)
+    out = operation.forward(*(t.buffer if t is not None else None for t in inputs), **kwargs)
+    result = Tensor._wrap(out, any(needs_input_grad))
+    if result.requires_grad:
+        result.grad_fn = GradientFunction(operation, inputs)
+    return result
+
+
+def _as_buffer(data: Any, dtype: DType | None, device: str | None) -> Buffer:
+    if isinstance(data, Tensor):
+        data = data.buffer
+    if isinstance(data, Buffer) and (dtype is None or dtype == data.dtype) and (device is None or backend.normalize_device(device) == data.device):
+        return data
+    return Buffer(data, dtype=dtype, device=device)
+
+
+class Tensor:
+    """An n-d array that records the operations applied to it, so that backward() can compute gradients."""
+
+    __slots__ = ("buffer", "requires_grad", "grad_fn", "grad", "_version", "_retains_grad", "__weakref__")
+    __array_priority__ = 1000  # numpy scalars defer to Tensor's reflected operators
+
+    def __init__(self, data: Any, dtype: DType | None = None, requires_grad: bool = False, device: str | None = None) -> None:
+        self.buffer = _as_buffer(data, dtype, device)
+        if requires_grad and not self.buffer.dtype.is_float:
+            raise TypeError(f"only float tensors can require gradients, got {self.buffer.dtype.name}")
+        self.requires_grad = requires_grad
+        self.grad_fn: GradientFunction | None = None
+        self.grad: Tensor | None = None
+        self._version = 0
+        self._retains_grad = False
+
+    @classmethod
+    def _wrap(cls, buffer: Buffer, requires_grad: bool = False) -> "Tensor":
+        tensor = cls.__new__(cls)
+        tensor.buffer, tensor.requires_grad, tensor.grad_fn, tensor.grad = buffer, requires_grad, None, None
+        tensor._version, tensor._retains_grad = 0, False
+        return tensor
+
+    # ---- description ---------------------------------------------------------------------------
+    shape = property(lambda self: self.buffer.shape)
+    ndim = property(lambda self: self.buffer.ndim)
+    dtype = property(lambda self: self.buffer.dtype)
+    device = property(lambda self: self.buffer.device)
+    numel = property(lambda self: self.buffer.numel)
+    is_leaf = property(lambda self: self.grad_fn is None)
+
+    def __repr__(self) -> str:
+        extra = f", grad_fn={self.grad_fn.name}" if self.grad_fn else (", requires_grad=True" if self.requires_grad else "")
+        return f"Tensor({self.to_python()}, shape={self.shape}, dtype={self.dtype.name}{extra})"
+
+    def __len__(self) -> int:
+        return len(self.buffer)
+
+    def to_python(self) -> Any:
+        return self.buffer.to_python()
+
+    def numpy(self) -> np.ndarray:
+        return self.buffer.numpy()
+
+    def item(self) -> Any:
+        return self.buffer.item()
+
+    def to(self, device: str) -> "Tensor":
+        """A copy on another device (a new leaf that keeps requires_grad); self when already there."""
+        if backend.normalize_device(device) == self.device:
+            return self
+        return Tensor._wrap(self.buffer.to(device), self.requires_grad)
+
+    def detach(self) -> "Tensor":
+        return Tensor._wrap(self.buffer)
+
+    def float(self) -> "Tensor":
+        return self if self.dtype == DType.float32 else Tensor._wrap(self.buffer.float())
+
+    # ---- autograd -------------------------------------------------------------------------------
+    def retain_grad(self) -> None:
+        """Keep .grad on this non-leaf tensor after backward."""
+        self._retains_grad = True
+
+    def zero_grad(self) -> None:
+        self.grad = None
+
+    def _accumulate_grad(self, grad: Buffer) -> None:
+        if grad.shape != self.shape:
+            grad = Buffer.from_array(grad.xp.broadcast_to(grad.array, self.shape))
+        if self.grad is None:
+            self.grad = Tensor._wrap(Buffer.from_array(grad.xp.array(grad.array)))  # an owned, contiguous copy
+        else:
+            self.grad = Tensor._wrap(self.grad.buffer + grad)
+
+    def backward(self, incoming_gradient: "Tensor | Buffer | None" = None, retain_graph: bool = False) -> None:
+        """Propagate gradients to every leaf (and retain_grad tensor) this tensor depends on."""
+        if not self.requires_grad:
+            raise RuntimeError("backward: this tensor does not require grad and has no grad_fn")
+        if incoming_gradient is None:
+            if self.numel != 1:
+                raise RuntimeError(f"backward of a non-scalar tensor of shape {self.shape} needs an incoming_gradient")
+            grad = Buffer.ones(self.shape, self.dtype, self.device)
+        else:
+            grad = _as_buffer(incoming_gradient, self.dtype, self.device)
+            if grad.shape != self.shape:
+                raise ValueError(f"backward: incoming gradient of shape {grad.shape} for a tensor of shape {self.shape}")
+        pending_grads: dict[int, Buffer] = {id(self): grad}
+        for node in self._topological_order():
+            grad = pending_grads.pop(id(node))
+            if node.grad_fn is None or node._retains_grad:
+                node._accumulate_grad(grad)
+            if node.grad_fn is None:
+                continue
+            for tensor, input_grad in node.grad_fn.backward(grad):
+                key = id(tensor)
+                pending_grads[key] = pending_grads[key] + input_grad if key in pending_grads else input_grad
+            if not retain_graph:
+                node.grad_fn.release()
+
+    def _topological_order(self) -> list["Tensor"]:
+        """Tensors from this one to the leaves, each after every tensor that consumes it (iterative DFS)."""
+        order, visited = [], {id(self)}
+        stack: list[tuple[Tensor, bool]] = [(self, False)]
+        while stack:
+            node, children_done = stack.pop()
+            if children_done:
+                order.append(node)
+                continue
+            stack.append((node, True))
+            if node.grad_fn is None:
+                continue
+            if node.grad_fn.released:
+                raise RuntimeError("backward through a graph that was already released: "
+                                   "call backward(retain_graph=True) the first time to backpropagate twice")
+            for child in node.grad_fn.inputs:
+                if child is not None and child.requires_grad and id(child) not in visited:
+                    visited.add(id(child))
+                    stack.append((child, False))
+        order.reverse()
+        return order
+
+    def print_dag(self, file=None) -> None:
+        """Print the graph that produced this tensor, one node per line, inputs indented."""
+        stack = [(self, 0)]
+        while stack:
+            node, depth = stack.pop()
+            label = node.grad_fn.name if node.grad_fn else ("Leaf" if node.requires_grad else "Constant")
+            print(f"{'  ' * depth}{label} shape={node.shape} dtype={node.dtype.name}", file=file)
+            if node.grad_fn is not None:
+                stack.extend((child, depth + 1) for child in reversed(node.grad_fn.inputs) if child is not None)
+
+    # ---- broadcasting ----------------------------------------------------------------------------
+    def _coerce(self, other: Any) -> "Tensor":
+        if isinstance(other, Tensor):
+            return other
+        if isinstance(other, (Number, np.generic)):
+            dtype = self.dtype if self.dtype.is_float or not isinstance(other, (float, np.floating)) else DType.float32
+            return Tensor._wrap(Buffer(other, dtype=dtype, device=self.device))
+        return Tensor(other, device=self.device)
+
+    def broadcast_to(self, shape: tuple[int, ...]) -> "Tensor":
+        """numpy rules: prepend size-1 dims, then expand size-1 dims (summed back in backward)."""
+        if self.shape == shape:
+            return self
+        padded = (1,) * (len(shape) - self.ndim) + self.shape
+        if not self.requires_grad or not _grad_enabled:
+            return Tensor._wrap(self.buffer.reshape(padded).expand(shape))
+        return self.reshape(padded).expand(shape)
+
+    def _binary(self, operation, other: Any, reverse: bool = False) -> "Tensor":
+        other = self._coerce(other)
+        x, y = (other, self) if reverse else (self, other)
+        if x.dtype != y.dtype:
+            x, y = x.float(), y.float()
+        try:
+            shape = tuple(np.broadcast_shapes(x.shape, y.shape))
+        except ValueError:
+            raise ValueError(f"{operation.__name__.lower()}: shapes {x.shape} and {y.shape} do not broadcast") from None
+        return apply_op(operation, x.broadcast_to(shape), y.broadcast_to(shape))
+
+    # ---- elementwise -----------------------------------------------------------------------------
+    def __add__(self, other): return self._binary(mlops.Add, other)
+    def __radd__(self, other): return self._binary(mlops.Add, other, reverse=True)
+    def __sub__(self, other): return self._binary(mlops.Sub, other)
+    def __rsub__(self, other): return self._binary(mlops.Sub, other, reverse=True)
+    def __mul__(self, other): return self._binary(mlops.Mul, other)
+    def __rmul__(self, other): return self._binary(mlops.Mul, other, reverse=True)
+    def __truediv__(self, other): return self._binary(mlops.Div, other)
+    def __rtruediv__(self, other): return self._binary(mlops.Div, other, reverse=True)
+    def __pow__(self, other): return self._binary(mlops.Pow, other)
+    def __rpow__(self, other): return self._binary(mlops.Pow, other, reverse=True)
+    def __neg__(self): return apply_op(mlops.Neg, self)
+    def maximum(self, other): return self._binary(mlops.Maximum, other)
+
+    def _compare(self, other: Any, compare) -> "Tensor":
+        other = self._coerce(other)
+        shape = tuple(np.broadcast_shapes(self.shape, other.shape))
+        return Tensor._wrap(compare(self.broadcast_to(shape).detach().buffer, other.broadcast_to(shape).detach().buffer))
+
+    def __lt__(self, other): return self._compare(other, Buffer.__lt__)
+    def __le__(self, other): return self._compare(other, Buffer.__le__)
+    def __gt__(self, other): return self._compare(other, Buffer.__gt__)
+    def __ge__(self, other): return self._compare(other, Buffer.__ge__)
+    def __eq__(self, other): return self._compare(other, Buffer.__eq__)  # type: ignore[override]
+    def __ne__(self, other): return self._compare(other, Buffer.__ne__)  # type: ignore[override]
+    __hash__ = object.__hash__
+
+    def exp(self): return apply_op(mlops.Exp, self)
+    def log(self): return apply_op(mlops.Log, self)
+    def relu(self): return apply_op(mlops.Relu, self)
+    def gelu(self): return apply_op(mlops.GELU, self)
+    def tanh(self): return apply_op(mlops.Tanh, self)
+    def softmax(self, axis: int = -1): return apply_op(mlops.Softmax, self, axis=axis)
+    def log_softmax(self, axis: int = -1): return apply_op(mlops.LogSoftmax, self, axis=axis)
+
+    # ---- reduce --------------------------------------------------------------------------------
+    def sum(self, axes=None, keepdim: bool = False) -> "Tensor":
+        return apply_op(mlops.Sum, self, axes=axes, keepdim=keepdim)
+
+    def mean(self, axes=None, keepdim: bool = False) -> "Tensor":
+        count = int(np.prod([self.shape[axis] for axis in normalize_axes(axes, self.ndim)]))
+        return self.sum(axes, keepdim) / float(count) if count else self.sum(axes, keepdim) * float("nan")
+
+    def max(self, axes=None, keepdim: bool = False) -> "Tensor":
+        return apply_op(mlops.Max, self, axes=axes, keepdim=keepdim)
+
+    # ---- movement ------------------------------------------------------------------------------
+    def reshape(self, *shape) -> "Tensor":
+        shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        return apply_op(mlops.Reshape, self, shape=shape)
+
+    def expand(self, shape: Sequence[int]) -> "Tensor":
+        return apply_op(mlops.Expand, self, shape=tuple(shape))
+
+    def permute(self, dims: Sequence[int]) -> "Tensor":
+        return apply_op(mlops.Permute, self, dims=tuple(dims))
+
+    def transpose(self, axis1: int = -2, axis2: int = -1) -> "Tensor":
+        dims = list(range(self.ndim))
+        dims[axis1], dims[axis2] = dims[axis2], dims[axis1]
+        return self.permute(dims)
+
+    def tril(self, diagonal: int = 0) -> "Tensor":
+        return apply_op(mlops.Tril, self, diagonal=diagonal)
+
+    @staticmethod
+    def concatenate(tensors: Sequence["Tensor"], axis: int = 0) -> "Tensor":
+        return apply_op(mlops.Concatenate, *tensors, axis=axis)
+
+    def __getitem__(self, index) -> "Tensor":
+        return apply_op(mlops.Slice, self, index=index)
+
+    # ---- matrix and fused ops ------------------------------------------------------------------
+    def dot(self, other: "Tensor") -> "Tensor":
+        return apply_op(mlops.Matmul, self, self._coerce(other))
+
+    __matmul__ = dot
+
+    def __rmatmul__(self, other):
+        return apply_op(mlops.Matmul, self._coerce(other), self)
+
+    # ---- in place ------------------------------------------------------------------------------
+    def _check_inplace(self) -> None:
+        if _grad_enabled and self.requires_grad:
+            raise RuntimeError("in-place change of a tensor that requires grad: do it inside tinygpt.no_grad()")
+        self._version += 1
+
+    def assign(self, other: Any) -> "Tensor":
+        """Overwrite the values in place (bumps the version counter)."""
+        self._check_inplace()
+        self.buffer.assign_(self._coerce(other).broadcast_to(self.shape).buffer)
+        return self
+
+    def __setitem__(self, index, value) -> None:
+        self._check_inplace()
+        target = self.buffer[index]
+        target.assign_(self._coerce(value).broadcast_to(target.shape).buffer)
+
+    def _inplace(self, operation, other) -> "Tensor":
+        self._check_inplace()
+        other = self._coerce(other).broadcast_to(self.shape)
+        operation(self.buffer.array, other.buffer.array, out=self.buffer.array)
+        return self
+
+    def __iadd__(self, other): return self._inplace(self.buffer.xp.add, other)
+    def __isub__(self, other): return self._inplace(self.buffer.xp.subtract, other)
+    def __imul__(self, other): return self._inplace(self.buffer.xp.multiply, other)
+
+    # ---- factories -----------------------------------------------------------------------------
+    @staticmethod
+    def uniform(shape, low: float = 0.0, high: float = 1.0, dtype: DType = DType.float32, requires_grad: bool = False, device: str | None = None) -> "Tensor":
+        return Tensor(Buffer.uniform(shape, low, high, dtype, device), requires_grad=requires_grad)
+
+    @staticmethod
+    def normal(shape, mean: float = 0.0, std: float = 1.0, dtype: DType = DType.float32, requires_grad: bool = False, device: str | None = None) -> "Tensor":
+        return Tensor(Buffer.normal(shape, mean, std, dtype, device), requires_grad=requires_grad)
+
+    @staticmethod
+    def zeros(shape, dtype: DType = DType.float32, requires_grad: bool = False, device: str | None = None) -> "Tensor":
+        return Tensor(Buffer.zeros(shape, dtype, device), requires_grad=requires_grad)
+
+    @staticmethod
+    def ones(shape, dtype: DType = DType.float32, requires_grad: bool = False, device: str | None = None) -> "Tensor":
+        return Tensor(Buffer.ones(shape, dtype, device), requires_grad=requires_grad)
+
+    @staticmethod
+    def arange(start: int, stop: int | None = None, step: int = 1, dtype: DType = DType.int32, requires_grad: bool = False, device: str | None = None) -> "Tensor":
+        return Tensor(Buffer.arange(start, stop, step, dtype, device), requires_grad=requires_grad)
+
+    # ---- serialisation -------------------------------------------------------------------------
+    def serialize_tensor(self) -> str:
+        """A JSON string with shape, dtype, requires_grad and the values."""
+        return json.dumps({"shape": list(self.shape), "dtype": self.dtype.value,
+                           "requires_grad": self.requires_grad, "data": self.to_python()})
+
+    @staticmethod
+    def deserialize_tensor(text: str) -> "Tensor":
+        try:
+            record = json.loads(text)
+            dtype = DType(record["dtype"])
+            values = np.array(record["data"], dtype=dtype.numpy).reshape(record["shape"])
+            return Tensor(values, dtype=dtype, requires_grad=bool(record["requires_grad"]))
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"not a serialized tensor: {error}") from None

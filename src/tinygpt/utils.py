@@ -1,0 +1,113 @@
+"""DType, tree utilities and small shared helpers."""
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Callable
+
+import numpy as np
+
+
+class DType(Enum):
+    """The element types a Buffer can hold, each backed by a numpy dtype."""
+
+    float32 = "float32"
+    float16 = "float16"
+    int32 = "int32"
+    int64 = "int64"
+    bool = "bool"
+
+    @property
+    def numpy(self) -> np.dtype:
+        return np.dtype(self.value)
+
+    @property
+    def is_float(self) -> bool:
+        return self in (DType.float32, DType.float16)
+
+    def cast(self, value: Any) -> Any:
+        """Cast a Python scalar to this dtype's Python type."""
+        if self.is_float:
+            return float(value)
+        if self is DType.bool:
+            return bool(value)
+        return int(value)
+
+    @staticmethod
+    def deduce_dtype(value: Any) -> "DType":
+        """float32 for floats, bool for bools, int32 for ints (like a Python scalar would suggest)."""
+        if isinstance(value, (bool, np.bool_)):
+            return DType.bool
+        if isinstance(value, (int, np.integer)):
+            return DType.int32
+        if isinstance(value, (float, np.floating)):
+            return DType.float32
+        raise TypeError(f"cannot deduce a dtype from a value of type {type(value).__name__}")
+
+    @staticmethod
+    def from_numpy(dtype: np.dtype) -> "DType":
+        """The DType of a numpy dtype (float64 narrows to float32, int64 stays int64)."""
+        dtype = np.dtype(dtype)
+        if dtype == np.float64:
+            return DType.float32
+        if dtype.kind in "ui" and dtype.itemsize <= 4:
+            return DType.int32
+        try:
+            return DType(dtype.name)
+        except ValueError:
+            raise TypeError(f"numpy dtype {dtype} has no TinyGPT DType") from None
+
+
+def tree_flatten(tree: Any, prefix: str = "", is_leaf: Callable[[Any], bool] | None = None) -> list[tuple[str, Any]]:
+    """Flatten nested dicts/lists into [("a.b.0.c", leaf), ...]."""
+    if is_leaf is not None and is_leaf(tree):
+        return [(prefix, tree)]
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, (list, tuple)):
+        items = enumerate(tree)
+    else:
+        return [(prefix, tree)]
+    flat = []
+    for key, value in items:
+        flat.extend(tree_flatten(value, f"{prefix}.{key}" if prefix else str(key), is_leaf))
+    return flat
+
+
+def tree_unflatten(flat: list[tuple[str, Any]]) -> Any:
+    """Inverse of tree_flatten: keys made only of digits become list indices."""
+    if len(flat) == 1 and flat[0][0] == "":
+        return flat[0][1]
+    children: dict[str, list[tuple[str, Any]]] = {}
+    for key, value in flat:
+        head, _, rest = key.partition(".")
+        children.setdefault(head, []).append((rest, value))
+    if sorted(children, key=lambda head: int(head) if head.isdigit() else -1) == [str(i) for i in range(len(children))]:
+        return [tree_unflatten(children[str(i)]) for i in range(len(children))]
+    return {head: tree_unflatten(sub) for head, sub in children.items()}
+
+
+def tree_map(fn: Callable[[Any], Any], tree: Any, is_leaf: Callable[[Any], bool] | None = None) -> Any:
+    """Apply fn to every leaf, keeping the structure of dicts and lists."""
+    if is_leaf is not None and is_leaf(tree):
+        return fn(tree)
+    if isinstance(tree, dict):
+        return {key: tree_map(fn, value, is_leaf) for key, value in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(tree_map(fn, value, is_leaf) for value in tree)
+    return fn(tree)
+
+
+def normalize_axes(axes: int | tuple[int, ...] | list[int] | None, ndim: int) -> tuple[int, ...]:
+    """Turn an axis argument (int, sequence or None for all) into sorted non-negative axes."""
+    if axes is None:
+        return tuple(range(ndim))
+    if isinstance(axes, (int, np.integer)):
+        axes = (int(axes),)
+    normalized = []
+    for axis in axes:
+        if not isinstance(axis, (int, np.integer)) or not -ndim <= axis < max(ndim, 1):
+            raise IndexError(f"axis {axis} is out of range for a tensor of {ndim} dimensions")
+        normalized.append(int(axis) % max(ndim, 1))
+    if len(set(normalized)) != len(normalized):
+        raise ValueError(f"repeated axis in {tuple(axes)}")
+    return tuple(sorted(normalized))
