@@ -1,0 +1,202 @@
+"""Module: a dict of parameters (Tensors) and sub-modules, traversed by the generic tree utilities."""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from tinygpt import backend
+from tinygpt.serialization import load_arrays, save_arrays
+from tinygpt.tensor import Tensor
+from tinygpt.utils import tree_flatten, tree_map, tree_unflatten
+
+
+def _is_entry(value: Any) -> bool:
+    """Tensors, Modules, and lists/dicts made of them are a Module's entries; anything else is a plain attribute."""
+    if isinstance(value, (Tensor, Module)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return len(value) > 0 and all(_is_entry(item) for item in value)
+    if isinstance(value, dict):
+        return len(value) > 0 and all(_is_entry(item) for item in value.values())
+    return False
+
+
+def _is_tensor(value: Any) -> bool:
+    return isinstance(value, Tensor)
+
+
+def _is_module(value: Any) -> bool:
+    return isinstance(value, Module)
+
+
+class Module(dict):
+    """Base class of layers: entries are parameters and sub-modules; `__call__` runs `forward`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.__dict__["training"] = True
+
+    def __getattr__(self, key: str) -> Any:
+        if key in self:
+            return self[key]
+        raise AttributeError(f"{type(self).__name__} has no attribute {key!r}")
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if _is_entry(value):
+            self[key] = value
+        else:
+            self.pop(key, None)
+            super().__setattr__(key, value)
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} does not define forward")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(self.keys())})"
+
+    __hash__ = object.__hash__  # modules are compared by identity, not by content
+    __eq__ = object.__eq__  # type: ignore[assignment]
+
+    # ---- traversal -----------------------------------------------------------------------------
+    def _tree(self, keep: Callable[[Tensor], bool]) -> dict:
+        """Nested dicts/lists of the Tensors for which keep(tensor) holds; emptied dict entries are dropped,
+        emptied list items stay as {} so that list indices keep their meaning."""
+        def visit(value):
+            if isinstance(value, Tensor):
+                return value if keep(value) else {}
+            if isinstance(value, dict):
+                children = {key: visit(child) for key, child in value.items()}
+                return {key: child for key, child in children.items() if isinstance(child, Tensor) or child}
+            children = [visit(child) for child in value]
+            return children if any(isinstance(child, Tensor) or child for child in children) else []
+        return visit(self)
+
+    def parameters(self) -> dict:
+        """Every Tensor entry, as nested dicts and lists (keys as in `self`)."""
+        return self._tree(lambda tensor: True)
+
+    def trainable_parameters(self) -> dict:
+        """The parameters that are not frozen (requires_grad is True)."""
+        return self._tree(lambda tensor: tensor.requires_grad)
+
+    def named_parameters(self) -> list[tuple[str, Tensor]]:
+        """[("blocks.0.attn.c_attn.weights", tensor), ...] in insertion order."""
+        return tree_flatten(self.parameters(), is_leaf=_is_tensor)
+
+    def children(self) -> dict:
+        """The direct sub-modules (a list entry of modules stays a list)."""
+        return {key: value for key, value in self.items()
+                if _is_module(value) or (isinstance(value, (list, dict)) and tree_flatten(value, is_leaf=_is_module)
+                                         and all(_is_module(m) for _, m in tree_flatten(value, is_leaf=_is_module)))}
+
+    def named_modules(self) -> list[tuple[str, "Module"]]:
+        """("", self) then every sub-module with its dotted key, depth first."""
+        named = [("", self)]
+        for key, value in self.items():
+            for name, module in tree_flatten(value, prefix=key, is_leaf=_is_module):
+                if _is_module(module):
+                    named.extend((f"{name}.{sub}" if sub else name, child) for sub, child in module.named_modules())
+        return named
+
+    def modules(self) -> list["Module"]:
+        return [module for _, module in self.named_modules()]
+
+    def leaf_modules(self) -> dict:
+        """Nested dict of the modules that have no sub-modules."""
+        leaves = [(name, module) for name, module in self.named_modules()
+                  if name and not any(_is_module(m) for _, m in tree_flatten(dict(module), is_leaf=_is_module))]
+        return tree_unflatten(leaves) if leaves else {}
+
+    def num_parameters(self) -> int:
+        """Total number of scalar values in all parameters (frozen ones included)."""
+        return sum(tensor.numel for _, tensor in self.named_parameters())
+
+    # ---- changing parameters -------------------------------------------------------------------
+    def update(self, parameters: dict) -> "Module":  # type: ignore[override]
+        """Replace parameters by the Tensors of a nested dict shaped like `parameters()`."""
+        def merge(target, new):
+            for key, value in (new.items() if isinstance(new, dict) else enumerate(new)):
+                key = int(key) if isinstance(target, list) else key
+                if isinstance(value, Tensor):
+                    target[key] = value
+                else:
+                    merge(target[key], value)
+        merge(self, parameters)
+        return self
+
+    def apply(self, fn: Callable[[Tensor], Tensor]) -> "Module":
+        """Replace every parameter p by fn(p)."""
+        return self.update(tree_map(fn, self.parameters(), is_leaf=_is_tensor))
+
+    def to(self, device: str) -> "Module":
+        """Move every parameter to a device (cpu or cuda)."""
+        return self.apply(lambda tensor: tensor.to(device))
+
+    def _set_requires_grad(self, flag: bool, keys: str | Iterable[str] | None, recurse: bool, strict: bool) -> "Module":
+        keys = [keys] if isinstance(keys, str) else keys
+        modules = self.modules() if recurse else [self]
+        for module in modules:
+            own = [key for key, value in module.items() if not _is_module(value) and not
+                   (isinstance(value, (list, dict)) and any(_is_module(m) for _, m in tree_flatten(value, is_leaf=_is_module)))]
+            selected = own if keys is None else [key for key in keys if key in own]
+            if strict and keys is not None and module is self:
+                missing = sorted(set(keys) - set(own))
+                if missing:
+                    raise KeyError(f"{type(self).__name__} has no parameters named {missing}")
+            for key in selected:
+                for _, tensor in tree_flatten(module[key], is_leaf=_is_tensor):
+                    tensor.requires_grad = flag
+                    if not flag:
+                        tensor.grad = None
+        return self
+
+    def freeze(self, keys: str | Iterable[str] | None = None, recurse: bool = True, strict: bool = False) -> "Module":
+        """Stop training the parameters named by keys (all when None), in sub-modules too when recurse."""
+        return self._set_requires_grad(False, keys, recurse, strict)
+
+    def unfreeze(self, keys: str | Iterable[str] | None = None, recurse: bool = True, strict: bool = False) -> "Module":
+        """Train again the parameters named by keys (all when None)."""
+        return self._set_requires_grad(True, keys, recurse, strict)
+
+    def train(self, mode: bool = True) -> "Module":
+        """Training mode (dropout active) for this module and every sub-module."""
+        for module in self.modules():
+            module.__dict__["training"] = mode
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        for _, tensor in self.named_parameters():
+            tensor.grad = None
+
+    # ---- weights on disk -------------------------------------------------------------------------
+    def save_weights(self, path: str) -> None:
+        """Write every parameter to `.safetensors` or `.json` (chosen by extension), atomically."""
+        save_arrays(path, {name: tensor.numpy() for name, tensor in self.named_parameters()})
+
+    def load_weights(self, path_or_list: str | list[tuple[str, Any]], strict: bool = True) -> "Module":
+        """Load parameters from a weights file or a list of (name, array/Tensor); strict checks every key."""
+        if isinstance(path_or_list, (str, bytes)) or hasattr(path_or_list, "__fspath__"):
+            arrays = load_arrays(path_or_list)
+        else:
+            arrays = {name: value.numpy() if isinstance(value, Tensor) else value for name, value in path_or_list}
+        current = dict(self.named_parameters())
+        problems = []
+        if strict:
+            problems += [f"missing key {name!r}" for name in current if name not in arrays]
+            problems += [f"unexpected key {name!r}" for name in arrays if name not in current]
+        for name, array in arrays.items():
+            if name in current and tuple(array.shape) != current[name].shape:
+                problems.append(f"key {name!r} has shape {tuple(array.shape)}, expected {current[name].shape}")
+        if problems:
+            raise ValueError(f"cannot load weights into {type(self).__name__}: " + "; ".join(problems))
+        loaded = [(name, Tensor(array, dtype=current[name].dtype, requires_grad=current[name].requires_grad,
+                                device=current[name].device)) for name, array in arrays.items() if name in current]
+        return self.update(tree_unflatten(loaded)) if loaded else self
+
+
+__all__ = ["Module", "backend"]

@@ -1,0 +1,307 @@
+"""Layers and the GPT (GPT-2 architecture), read top to bottom like the paper."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from tinygpt import mlops
+from tinygpt.buffer import Buffer
+from tinygpt.module import Module
+from tinygpt.serialization import load_arrays
+from tinygpt.tensor import Tensor, apply_op, no_grad
+from tinygpt.utils import DType
+
+
+class FullyConnectedLayer(Module):
+    """y = x @ weights + bias, weights of shape (input_dims, output_dims); init U(-1/sqrt(in), 1/sqrt(in)) as PyTorch."""
+
+    def __init__(self, input_dims: int, output_dims: int, bias: bool = True) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(input_dims) if input_dims else 0.0
+        self.weights = Tensor.uniform((input_dims, output_dims), -bound, bound, requires_grad=True)
+        if bias:
+            self.bias = Tensor.uniform((output_dims,), -bound, bound, requires_grad=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x @ self.weights
+        return y + self.bias if "bias" in self else y
+
+
+ACTIVATIONS = {
+    "linear": lambda x: x,
+    "relu": Tensor.relu,
+    "gelu": Tensor.gelu,
+    "tanh": Tensor.tanh,
+}
+
+
+class MLP(Module):
+    """Fully connected layers of sizes input_dims -> hidden_dims[0] -> ... with activation_fn between them."""
+
+    def __init__(self, input_dims: int, hidden_dims: list[int], activation_fn: str = "relu", bias: bool = True) -> None:
+        super().__init__()
+        if activation_fn not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation_fn!r}, expected one of {', '.join(ACTIVATIONS)}")
+        sizes = [input_dims] + list(hidden_dims)
+        self.layers = [FullyConnectedLayer(a, b, bias) for a, b in zip(sizes[:-1], sizes[1:])]
+        self.activation_fn = activation_fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        activation = ACTIVATIONS[self.activation_fn]
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = activation(x)
+        return x
+
+
+class Embedding(Module):
+    """y = weights[ids], weights of shape (num_embeddings, embedding_dim) ~ N(0, 1)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.weights = Tensor.normal((num_embeddings, embedding_dim), requires_grad=True)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return apply_op(mlops.Embedding, self.weights, _as_ids(ids))
+
+
+class LayerNorm(Module):
+    """y = (x - mean) / sqrt(var + eps) * weights + bias over the trailing `normalized_shape` dims."""
+
+    def __init__(self, normalized_shape: int | tuple[int, ...], eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True) -> None:
+        super().__init__()
+        self.normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        self.eps = eps
+        if elementwise_affine:
+            self.weights = Tensor.ones(self.normalized_shape, requires_grad=True)
+            if bias:
+                self.bias = Tensor.zeros(self.normalized_shape, requires_grad=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = math.prod(self.normalized_shape)
+        if x.shape[x.ndim - len(self.normalized_shape):] != self.normalized_shape:
+            raise ValueError(f"layer norm over {self.normalized_shape} got input of shape {x.shape}")
+        flat = x if len(self.normalized_shape) == 1 else x.reshape(x.shape[: x.ndim - len(self.normalized_shape)] + (size,))
+        weights = self.get("weights")
+        bias = self.get("bias")
+        if len(self.normalized_shape) > 1:
+            weights = weights.reshape((size,)) if weights is not None else None
+            bias = bias.reshape((size,)) if bias is not None else None
+        y = apply_op(mlops.LayerNorm, flat, weights, bias, eps=self.eps)
+        return y if y.shape == x.shape else y.reshape(x.shape)
+
+
+class Dropout(Module):
+    """Zero each value with probability p while training and scale the rest by 1 / (1 - p); identity in eval()."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        return apply_op(mlops.Dropout, x, p=self.p)
+
+
+class CasualSelfAttention(Module):
+    """Causal multi-head self-attention: one projection to q, k, v, fused attention, output projection."""
+
+    def __init__(self, embedding_dim: int, max_seq_length: int, num_heads: int, dropout: float = 0.0, bias: bool = True) -> None:
+        super().__init__()
+        if embedding_dim % num_heads:
+            raise ValueError(f"embedding_dim {embedding_dim} is not divisible by num_heads {num_heads}")
+        self.embedding_dim, self.max_seq_length, self.num_heads, self.dropout = embedding_dim, max_seq_length, num_heads, dropout
+        self.c_attn = FullyConnectedLayer(embedding_dim, 3 * embedding_dim, bias)
+        self.c_proj = FullyConnectedLayer(embedding_dim, embedding_dim, bias)
+        self.resid_dropout = Dropout(dropout)
+
+    def forward(self, x: Tensor, kv_cache: dict | None = None) -> Tensor:
+        batch, length, dims = x.shape
+        head_dims = dims // self.num_heads
+        qkv = self.c_attn(x).reshape((batch, length, 3, self.num_heads, head_dims)).permute((2, 0, 3, 1, 4))
+        q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, H, T, head_dims)
+        if kv_cache is not None:
+            if "k" in kv_cache:
+                k = Tensor.concatenate([kv_cache["k"], k], axis=2)
+                v = Tensor.concatenate([kv_cache["v"], v], axis=2)
+            kv_cache["k"], kv_cache["v"] = k, v
+        dropout_p = self.dropout if self.training else 0.0
+        y = apply_op(mlops.ScaledDotProductAttention, q, k, v, dropout_p=dropout_p)
+        y = y.permute((0, 2, 1, 3)).reshape((batch, length, dims))
+        return self.resid_dropout(self.c_proj(y))
+
+
+CausalSelfAttention = CasualSelfAttention
+
+
+class TransformerBlock(Module):
+    """x + attn(ln_1(x)), then x + mlp(ln_2(x)): a pre-LayerNorm GPT-2 block with a GELU MLP of width 4x."""
+
+    def __init__(self, embedding_dim: int, max_seq_length: int, num_heads: int, dropout: float = 0.0, bias: bool = True) -> None:
+        super().__init__()
+        self.ln_1 = LayerNorm(embedding_dim, bias=bias)
+        self.attn = CasualSelfAttention(embedding_dim, max_seq_length, num_heads, dropout, bias)
+        self.ln_2 = LayerNorm(embedding_dim, bias=bias)
+        self.mlp = MLP(embedding_dim, [4 * embedding_dim, embedding_dim], "gelu", bias)
+        self.mlp_dropout = Dropout(dropout)
+
+    def forward(self, x: Tensor, kv_cache: dict | None = None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), kv_cache)
+        return x + self.mlp_dropout(self.mlp(self.ln_2(x)))
+
+
+class GPT(Module):
+    """GPT-2: token + position embeddings, pre-LN blocks, final LayerNorm, LM head tied to the token embedding."""
+
+    def __init__(self, max_seq_length: int, vocab_size: int, num_layers: int, num_heads: int, embedding_dim: int,
+                 dropout: float = 0.0, bias: bool = True) -> None:
+        super().__init__()
+        self.config = dict(max_seq_length=max_seq_length, vocab_size=vocab_size, num_layers=num_layers,
+                           num_heads=num_heads, embedding_dim=embedding_dim, dropout=dropout, bias=bias)
+        self.max_seq_length = max_seq_length
+        self.token_embedding = Embedding(vocab_size, embedding_dim)
+        self.position_embedding = Embedding(max_seq_length, embedding_dim)
+        self.embedding_dropout = Dropout(dropout)
+        self.blocks = [TransformerBlock(embedding_dim, max_seq_length, num_heads, dropout, bias) for _ in range(num_layers)]
+        self.ln_f = LayerNorm(embedding_dim, bias=bias)
+        self._init_weights(num_layers)
+
+    def _init_weights(self, num_layers: int) -> None:
+        """GPT-2 / nanoGPT: N(0, 0.02) weights, zero biases, residual projections scaled by 1/sqrt(2 * n_layer)."""
+        with no_grad():
+            for name, tensor in self.named_parameters():
+                if name.startswith("ln") or ".ln_" in name:
+                    continue
+                if name.endswith("bias"):
+                    tensor.assign(0.0)
+                    continue
+                std = 0.02 / math.sqrt(2 * num_layers) if name.endswith(("c_proj.weights", "layers.1.weights")) else 0.02
+                tensor.assign(Tensor.normal(tensor.shape, std=std))
+
+    def forward(self, token_ids: Tensor, kv_cache: list[dict] | None = None) -> Tensor:
+        """Logits of shape (B, T, vocab_size) for token ids of shape (B, T)."""
+        token_ids = _as_ids(token_ids)
+        batch, length = token_ids.shape
+        start = kv_cache[0]["k"].shape[2] if kv_cache and "k" in kv_cache[0] else 0
+        if start + length > self.max_seq_length:
+            raise ValueError(f"sequence of {start + length} tokens is longer than max_seq_length {self.max_seq_length}")
+        positions = Tensor.arange(start, start + length, device=token_ids.device)
+        x = self.token_embedding(token_ids) + self.position_embedding(positions)
+        x = self.embedding_dropout(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, kv_cache[i] if kv_cache is not None else None)
+        x = self.ln_f(x)
+        return x @ self.token_embedding.weights.transpose(0, 1)
+
+    # ---- generation ------------------------------------------------------------------------------
+    @no_grad()
+    def generate(self, token_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 rng: np.random.Generator | None = None) -> Tensor:
+        """Append max_new_tokens sampled tokens (greedy when temperature == 0) using a KV cache:
+        each new token costs one position's work; a context longer than max_seq_length is cropped and recomputed."""
+        ids = _as_ids(token_ids).numpy()
+        rng = rng or np.random.default_rng(int(Tensor.uniform((), 0, 2**31 - 1).item()))
+        was_training = self.training
+        self.eval()
+        kv_cache, fed = None, 0
+        for _ in range(max_new_tokens):
+            if kv_cache is None or ids.shape[1] > self.max_seq_length:
+                kv_cache = [{} for _ in self.blocks]
+                window = ids[:, -self.max_seq_length:]
+                logits = self(Tensor(window), kv_cache)
+            else:
+                logits = self(Tensor(ids[:, fed:]), kv_cache)
+            fed = ids.shape[1]
+            next_ids = _pick_next(logits.numpy()[:, -1, :], temperature, top_k, rng)
+            ids = np.concatenate([ids, next_ids[:, None]], axis=1)
+            if ids.shape[1] > self.max_seq_length:
+                kv_cache = None
+        self.train(was_training)
+        return Tensor(ids.astype(np.int32))
+
+    def generate_greedy(self, token_ids: Tensor, max_new_tokens: int) -> Tensor:
+        return self.generate(token_ids, max_new_tokens, temperature=0.0)
+
+    def generate_sample_with_temperature(self, token_ids: Tensor, max_new_tokens: int, temperature: float = 1.0) -> Tensor:
+        return self.generate(token_ids, max_new_tokens, temperature=temperature)
+
+    @no_grad()
+    def generate_uncached(self, token_ids: Tensor, max_new_tokens: int) -> Tensor:
+        """Greedy decoding that recomputes the whole (cropped) context each step: the reference for the cache."""
+        ids = _as_ids(token_ids).numpy()
+        was_training = self.training
+        self.eval()
+        for _ in range(max_new_tokens):
+            logits = self(Tensor(ids[:, -self.max_seq_length:]))
+            ids = np.concatenate([ids, logits.numpy()[:, -1, :].argmax(axis=-1)[:, None]], axis=1)
+        self.train(was_training)
+        return Tensor(ids.astype(np.int32))
+
+    # ---- Hugging Face GPT-2 checkpoints ----------------------------------------------------------
+    @classmethod
+    def load_gpt2_checkpoint(cls, path: str) -> "GPT":
+        """Build a GPT from a Hugging Face GPT-2 directory (config.json + model.safetensors) and load its weights."""
+        directory = Path(path)
+        try:
+            config = json.loads((directory / "config.json").read_text())
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{directory}: no readable GPT-2 config.json ({error})") from None
+        if config.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(f"{directory}: activation {config['activation_function']!r} is not GPT-2's tanh GELU")
+        model = cls(config["n_positions"], config["vocab_size"], config["n_layer"], config["n_head"], config["n_embd"])
+        for block in model.blocks:
+            block.ln_1.eps = block.ln_2.eps = config.get("layer_norm_epsilon", 1e-5)
+        model.ln_f.eps = config.get("layer_norm_epsilon", 1e-5)
+        arrays = load_arrays(directory / "model.safetensors")
+        arrays = {name.removeprefix("transformer."): array for name, array in arrays.items()}
+        model.load_weights(_gpt2_names(arrays, config["n_layer"]), strict=True)
+        return model
+
+
+GPT2_LAYER_NAMES = {  # ours -> Hugging Face's, inside block i
+    "ln_1.weights": "ln_1.weight", "ln_1.bias": "ln_1.bias", "ln_2.weights": "ln_2.weight", "ln_2.bias": "ln_2.bias",
+    "attn.c_attn.weights": "attn.c_attn.weight", "attn.c_attn.bias": "attn.c_attn.bias",
+    "attn.c_proj.weights": "attn.c_proj.weight", "attn.c_proj.bias": "attn.c_proj.bias",
+    "mlp.layers.0.weights": "mlp.c_fc.weight", "mlp.layers.0.bias": "mlp.c_fc.bias",
+    "mlp.layers.1.weights": "mlp.c_proj.weight", "mlp.layers.1.bias": "mlp.c_proj.bias",
+}
+
+
+def _gpt2_names(arrays: dict[str, np.ndarray], num_layers: int) -> list[tuple[str, np.ndarray]]:
+    """Rename a Hugging Face GPT-2 state dict to ours (its Conv1D weights are already (in, out))."""
+    renamed = [("token_embedding.weights", arrays["wte.weight"]), ("position_embedding.weights", arrays["wpe.weight"]),
+               ("ln_f.weights", arrays["ln_f.weight"]), ("ln_f.bias", arrays["ln_f.bias"])]
+    for i in range(num_layers):
+        renamed += [(f"blocks.{i}.{ours}", arrays[f"h.{i}.{theirs}"]) for ours, theirs in GPT2_LAYER_NAMES.items()]
+    return renamed
+
+
+def _as_ids(ids) -> Tensor:
+    ids = ids if isinstance(ids, Tensor) else Tensor(np.asarray(ids))
+    if ids.dtype.is_float:
+        raise TypeError(f"token ids must be integers, got {ids.dtype.name}")
+    return ids
+
+
+def _pick_next(logits: np.ndarray, temperature: float, top_k: int | None, rng: np.random.Generator) -> np.ndarray:
+    """Greedy when temperature == 0, else sample from softmax(logits / temperature) restricted to the top k."""
+    if temperature == 0.0:
+        return logits.argmax(axis=-1)
+    logits = logits.astype(np.float64) / temperature
+    if top_k is not None:
+        kth = np.sort(logits, axis=-1)[:, -min(top_k, logits.shape[-1])][:, None]
+        logits = np.where(logits < kth, -np.inf, logits)
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    return np.array([rng.choice(len(row), p=row) for row in probs])
+
+
+__all__ = ["FullyConnectedLayer", "MLP", "Embedding", "LayerNorm", "Dropout", "CasualSelfAttention",
+           "CausalSelfAttention", "TransformerBlock", "GPT", "Buffer", "DType"]

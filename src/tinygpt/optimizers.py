@@ -1,0 +1,171 @@
+"""Optimizers (numerically those of PyTorch's of the same name), the cosine schedule and gradient clipping."""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from tinygpt.module import Module
+from tinygpt.serialization import load_arrays, save_arrays
+from tinygpt.tensor import Tensor
+
+LearningRate = float | Callable[[int], float]
+
+
+class Optimizer:
+    """Updates a module's trainable parameters from their .grad; `state` maps parameter names to per-parameter state."""
+
+    def __init__(self, module: Module, learning_rate: LearningRate) -> None:
+        self.module = module
+        self.learning_rate = learning_rate
+        self.state: dict[str, dict[str, Any]] = {}
+        self.step_count = 0
+
+    @property
+    def current_learning_rate(self) -> float:
+        """The learning rate of the next update (a schedule is called with the number of updates done)."""
+        return float(self.learning_rate(self.step_count) if callable(self.learning_rate) else self.learning_rate)
+
+    def update(self) -> None:
+        """Apply one step to every trainable parameter that has a gradient."""
+        learning_rate = self.current_learning_rate
+        self.step_count += 1
+        for name, parameter in self.module.named_parameters():
+            if parameter.requires_grad and parameter.grad is not None:
+                state = self.state.setdefault(name, {})
+                self.apply_single(parameter, state, learning_rate)
+                parameter._version += 1
+
+    step = update
+
+    def apply_single(self, parameter: Tensor, state: dict[str, Any], learning_rate: float) -> None:
+        """Update one parameter in place (its buffer) and its state."""
+        raise NotImplementedError
+
+    def zero_grad(self) -> None:
+        self.module.zero_grad()
+
+    # ---- state on disk ---------------------------------------------------------------------------
+    def save_state(self, path: str) -> None:
+        """Write the per-parameter state and the step count (`.safetensors` or `.json`), atomically."""
+        arrays = {f"{name}.{key}": np.asarray(value) for name, state in self.state.items() for key, value in state.items()}
+        save_arrays(path, arrays, metadata={"step_count": str(self.step_count), "optimizer": type(self).__name__})
+
+    def load_state(self, path_or_list, strict: bool = True) -> None:
+        """Read state written by save_state; strict checks that it names only this module's parameters."""
+        if isinstance(path_or_list, list):
+            arrays, metadata = dict(path_or_list), {}
+        else:
+            arrays, metadata = load_arrays(path_or_list, with_metadata=True)
+        if strict and metadata.get("optimizer", type(self).__name__) != type(self).__name__:
+            raise ValueError(f"optimizer state of {metadata['optimizer']} cannot be loaded into {type(self).__name__}")
+        shapes = {name: tensor.shape for name, tensor in self.module.named_parameters()}
+        state: dict[str, dict[str, Any]] = {}
+        for key, array in arrays.items():
+            name, _, field = key.rpartition(".")
+            if name not in shapes:
+                if strict:
+                    raise ValueError(f"optimizer state names {name!r}, which is not a parameter of the module")
+                continue
+            if array.ndim and tuple(array.shape) != shapes[name]:
+                raise ValueError(f"optimizer state {key!r} has shape {tuple(array.shape)}, expected {shapes[name]}")
+            state.setdefault(name, {})[field] = np.array(array)
+        self.state = state
+        self.step_count = int(metadata.get("step_count", self.step_count))
+
+
+class SGD(Optimizer):
+    """p -= lr * g with optional weight decay, momentum (with dampening) and Nesterov momentum, as torch.optim.SGD."""
+
+    def __init__(self, module: Module, learning_rate: LearningRate, momentum: float = 0.0, weight_decay: float = 0.0,
+                 dampening: float = 0.0, nesterov: bool = False) -> None:
+        super().__init__(module, learning_rate)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum needs momentum > 0 and zero dampening")
+        self.momentum, self.weight_decay, self.dampening, self.nesterov = momentum, weight_decay, dampening, nesterov
+
+    def apply_single(self, parameter: Tensor, state: dict[str, Any], learning_rate: float) -> None:
+        p, g = parameter.buffer.array, parameter.grad.buffer.array
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        if self.momentum:
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = g.copy()
+            else:
+                buf = state["momentum_buffer"]
+                buf *= self.momentum
+                buf += (1.0 - self.dampening) * g
+            buf = state["momentum_buffer"]
+            g = g + self.momentum * buf if self.nesterov else buf
+        p -= learning_rate * g
+
+
+class Adam(Optimizer):
+    """m, v running moments of g and g^2; p -= lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps), as torch.optim.Adam."""
+
+    decoupled_weight_decay = 0.0
+
+    def __init__(self, module: Module, learning_rate: LearningRate = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        super().__init__(module, learning_rate)
+        self.betas, self.eps = betas, eps
+
+    def apply_single(self, parameter: Tensor, state: dict[str, Any], learning_rate: float) -> None:
+        p, g = parameter.buffer.array, parameter.grad.buffer.array
+        xp = parameter.buffer.xp
+        if "exp_avg" not in state:
+            state["step"] = np.array(0.0, dtype=np.float32)
+            state["exp_avg"], state["exp_avg_sq"] = xp.zeros_like(p), xp.zeros_like(p)
+        state["step"] = state["step"] + 1
+        step = float(state["step"])
+        beta1, beta2 = self.betas
+        if self.decoupled_weight_decay:
+            p *= 1.0 - learning_rate * self.decoupled_weight_decay
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m *= beta1
+        m += (1.0 - beta1) * g
+        v *= beta2
+        v += (1.0 - beta2) * (g * g)
+        step_size = learning_rate / (1.0 - beta1 ** step)
+        denominator = xp.sqrt(v) / math.sqrt(1.0 - beta2 ** step)
+        denominator += self.eps
+        p -= step_size * (m / denominator)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay: p *= 1 - lr * weight_decay before the Adam step, as torch.optim.AdamW."""
+
+    def __init__(self, module: Module, learning_rate: LearningRate = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.01) -> None:
+        super().__init__(module, learning_rate, betas, eps)
+        self.decoupled_weight_decay = weight_decay
+
+
+def cosine_schedule(max_learning_rate: float, min_learning_rate: float, warmup_steps: int, decay_steps: int) -> Callable[[int], float]:
+    """nanoGPT's schedule: linear warmup to max over warmup_steps, cosine decay to min at decay_steps, then min."""
+    def learning_rate(step: int) -> float:
+        if step < warmup_steps:
+            return max_learning_rate * (step + 1) / (warmup_steps + 1)
+        if step > decay_steps:
+            return min_learning_rate
+        progress = (step - warmup_steps) / max(decay_steps - warmup_steps, 1)
+        return min_learning_rate + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_learning_rate - min_learning_rate)
+    return learning_rate
+
+
+def clip_grad_norm(module: Module, max_norm: float) -> float:
+    """Scale all gradients so that their global L2 norm is at most max_norm; return the norm before clipping."""
+    grads = [tensor.grad.buffer.array for _, tensor in module.named_parameters() if tensor.grad is not None]
+    if not grads:
+        return 0.0
+    total = math.sqrt(sum(float((g.astype(np.float32) ** 2).sum()) for g in grads))
+    scale = max_norm / (total + 1e-6)
+    if scale < 1.0:
+        for _, tensor in module.named_parameters():
+            if tensor.grad is not None:
+                tensor.grad = Tensor._wrap(tensor.grad.buffer * scale)
+    return total
+
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "cosine_schedule", "clip_grad_norm", "json"]

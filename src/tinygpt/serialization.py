@@ -1,0 +1,69 @@
+"""Named arrays on disk: `.safetensors` (the standard) or `.json` (readable); atomic writes, no pickle."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+FORMATS = (".safetensors", ".json")
+
+
+def _format(path: str | os.PathLike) -> str:
+    suffix = Path(path).suffix
+    if suffix not in FORMATS:
+        raise ValueError(f"{path}: unknown weights format {suffix!r}, expected one of {', '.join(FORMATS)}")
+    return suffix
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call write(temporary_path) next to `path`, then rename it over `path`: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def save_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+    """Write named arrays (and string metadata) to `.safetensors` or `.json`, atomically."""
+    arrays = {name: np.ascontiguousarray(array) for name, array in arrays.items()}
+    if _format(path) == ".safetensors":
+        atomic_write(path, lambda temporary: save_file(arrays, temporary, metadata=metadata))
+        return
+    record = {"metadata": metadata or {}, "tensors": {
+        name: {"dtype": str(array.dtype), "shape": list(array.shape), "data": array.reshape(-1).tolist()}
+        for name, array in arrays.items()}}
+    atomic_write(path, lambda temporary: Path(temporary).write_text(json.dumps(record)))
+
+
+def load_arrays(path: str | os.PathLike, with_metadata: bool = False):
+    """Read named arrays written by save_arrays; a corrupt or foreign file raises ValueError naming it."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    if _format(path) == ".safetensors":
+        try:
+            arrays = load_file(str(path))
+            with open(path, "rb") as file:
+                header_size = int.from_bytes(file.read(8), "little")
+                metadata = json.loads(file.read(header_size)).get("__metadata__", {}) or {}
+        except (SafetensorError, ValueError, OSError) as error:
+            raise ValueError(f"{path}: not a valid safetensors file ({error})") from None
+    else:
+        try:
+            record = json.loads(Path(path).read_text())
+            metadata = record.get("metadata", {})
+            arrays = {name: np.array(entry["data"], dtype=np.dtype(entry["dtype"])).reshape(entry["shape"])
+                      for name, entry in record["tensors"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"{path}: not a valid TinyGPT weights json ({error})") from None
+    return (arrays, metadata) if with_metadata else arrays
