@@ -6,6 +6,7 @@ and returns a new contiguous Buffer.
 """
 from __future__ import annotations
 
+import functools
 import math
 from numbers import Number
 from typing import Any, Sequence
@@ -16,7 +17,8 @@ from tinygpt import backend
 from tinygpt.utils import DType, normalize_axes
 
 
-def contiguous_stride(shape: Sequence[int]) -> tuple[int, ...]:
+@functools.lru_cache(maxsize=4096)
+def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
     stride, step = [], 1
     for size in reversed(shape):
         stride.append(step)
@@ -52,11 +54,12 @@ def view_stride(shape: Sequence[int], stride: Sequence[int], new_shape: Sequence
     return tuple(new_stride) if view_dim == -1 else None
 
 
-def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
+def _check_shape(shape: Sequence[int], allow_inferred: bool = False) -> tuple[int, ...]:
+    """The shape as a tuple of ints; with allow_inferred, -1 (the size reshape works out) is accepted too."""
     if isinstance(shape, (int, np.integer)):
         shape = (shape,)
     for size in shape:
-        if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 0:
+        if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < (-1 if allow_inferred else 0):
             raise TypeError(f"shape {tuple(shape)} must hold non-negative integers")
     return tuple(int(size) for size in shape)
 
@@ -109,13 +112,17 @@ class Buffer:
     def from_array(cls, array) -> "Buffer":
         """Wrap a backend array (result of a computation) without copying when it is contiguous."""
         xp = backend.array_module(backend.device_of(array))
-        array = xp.ascontiguousarray(array)
+        array = xp.asarray(array, order="C")  # not ascontiguousarray: it turns 0-d results into shape (1,)
         if array.dtype == np.float64:
             array = array.astype(np.float32)
         buffer = cls.__new__(cls)
         buffer._set_view(array.reshape(-1), array.shape, contiguous_stride(array.shape), 0,
                          DType.from_numpy(array.dtype), backend.device_of(array), array)
         return buffer
+
+    def rehome(self, storage, offset: int) -> None:
+        """Make this (contiguous) buffer a view into `storage` at `offset`; the caller copied the values there."""
+        self._set_view(storage, self.shape, contiguous_stride(self.shape), offset, self.dtype, self.device)
 
     def _view(self, shape, stride, offset) -> "Buffer":
         buffer = Buffer.__new__(Buffer)
@@ -185,7 +192,7 @@ class Buffer:
 
     # ---- movement: views that never copy -------------------------------------------------------
     def reshape(self, shape: Sequence[int]) -> "Buffer":
-        shape = _infer_shape(_check_shape(shape), self.numel, self.shape)
+        shape = _infer_shape(_check_shape(shape, allow_inferred=True), self.numel, self.shape)
         stride = view_stride(self.shape, self.stride, shape)
         if stride is None:
             return self.contiguous().reshape(shape)
@@ -203,9 +210,10 @@ class Buffer:
         return self._view(shape, stride, self.offset)
 
     def permute(self, dims: Sequence[int]) -> "Buffer":
-        dims = tuple(int(d) % max(self.ndim, 1) for d in dims)
-        if sorted(dims) != list(range(self.ndim)):
+        normalized = tuple(int(d) % max(self.ndim, 1) for d in dims if -self.ndim <= d < self.ndim)
+        if len(normalized) != len(dims) or sorted(normalized) != list(range(self.ndim)):
             raise ValueError(f"permute: {tuple(dims)} is not a permutation of the {self.ndim} dims of {self.shape}")
+        dims = normalized
         return self._view([self.shape[d] for d in dims], [self.stride[d] for d in dims], self.offset)
 
     def __getitem__(self, index: Any) -> "Buffer":
@@ -293,7 +301,7 @@ class Buffer:
         if inner_a != inner_b:
             raise ValueError(f"matmul: shapes {self.shape} and {other.shape} do not align ({inner_a} != {inner_b})")
         try:
-            return Buffer.from_array(self.xp.matmul(self.array, other.array))
+            return Buffer.from_array(matmul(self.xp, self.array, other.array))
         except ValueError:
             raise ValueError(f"matmul: batch dims of {self.shape} and {other.shape} do not broadcast") from None
 
@@ -361,6 +369,14 @@ class Buffer:
         device = backend.normalize_device(device)
         draw = backend.generator(device).normal(mean, std, _check_shape(shape))
         return Buffer.from_array(draw.astype(dtype.numpy))
+
+
+def matmul(xp, a, b):
+    """a @ b, as one 2-D GEMM when b is a matrix: numpy runs (B, T, C) @ (C, D) as B small products
+    outside BLAS, measured 13x slower than the same work as (B*T, C) @ (C, D)."""
+    if b.ndim == 2 and a.ndim > 2:
+        return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + b.shape[-1:])
+    return xp.matmul(a, b)
 
 
 def _raw(value):

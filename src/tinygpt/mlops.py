@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from tinygpt import backend
-from tinygpt.buffer import Buffer
+from tinygpt.buffer import Buffer, matmul
 from tinygpt.utils import DType, normalize_axes
 
 
@@ -174,14 +174,30 @@ class GELU(Operation):
 
     def forward(self, x: Buffer) -> Buffer:
         xp, a = x.xp, x.array
-        self.x = a
-        self.t = xp.tanh(GELU_C * (a + 0.044715 * a * a * a))
-        return Buffer.from_array(0.5 * a * (1.0 + self.t))
+        t = xp.multiply(a, a, out=xp.empty_like(a))  # out=: a 0-d input must give an array, not a scalar
+        # in-place steps below: each temporary of this chain costs a full pass over memory
+        t *= 0.044715
+        t += 1.0
+        t *= a
+        t *= GELU_C
+        self.x, self.t = a, xp.tanh(t, out=t)
+        y = t + 1.0
+        y *= a
+        y *= 0.5
+        return Buffer.from_array(y)
 
     def backward(self, grad: Buffer):
         a, t = self.x, self.t
-        local = 0.5 * (1.0 + t) + 0.5 * a * (1.0 - t * t) * GELU_C * (1.0 + 0.134145 * a * a)
-        return Buffer.from_array(grad.array * local)
+        slope = a * a
+        slope *= 0.134145
+        slope += 1.0
+        slope *= a
+        slope *= 0.5 * GELU_C
+        slope *= 1.0 - t * t
+        slope += 0.5
+        slope += 0.5 * t
+        slope *= grad.array
+        return Buffer.from_array(slope)
 
 
 # ---- reduce ----------------------------------------------------------------------------------------
@@ -240,8 +256,10 @@ class Permute(Operation):
     """y = x with dims reordered;  dx = dy with the inverse order"""
 
     def forward(self, x: Buffer, dims=()) -> Buffer:
+        out = x.permute(dims)
+        dims = tuple(d % max(x.ndim, 1) for d in dims)  # negative dims count from the end
         self.inverse = tuple(sorted(range(len(dims)), key=lambda i: dims[i]))
-        return x.permute(dims)
+        return out
 
     def backward(self, grad: Buffer):
         return grad.permute(self.inverse)
@@ -305,7 +323,7 @@ class Matmul(Operation):
         g = grad.array.reshape(batch + (x.shape[-2], y.shape[-1]))
         grad_x = grad_y = None
         if self.needs_input_grad[0]:
-            grad_x = Buffer.from_array(_sum_to_shape(xp.matmul(g, xp.swapaxes(y, -1, -2)), x.shape).reshape(self.x.shape))
+            grad_x = Buffer.from_array(_sum_to_shape(matmul(xp, g, xp.swapaxes(y, -1, -2)), x.shape).reshape(self.x.shape))
         if self.needs_input_grad[1]:
             if y.ndim == 2 and x.ndim > 2:  # one big GEMM instead of a batch of small ones then a sum
                 gy = x.reshape(-1, x.shape[-1]).T @ g.reshape(-1, g.shape[-1])
@@ -400,30 +418,36 @@ class LayerNorm(Operation):
 
     def forward(self, x: Buffer, weight: Buffer | None = None, bias: Buffer | None = None, eps: float = 1e-5) -> Buffer:
         xp, a = x.xp, x.array
-        mean = a.mean(axis=-1, keepdims=True)
-        centered = a - mean
-        var = (centered * centered).mean(axis=-1, keepdims=True)
-        self.rstd = 1.0 / xp.sqrt(var + eps)
-        self.normalized = centered * self.rstd
+        normalized = a - a.mean(axis=-1, keepdims=True)
+        variance = xp.einsum("...i,...i->...", normalized, normalized)[..., None]  # one pass, no squared temporary
+        variance *= 1.0 / a.shape[-1]
+        variance += eps
+        self.rstd = xp.sqrt(variance, out=variance)
+        xp.reciprocal(self.rstd, out=self.rstd)
+        normalized *= self.rstd
+        self.normalized = normalized
         self.weight = weight.array if weight is not None else None
-        out = self.normalized * self.weight if weight is not None else self.normalized.copy()
+        out = normalized * self.weight if weight is not None else normalized.copy()
         if bias is not None:
             out += bias.array
         return Buffer.from_array(out)
 
     def backward(self, grad: Buffer):
-        g, xh = grad.array, self.normalized
-        leading = tuple(range(g.ndim - 1))
+        xp, g, xh = grad.xp, grad.array, self.normalized
+        rows = g.reshape(-1, g.shape[-1])
         grads = [None, None, None]
         if self.needs_input_grad[0]:
-            dxh = g * self.weight if self.weight is not None else g
-            dx = dxh - dxh.mean(axis=-1, keepdims=True) - xh * (dxh * xh).mean(axis=-1, keepdims=True)
-            dx *= self.rstd
-            grads[0] = Buffer.from_array(dx)
+            dxh = g * self.weight if self.weight is not None else g.copy()
+            projection = xp.einsum("...i,...i->...", dxh, xh)[..., None]
+            projection *= 1.0 / g.shape[-1]
+            dxh -= dxh.mean(axis=-1, keepdims=True)
+            dxh -= xh * projection
+            dxh *= self.rstd
+            grads[0] = Buffer.from_array(dxh)
         if len(self.needs_input_grad) > 1 and self.needs_input_grad[1]:
-            grads[1] = Buffer.from_array((g * xh).sum(axis=leading))
+            grads[1] = Buffer.from_array(xp.einsum("ni,ni->i", rows, xh.reshape(rows.shape)))
         if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
-            grads[2] = Buffer.from_array(g.sum(axis=leading))
+            grads[2] = Buffer.from_array(rows.sum(axis=0))
         return tuple(grads[: len(self.needs_input_grad)])
 
 
@@ -479,39 +503,91 @@ class ScaledDotProductAttention(Operation):
     dS = P * (dP - sum(dP * P)), dq = dS k / sqrt(d), dk = dS^T q / sqrt(d), dv = P^T dy"""
 
     def forward(self, q: Buffer, k: Buffer, v: Buffer, dropout_p: float = 0.0) -> Buffer:
-        xp = q.xp
-        self.q, self.k, self.v = q.array, k.array, v.array
-        self.scale = 1.0 / math.sqrt(q.shape[-1])
-        scores = xp.matmul(self.q, xp.swapaxes(self.k, -1, -2))
-        scores *= self.scale
-        scores += causal_mask(xp, q.shape[-2], k.shape[-2], scores.dtype)
-        self.probs = _softmax(scores, -1)
-        self.keep = None
-        attention = self.probs
-        if dropout_p > 0.0:
-            self.keep = (backend.generator(q.device).random(self.probs.shape, dtype=self.probs.dtype) >= dropout_p)
-            self.keep = self.keep.astype(self.probs.dtype) * (1.0 / (1.0 - dropout_p))
-            attention = self.probs * self.keep
-        self.attention = attention
-        return Buffer.from_array(xp.matmul(attention, self.v))
+        return Buffer.from_array(self._attend(q.xp, q.array, k.array, v.array, dropout_p, q.device))
 
     def backward(self, grad: Buffer):
-        xp, g = grad.xp, grad.array
-        grad_v = xp.matmul(xp.swapaxes(self.attention, -1, -2), g) if self.needs_input_grad[2] else None
-        dprobs = xp.matmul(g, xp.swapaxes(self.v, -1, -2))
+        grads = self._attend_backward(grad.xp, grad.array, self.needs_input_grad)
+        return tuple(None if g is None else Buffer.from_array(g) for g in grads)
+
+    def _attend(self, xp, q, k, v, dropout_p: float, device: str):
+        self.q, self.k, self.v = q, k, v
+        self.scale = 1.0 / math.sqrt(q.shape[-1])
+        scores = xp.matmul(q, xp.swapaxes(k, -1, -2))
+        scores *= self.scale
+        scores += causal_mask(xp, q.shape[-2], k.shape[-2], scores.dtype)
+        self.probs = self.attention = _softmax(scores, -1)
+        self.keep = None
+        if dropout_p > 0.0:
+            keep = backend.generator(device).random(self.probs.shape, dtype=self.probs.dtype) >= dropout_p
+            self.keep = keep.astype(self.probs.dtype) * (1.0 / (1.0 - dropout_p))
+            self.attention = self.probs * self.keep
+        return xp.matmul(self.attention, v)
+
+    def _attend_backward(self, xp, g, needs_grad):
+        grad_v = xp.matmul(xp.swapaxes(self.attention, -1, -2), g) if needs_grad[2] else None
+        dscores = xp.matmul(g, xp.swapaxes(self.v, -1, -2))
         if self.keep is not None:
-            dprobs *= self.keep
-        dscores = dprobs
-        dscores -= (dprobs * self.probs).sum(axis=-1, keepdims=True)
+            dscores *= self.keep
+        dscores -= (dscores * self.probs).sum(axis=-1, keepdims=True)
         dscores *= self.probs
         dscores *= self.scale
-        grad_q = xp.matmul(dscores, self.k) if self.needs_input_grad[0] else None
-        grad_k = xp.matmul(xp.swapaxes(dscores, -1, -2), self.q) if self.needs_input_grad[1] else None
-        return tuple(None if a is None else Buffer.from_array(a) for a in (grad_q, grad_k, grad_v))
+        grad_q = xp.matmul(dscores, self.k) if needs_grad[0] else None
+        grad_k = xp.matmul(xp.swapaxes(dscores, -1, -2), self.q) if needs_grad[1] else None
+        return grad_q, grad_k, grad_v
+
+
+class MultiHeadAttention(ScaledDotProductAttention):
+    """y = merge_heads(attention(split_heads(qkv))) for packed qkv of shape (B, T, 3C);
+    the same math as ScaledDotProductAttention, with dq, dk, dv written into one (B, T, 3C) gradient
+    (three Slice ops would each allocate and add a full-size zero gradient)."""
+
+    def forward(self, qkv: Buffer, num_heads: int = 1, dropout_p: float = 0.0) -> Buffer:
+        batch, length, packed = qkv.shape
+        if packed % (3 * num_heads):
+            raise ValueError(f"attention: last dim {packed} of qkv is not 3 x num_heads ({num_heads}) x head size")
+        self.layout = (batch, length, 3, num_heads, packed // (3 * num_heads))
+        q, k, v = qkv.array.reshape(self.layout).transpose(2, 0, 3, 1, 4)
+        out = self._attend(qkv.xp, q, k, v, dropout_p, qkv.device)
+        return Buffer.from_array(out.transpose(0, 2, 1, 3).reshape(batch, length, packed // 3))
+
+    def backward(self, grad: Buffer):
+        xp = grad.xp
+        batch, length, _, heads, head_dims = self.layout
+        g = grad.array.reshape(batch, length, heads, head_dims).transpose(0, 2, 1, 3)
+        grad_qkv = xp.empty(self.layout, dtype=g.dtype)
+        heads_view = grad_qkv.transpose(2, 0, 3, 1, 4)
+        for i, grad_part in enumerate(self._attend_backward(xp, g, (True, True, True))):
+            heads_view[i] = grad_part
+        return Buffer.from_array(grad_qkv.reshape(batch, length, -1))
+
+
+class Linear(Operation):
+    """y = x @ W + b with W of shape (in, out), one GEMM over all leading dims;  dx = dy W^T, dW = x^T dy, db = sum dy"""
+
+    def forward(self, x: Buffer, weight: Buffer, bias: Buffer | None = None) -> Buffer:
+        if weight.ndim != 2 or x.ndim == 0 or x.shape[-1] != weight.shape[0]:
+            raise ValueError(f"linear: input of shape {x.shape} does not fit weights of shape {weight.shape}")
+        self.x, self.weight = x.array, weight.array
+        out = matmul(x.xp, self.x, self.weight)
+        if bias is not None:
+            out += bias.array
+        return Buffer.from_array(out)
+
+    def backward(self, grad: Buffer):
+        g = grad.array.reshape(-1, grad.shape[-1])
+        grads = [None] * len(self.needs_input_grad)
+        if self.needs_input_grad[0]:
+            grads[0] = Buffer.from_array((g @ self.weight.T).reshape(self.x.shape))
+        if self.needs_input_grad[1]:
+            grads[1] = Buffer.from_array(self.x.reshape(-1, self.x.shape[-1]).T @ g)
+        if len(grads) > 2 and self.needs_input_grad[2]:
+            grads[2] = Buffer.from_array(g.sum(axis=0))
+        return tuple(grads)
 
 
 __all__ = [
     "Operation", "Add", "Sub", "Neg", "Mul", "Div", "Pow", "Log", "Exp", "Maximum", "Relu", "Tanh", "GELU",
     "Sum", "Max", "Reshape", "Expand", "Permute", "Slice", "Concatenate", "Tril", "Matmul", "Softmax",
-    "LogSoftmax", "CrossEntropy", "LayerNorm", "Embedding", "Dropout", "ScaledDotProductAttention", "DType",
+    "LogSoftmax", "CrossEntropy", "LayerNorm", "Embedding", "Dropout", "ScaledDotProductAttention",
+    "MultiHeadAttention", "Linear", "DType",
 ]

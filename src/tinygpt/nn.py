@@ -26,8 +26,7 @@ class FullyConnectedLayer(Module):
             self.bias = Tensor.uniform((output_dims,), -bound, bound, requires_grad=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = x @ self.weights
-        return y + self.bias if "bias" in self else y
+        return apply_op(mlops.Linear, x, self.weights, self.get("bias"))
 
 
 ACTIVATIONS = {
@@ -123,19 +122,25 @@ class CasualSelfAttention(Module):
         self.resid_dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, kv_cache: dict | None = None) -> Tensor:
-        batch, length, dims = x.shape
-        head_dims = dims // self.num_heads
-        qkv = self.c_attn(x).reshape((batch, length, 3, self.num_heads, head_dims)).permute((2, 0, 3, 1, 4))
-        q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, H, T, head_dims)
-        if kv_cache is not None:
-            if "k" in kv_cache:
-                k = Tensor.concatenate([kv_cache["k"], k], axis=2)
-                v = Tensor.concatenate([kv_cache["v"], v], axis=2)
-            kv_cache["k"], kv_cache["v"] = k, v
+        qkv = self.c_attn(x)
         dropout_p = self.dropout if self.training else 0.0
-        y = apply_op(mlops.ScaledDotProductAttention, q, k, v, dropout_p=dropout_p)
-        y = y.permute((0, 2, 1, 3)).reshape((batch, length, dims))
+        if kv_cache is None:
+            y = apply_op(mlops.MultiHeadAttention, qkv, num_heads=self.num_heads, dropout_p=dropout_p)
+        else:
+            y = self._attend_with_cache(qkv, kv_cache)
         return self.resid_dropout(self.c_proj(y))
+
+    def _attend_with_cache(self, qkv: Tensor, kv_cache: dict) -> Tensor:
+        """Generation: keys and values of earlier positions come from the cache, new ones are appended."""
+        batch, length, packed = qkv.shape
+        heads = qkv.reshape((batch, length, 3, self.num_heads, packed // (3 * self.num_heads))).permute((2, 0, 3, 1, 4))
+        q, k, v = heads[0], heads[1], heads[2]  # each (B, H, T, head_dims)
+        if "k" in kv_cache:
+            k = Tensor.concatenate([kv_cache["k"], k], axis=2)
+            v = Tensor.concatenate([kv_cache["v"], v], axis=2)
+        kv_cache["k"], kv_cache["v"] = k, v
+        y = apply_op(mlops.ScaledDotProductAttention, q, k, v)
+        return y.permute((0, 2, 1, 3)).reshape((batch, length, packed // 3))
 
 
 CausalSelfAttention = CasualSelfAttention

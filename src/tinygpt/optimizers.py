@@ -38,7 +38,9 @@ class Optimizer:
                 self.apply_single(parameter, state, learning_rate)
                 parameter._version += 1
 
-    step = update
+    def step(self) -> None:
+        """The same as update() (PyTorch's name)."""
+        self.update()
 
     def apply_single(self, parameter: Tensor, state: dict[str, Any], learning_rate: float) -> None:
         """Update one parameter in place (its buffer) and its state."""
@@ -103,13 +105,26 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """m, v running moments of g and g^2; p -= lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps), as torch.optim.Adam."""
+    """m, v running moments of g and g^2; p -= lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps), as torch.optim.Adam.
 
-    decoupled_weight_decay = 0.0
+    When every trainable parameter has a gradient, one step runs as a handful of vectorised passes over
+    flat buffers: the parameters are re-homed as views into one flat storage (a Buffer is only an offset
+    into flat data, so the model does not notice), and the moments live in flat arrays too.
+    """
 
     def __init__(self, module: Module, learning_rate: LearningRate = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
         super().__init__(module, learning_rate)
         self.betas, self.eps = betas, eps
+        self.weight_decay, self.decay_matrices_only = 0.0, False
+        self._flat: FlatParameters | None = None
+
+    def load_state(self, path_or_list, strict: bool = True) -> None:
+        super().load_state(path_or_list, strict)
+        self._flat = None  # rebuilt from the loaded state at the next update
+
+    def decays(self, parameter: Tensor) -> bool:
+        """Whether weight decay applies to this parameter (nanoGPT decays only matrices and embeddings)."""
+        return self.weight_decay != 0.0 and (parameter.ndim >= 2 or not self.decay_matrices_only)
 
     def apply_single(self, parameter: Tensor, state: dict[str, Any], learning_rate: float) -> None:
         p, g = parameter.buffer.array, parameter.grad.buffer.array
@@ -118,28 +133,96 @@ class Adam(Optimizer):
             state["step"] = np.array(0.0, dtype=np.float32)
             state["exp_avg"], state["exp_avg_sq"] = xp.zeros_like(p), xp.zeros_like(p)
         state["step"] = state["step"] + 1
-        step = float(state["step"])
+        if self.decays(parameter):
+            p *= 1.0 - learning_rate * self.weight_decay
+        self._adam_step(xp, p, g, state["exp_avg"], state["exp_avg_sq"], float(state["step"]), learning_rate)
+
+    def _adam_step(self, xp, p, g, m, v, step: float, learning_rate: float) -> None:
         beta1, beta2 = self.betas
-        if self.decoupled_weight_decay:
-            p *= 1.0 - learning_rate * self.decoupled_weight_decay
-        m, v = state["exp_avg"], state["exp_avg_sq"]
         m *= beta1
         m += (1.0 - beta1) * g
         v *= beta2
         v += (1.0 - beta2) * (g * g)
         step_size = learning_rate / (1.0 - beta1 ** step)
-        denominator = xp.sqrt(v) / math.sqrt(1.0 - beta2 ** step)
+        denominator = xp.sqrt(v)
+        denominator /= math.sqrt(1.0 - beta2 ** step)
         denominator += self.eps
-        p -= step_size * (m / denominator)
+        m_hat = m / denominator
+        m_hat *= step_size
+        p -= m_hat
+
+    def update(self) -> None:
+        parameters = [(name, p) for name, p in self.module.named_parameters() if p.requires_grad]
+        if not parameters or any(p.grad is None for _, p in parameters) or len({p.device for _, p in parameters}) > 1:
+            return super().update()  # some parameters skip this step: the per-parameter path, as PyTorch
+        if self._flat is None or not self._flat.holds(parameters):
+            if len({float(self.state.get(name, {}).get("step", 0.0)) for name, _ in parameters}) > 1:
+                return super().update()  # parameters took different numbers of steps so far
+            self._flat = FlatParameters(parameters, self)
+        learning_rate = self.current_learning_rate
+        self.step_count += 1
+        self._flat.step(self, learning_rate)
+        for _, parameter in parameters:
+            parameter._version += 1
+
+
+class FlatParameters:
+    """Parameters as views into one flat array (decayed ones first), with flat Adam moments.
+
+    The per-parameter `state` entries of the optimizer are views into the flat moments, so saving,
+    loading and the per-parameter path all see the same numbers."""
+
+    def __init__(self, parameters: list[tuple[str, Tensor]], optimizer: Adam) -> None:
+        ordered = sorted(parameters, key=lambda item: not optimizer.decays(item[1]))  # stable: decayed first
+        self.tensors = [tensor for _, tensor in ordered]
+        xp = self.tensors[0].buffer.xp
+        sizes = [tensor.numel for tensor in self.tensors]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
+        self.decayed = sum(size for (_, tensor), size in zip(ordered, sizes) if optimizer.decays(tensor))
+        dtype = self.tensors[0].buffer.data.dtype
+        self.values = xp.empty(self.offsets[-1], dtype=dtype)
+        self.exp_avg, self.exp_avg_sq = xp.zeros_like(self.values), xp.zeros_like(self.values)
+        self.grads = xp.empty_like(self.values)
+        self.step_number = 0.0
+        for (name, tensor), start, end in zip(ordered, self.offsets, self.offsets[1:]):
+            self.values[start:end] = tensor.buffer.array.reshape(-1)
+            tensor.buffer.rehome(self.values, start)
+            state = optimizer.state.setdefault(name, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                flat = getattr(self, key)[start:end]
+                if key in state:
+                    flat[...] = xp.asarray(state[key]).reshape(-1)
+                state[key] = flat.reshape(tensor.shape)
+            self.step_number = float(state.get("step", self.step_number))
+        self.names = [name for name, _ in ordered]
+
+    def holds(self, parameters: list[tuple[str, Tensor]]) -> bool:
+        """Whether these are still the same parameters, still living in the flat storage."""
+        return (len(parameters) == len(self.tensors)
+                and all(tensor.buffer.data is self.values for _, tensor in parameters)
+                and {id(t) for _, t in parameters} == {id(t) for t in self.tensors})
+
+    def step(self, optimizer: Adam, learning_rate: float) -> None:
+        xp = self.tensors[0].buffer.xp
+        for tensor, start, end in zip(self.tensors, self.offsets, self.offsets[1:]):
+            self.grads[start:end] = tensor.grad.buffer.array.reshape(-1)
+        self.step_number += 1.0
+        if self.decayed:
+            self.values[: self.decayed] *= 1.0 - learning_rate * optimizer.weight_decay
+        optimizer._adam_step(xp, self.values, self.grads, self.exp_avg, self.exp_avg_sq, self.step_number, learning_rate)
+        step = np.array(self.step_number, dtype=np.float32)
+        for name in self.names:
+            optimizer.state[name]["step"] = step
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay: p *= 1 - lr * weight_decay before the Adam step, as torch.optim.AdamW."""
+    """Adam with decoupled weight decay: p *= 1 - lr * weight_decay before the Adam step, as torch.optim.AdamW.
+    With decay_matrices_only, biases and LayerNorm parameters are not decayed (nanoGPT's parameter groups)."""
 
     def __init__(self, module: Module, learning_rate: LearningRate = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.01) -> None:
+                 eps: float = 1e-8, weight_decay: float = 0.01, decay_matrices_only: bool = False) -> None:
         super().__init__(module, learning_rate, betas, eps)
-        self.decoupled_weight_decay = weight_decay
+        self.weight_decay, self.decay_matrices_only = weight_decay, decay_matrices_only
 
 
 def cosine_schedule(max_learning_rate: float, min_learning_rate: float, warmup_steps: int, decay_steps: int) -> Callable[[int], float]:

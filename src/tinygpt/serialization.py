@@ -36,7 +36,7 @@ def atomic_write(path: str | os.PathLike, write) -> None:
 
 def save_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
     """Write named arrays (and string metadata) to `.safetensors` or `.json`, atomically."""
-    arrays = {name: np.ascontiguousarray(array) for name, array in arrays.items()}
+    arrays = {name: np.asarray(array, order="C") for name, array in arrays.items()}  # 0-d stays 0-d
     if _format(path) == ".safetensors":
         atomic_write(path, lambda temporary: save_file(arrays, temporary, metadata=metadata))
         return
@@ -44,6 +44,14 @@ def save_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], metadata
         name: {"dtype": str(array.dtype), "shape": list(array.shape), "data": array.reshape(-1).tolist()}
         for name, array in arrays.items()}}
     atomic_write(path, lambda temporary: Path(temporary).write_text(json.dumps(record)))
+
+
+def _numeric_dtype(name: str) -> np.dtype:
+    """The numpy dtype a json file names, if it is a bool, integer or float type (never object or string)."""
+    dtype = np.dtype(name)
+    if dtype.kind not in "biuf":
+        raise ValueError(f"dtype {name!r} is not a numeric type")
+    return dtype
 
 
 def load_arrays(path: str | os.PathLike, with_metadata: bool = False):
@@ -62,7 +70,7 @@ def load_arrays(path: str | os.PathLike, with_metadata: bool = False):
         try:
             record = json.loads(Path(path).read_text())
             metadata = record.get("metadata", {})
-            arrays = {name: np.array(entry["data"], dtype=np.dtype(entry["dtype"])).reshape(entry["shape"])
+            arrays = {name: np.array(entry["data"], dtype=_numeric_dtype(entry["dtype"])).reshape(entry["shape"])
                       for name, entry in record["tensors"].items()}
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"{path}: not a valid TinyGPT weights json ({error})") from None

@@ -95,7 +95,7 @@ def _as_buffer(data: Any, dtype: DType | None, device: str | None) -> Buffer:
 class Tensor:
     """An n-d array that records the operations applied to it, so that backward() can compute gradients."""
 
-    __slots__ = ("buffer", "requires_grad", "grad_fn", "grad", "_version", "_retains_grad", "__weakref__")
+    __slots__ = ("buffer", "requires_grad", "grad_fn", "grad", "_version_counter", "_retains_grad", "__weakref__")
     __array_priority__ = 1000  # numpy scalars defer to Tensor's reflected operators
 
     def __init__(self, data: Any, dtype: DType | None = None, requires_grad: bool = False, device: str | None = None) -> None:
@@ -105,15 +105,30 @@ class Tensor:
         self.requires_grad = requires_grad
         self.grad_fn: GradientFunction | None = None
         self.grad: Tensor | None = None
-        self._version = 0
+        self._version_counter = [0]
         self._retains_grad = False
 
     @classmethod
     def _wrap(cls, buffer: Buffer, requires_grad: bool = False) -> "Tensor":
         tensor = cls.__new__(cls)
         tensor.buffer, tensor.requires_grad, tensor.grad_fn, tensor.grad = buffer, requires_grad, None, None
-        tensor._version, tensor._retains_grad = 0, False
+        tensor._version_counter, tensor._retains_grad = [0], False
         return tensor
+
+    def _alias(self, buffer: Buffer) -> "Tensor":
+        """A graph-less tensor over (a view of) this storage; it shares the version counter, so in-place
+        changes through either one are seen by the backward of ops that saved the other."""
+        tensor = Tensor._wrap(buffer)
+        tensor._version_counter = self._version_counter
+        return tensor
+
+    @property
+    def _version(self) -> int:
+        return self._version_counter[0]
+
+    @_version.setter
+    def _version(self, value: int) -> None:
+        self._version_counter[0] = value
 
     # ---- description ---------------------------------------------------------------------------
     shape = property(lambda self: self.buffer.shape)
@@ -146,7 +161,7 @@ class Tensor:
         return Tensor._wrap(self.buffer.to(device), self.requires_grad)
 
     def detach(self) -> "Tensor":
-        return Tensor._wrap(self.buffer)
+        return self._alias(self.buffer)
 
     def float(self) -> "Tensor":
         return self if self.dtype == DType.float32 else Tensor._wrap(self.buffer.float())
@@ -194,13 +209,16 @@ class Tensor:
 
     def _topological_order(self) -> list["Tensor"]:
         """Tensors from this one to the leaves, each after every tensor that consumes it (iterative DFS)."""
-        order, visited = [], {id(self)}
+        order, visited = [], set()
         stack: list[tuple[Tensor, bool]] = [(self, False)]
         while stack:
             node, children_done = stack.pop()
             if children_done:
                 order.append(node)
                 continue
+            if id(node) in visited:  # marked when expanded, not when pushed: else a node reached by two
+                continue             # paths could be emitted before a consumer that is still on the stack
+            visited.add(id(node))
             stack.append((node, True))
             if node.grad_fn is None:
                 continue
@@ -209,7 +227,6 @@ class Tensor:
                                    "call backward(retain_graph=True) the first time to backpropagate twice")
             for child in node.grad_fn.inputs:
                 if child is not None and child.requires_grad and id(child) not in visited:
-                    visited.add(id(child))
                     stack.append((child, False))
         order.reverse()
         return order
@@ -239,7 +256,7 @@ class Tensor:
             return self
         padded = (1,) * (len(shape) - self.ndim) + self.shape
         if not self.requires_grad or not _grad_enabled:
-            return Tensor._wrap(self.buffer.reshape(padded).expand(shape))
+            return self._alias(self.buffer.reshape(padded).expand(shape))
         return self.reshape(padded).expand(shape)
 
     def _binary(self, operation, other: Any, reverse: bool = False) -> "Tensor":

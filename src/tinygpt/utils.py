@@ -45,16 +45,16 @@ class DType(Enum):
 
     @staticmethod
     def from_numpy(dtype: np.dtype) -> "DType":
-        """The DType of a numpy dtype (float64 narrows to float32, int64 stays int64)."""
-        dtype = np.dtype(dtype)
-        if dtype == np.float64:
-            return DType.float32
-        if dtype.kind in "ui" and dtype.itemsize <= 4:
-            return DType.int32
+        """The DType of a numpy dtype (float64 narrows to float32, small ints widen to int32)."""
         try:
-            return DType(dtype.name)
-        except ValueError:
+            return _FROM_NUMPY[dtype]
+        except (KeyError, TypeError):
             raise TypeError(f"numpy dtype {dtype} has no TinyGPT DType") from None
+
+
+_FROM_NUMPY = {np.dtype(name): DType(name) for name in ("float32", "float16", "int32", "int64", "bool")}
+_FROM_NUMPY.update({np.dtype(name): DType.int32 for name in ("int8", "int16", "uint8", "uint16")})
+_FROM_NUMPY[np.dtype("float64")] = DType.float32
 
 
 def tree_flatten(tree: Any, prefix: str = "", is_leaf: Callable[[Any], bool] | None = None) -> list[tuple[str, Any]]:

@@ -1,0 +1,218 @@
+"""Training-step benchmark: the same GPT in TinyGPT and in PyTorch eager, from the same weights.
+
+Steps (forward, backward, AdamW) alternate between the two frameworks so that both see the same
+machine noise; peak memory is measured in a fresh subprocess per framework. Run it as
+`tinygpt bench` or `python benchmarks/bench_training.py`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+CONFIGS = {
+    "shakespeare-char-cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, vocab_size=65),
+    "large": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=8, vocab_size=65),
+    "tiny": dict(n_layer=1, n_head=2, n_embd=16, block_size=8, batch_size=2, vocab_size=65),
+}
+ADAMW = dict(lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
+
+
+def build_tinygpt(config: dict):
+    import tinygpt
+    from tinygpt.nn import GPT
+
+    tinygpt.manual_seed(1337)
+    return GPT(config["block_size"], config["vocab_size"], config["n_layer"], config["n_head"], config["n_embd"])
+
+
+def build_torch(config: dict, weights: dict[str, np.ndarray]):
+    """nanoGPT's model (fused attention, tied LM head) with TinyGPT's weights copied in."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    class Block(nn.Module):
+        def __init__(self, dims: int, heads: int) -> None:
+            super().__init__()
+            self.heads = heads
+            self.ln_1, self.ln_2 = nn.LayerNorm(dims), nn.LayerNorm(dims)
+            self.c_attn, self.c_proj = nn.Linear(dims, 3 * dims), nn.Linear(dims, dims)
+            self.c_fc, self.mlp_proj = nn.Linear(dims, 4 * dims), nn.Linear(4 * dims, dims)
+
+        def forward(self, x):
+            batch, length, dims = x.shape
+            q, k, v = self.c_attn(self.ln_1(x)).split(dims, dim=2)
+            q, k, v = (t.view(batch, length, self.heads, dims // self.heads).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(batch, length, dims)
+            x = x + self.c_proj(y)
+            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+    class TorchGPT(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wte = nn.Embedding(config["vocab_size"], config["n_embd"])
+            self.wpe = nn.Embedding(config["block_size"], config["n_embd"])
+            self.blocks = nn.ModuleList(Block(config["n_embd"], config["n_head"]) for _ in range(config["n_layer"]))
+            self.ln_f = nn.LayerNorm(config["n_embd"])
+
+        def forward(self, ids):
+            x = self.wte(ids) + self.wpe(torch.arange(ids.shape[1]))
+            for block in self.blocks:
+                x = block(x)
+            return self.ln_f(x) @ self.wte.weight.T
+
+    model = TorchGPT()
+    ours_to_theirs = {"token_embedding.weights": "wte.weight", "position_embedding.weights": "wpe.weight",
+                      "ln_f.weights": "ln_f.weight", "ln_f.bias": "ln_f.bias"}
+    layer_names = {"ln_1.weights": "ln_1.weight", "ln_1.bias": "ln_1.bias", "ln_2.weights": "ln_2.weight",
+                   "ln_2.bias": "ln_2.bias", "attn.c_attn.weights": "c_attn.weight", "attn.c_attn.bias": "c_attn.bias",
+                   "attn.c_proj.weights": "c_proj.weight", "attn.c_proj.bias": "c_proj.bias",
+                   "mlp.layers.0.weights": "c_fc.weight", "mlp.layers.0.bias": "c_fc.bias",
+                   "mlp.layers.1.weights": "mlp_proj.weight", "mlp.layers.1.bias": "mlp_proj.bias"}
+    for i in range(config["n_layer"]):
+        ours_to_theirs.update({f"blocks.{i}.{a}": f"blocks.{i}.{b}" for a, b in layer_names.items()})
+    state = {}
+    for ours, theirs in ours_to_theirs.items():
+        array = weights[ours]
+        is_linear_weight = theirs.endswith(".weight") and array.ndim == 2 and not theirs.startswith(("wte", "wpe"))
+        state[theirs] = torch.from_numpy(np.ascontiguousarray(array.T if is_linear_weight else array))
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def tinygpt_stepper(config: dict):
+    from tinygpt.losses import CrossEntropyLoss
+    from tinygpt.optimizers import AdamW
+    from tinygpt.tensor import Tensor
+
+    model = build_tinygpt(config)
+    optimizer = AdamW(model, ADAMW["lr"], ADAMW["betas"], ADAMW["eps"], ADAMW["weight_decay"])
+    loss_fn = CrossEntropyLoss()
+
+    def step(x: np.ndarray, y: np.ndarray) -> float:
+        loss = loss_fn(model(Tensor(x)), Tensor(y), reduction="mean")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.update()
+        return loss.item()
+    return model, step
+
+
+def torch_stepper(config: dict, weights: dict[str, np.ndarray]):
+    import torch
+    from torch.nn import functional as F
+
+    model = build_torch(config, weights)
+    optimizer = torch.optim.AdamW(model.parameters(), **ADAMW)
+
+    def step(x: np.ndarray, y: np.ndarray) -> float:
+        logits = model(torch.from_numpy(x))
+        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), torch.from_numpy(y).view(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+    return step
+
+
+def batches(config: dict, count: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    shape = (config["batch_size"], config["block_size"])
+    return [(rng.integers(0, config["vocab_size"], shape), rng.integers(0, config["vocab_size"], shape)) for _ in range(count)]
+
+
+def peak_rss_mb(framework: str, config_name: str, steps: int) -> float:
+    """Peak resident memory of a fresh process that imports one framework and trains `steps` steps."""
+    code = ("import sys, json, resource; from tinygpt import bench; "
+            f"bench.memory_worker({framework!r}, {config_name!r}, {steps})")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
+
+
+def memory_worker(framework: str, config_name: str, steps: int) -> None:
+    config = CONFIGS[config_name]
+    model, ours = tinygpt_stepper(config)
+    step = ours
+    if framework == "torch":
+        weights = {name: tensor.numpy() for name, tensor in model.named_parameters()}
+        step = torch_stepper(config, weights)
+        del model, ours
+    for x, y in batches(config, steps):
+        step(x, y)
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def run(config_name: str, steps: int, warmup: int, memory: bool = True) -> dict:
+    import torch
+
+    config = CONFIGS[config_name]
+    model, ours = tinygpt_stepper(config)
+    theirs = torch_stepper(config, {name: tensor.numpy() for name, tensor in model.named_parameters()})
+    data = batches(config, warmup + steps)
+    losses = {"tinygpt": [], "torch": []}
+    times = {"tinygpt": [], "torch": []}
+    for i, (x, y) in enumerate(data):
+        for name, step in (("tinygpt", ours), ("torch", theirs)):
+            start = time.perf_counter()
+            losses[name].append(step(x, y))
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    tokens = config["batch_size"] * config["block_size"]
+    result = {"config": config_name, "torch_threads": torch.get_num_threads(), "steps": steps,
+              "max_loss_difference": float(max(abs(a - b) for a, b in zip(losses["tinygpt"], losses["torch"])))}
+    for name in times:
+        ms = 1000 * float(np.median(times[name]))
+        result[name] = {"ms_per_iter": ms, "tokens_per_s": tokens / ms * 1000}
+    result["speedup"] = result["torch"]["ms_per_iter"] / result["tinygpt"]["ms_per_iter"]
+    if memory:
+        for name in times:
+            result[name]["peak_rss_mb"] = peak_rss_mb(name, config_name, min(steps, 10))
+        result["memory_ratio"] = result["tinygpt"]["peak_rss_mb"] / result["torch"]["peak_rss_mb"]
+    return result
+
+
+def report(result: dict) -> str:
+    lines = [f"config {result['config']}: {result['steps']} timed steps (median), torch threads {result['torch_threads']}"]
+    for name in ("tinygpt", "torch"):
+        row = result[name]
+        memory = f", peak RSS {row['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in row else ""
+        lines.append(f"  {name:8s} {row['ms_per_iter']:8.2f} ms/iter {row['tokens_per_s']:10.0f} tokens/s{memory}")
+    lines.append(f"  throughput ratio tinygpt/torch: {result['speedup']:.2f}x"
+                 + (f", peak memory ratio {result['memory_ratio']:.2f}" if "memory_ratio" in result else ""))
+    lines.append(f"  largest loss difference over the run: {result['max_loss_difference']:.2e}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tinygpt bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=sorted(CONFIGS), action="append",
+                        help="configuration(s) to run (default: shakespeare-char-cpu and large)")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny config, 2 steps")
+    args = parser.parse_args(argv)
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("tinygpt bench needs PyTorch as its peer: pip install 'tinygpt[test]'", file=sys.stderr)
+        return 1
+    configs = ["tiny"] if args.quick else (args.config or ["shakespeare-char-cpu", "large"])
+    steps, warmup = (2, 1) if args.quick else (args.steps, args.warmup)
+    print("command:", " ".join(["tinygpt bench"] + (argv if argv is not None else sys.argv[1:])))
+    for name in configs:
+        print(report(run(name, steps, warmup, memory=not args.no_memory)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["main", "run", "CONFIGS"]
