@@ -95,7 +95,8 @@ class Div(Operation):
 
 
 class Pow(Operation):
-    """z = x ** y;  dz/dx = y x^(y-1), dz/dy = x^y log(x)"""
+    """z = x ** y;  dz/dx = y x^(y-1), dz/dy = x^y log(x)  (both 0 where their limit is, as PyTorch:
+    dz/dx at y = 0, dz/dy at x = 0 with y >= 0, instead of the 0 * inf = NaN of the formula)"""
 
     def forward(self, x: Buffer, y: Buffer) -> Buffer:
         self.x, self.y = x, y
@@ -103,8 +104,11 @@ class Pow(Operation):
         return self.z
 
     def backward(self, grad: Buffer):
-        grad_x = grad * self.y * self.x ** (self.y - 1.0) if self.needs_input_grad[0] else None
-        grad_y = grad * self.z * self.x.log() if self.needs_input_grad[1] else None
+        grad_x = grad_y = None
+        if self.needs_input_grad[0]:
+            grad_x = (self.y == 0.0).where(0.0, grad * self.y * self.x ** (self.y - 1.0))
+        if self.needs_input_grad[1]:
+            grad_y = ((self.x == 0.0) * (self.y >= 0.0)).where(0.0, grad * self.z * self.x.log())
         return grad_x, grad_y
 
 
@@ -333,9 +337,14 @@ class Matmul(Operation):
         return grad_x, grad_y
 
 
+def _shift(logits, axis: int):
+    """The max along axis (kept as a dim) that makes exp safe; 0 for an empty axis, which has no max."""
+    return logits.max(axis=axis, keepdims=True) if logits.shape[axis] else 0.0
+
+
 def _softmax(logits, axis: int):
     xp = backend.array_module(backend.device_of(logits))
-    shifted = logits - logits.max(axis=axis, keepdims=True)
+    shifted = logits - _shift(logits, axis)
     exps = xp.exp(shifted, out=shifted)
     exps /= exps.sum(axis=axis, keepdims=True)
     return exps
@@ -360,7 +369,7 @@ class LogSoftmax(Operation):
     def forward(self, x: Buffer, axis: int = -1) -> Buffer:
         xp, a = x.xp, x.array
         (self.axis,) = normalize_axes(axis, x.ndim)
-        shifted = a - a.max(axis=self.axis, keepdims=True)
+        shifted = a - _shift(a, self.axis)
         y = shifted - xp.log(xp.exp(shifted).sum(axis=self.axis, keepdims=True))
         self.y = y
         return Buffer.from_array(y)

@@ -154,6 +154,7 @@ class Adam(Optimizer):
     def update(self) -> None:
         parameters = [(name, p) for name, p in self.module.named_parameters() if p.requires_grad]
         if not parameters or any(p.grad is None for _, p in parameters) or len({p.device for _, p in parameters}) > 1:
+            self._flat = None  # its step count would go stale: rebuilt (if the steps agree again) at a later update
             return super().update()  # some parameters skip this step: the per-parameter path, as PyTorch
         if self._flat is None or not self._flat.holds(parameters):
             if len({float(self.state.get(name, {}).get("step", 0.0)) for name, _ in parameters}) > 1:

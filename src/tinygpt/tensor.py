@@ -264,6 +264,8 @@ class Tensor:
         x, y = (other, self) if reverse else (self, other)
         if x.dtype != y.dtype:
             x, y = x.float(), y.float()
+        if x.shape == y.shape:
+            return apply_op(operation, x, y)
         try:
             shape = tuple(np.broadcast_shapes(x.shape, y.shape))
         except ValueError:
