@@ -1,0 +1,46 @@
+"""Every docs/*.md page: its ```python blocks run, in order, as one program in a fresh namespace.
+
+Pages are found by glob, so a new page is tested as soon as it exists. Each runs in its own empty
+working directory, so an example may write files (checkpoints, tokenizer models) freely.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import tinygpt
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+PAGES = sorted(DOCS.glob("*.md"))
+PYTHON_BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+
+
+def python_blocks(page: Path) -> list[tuple[int, str]]:
+    """(line number, code) of each ```python fenced block of the page."""
+    text = page.read_text(encoding="utf-8")
+    return [(text.count("\n", 0, match.start()) + 2, match.group(1)) for match in PYTHON_BLOCK.finditer(text)]
+
+
+def test_the_docs_pages_are_found():
+    assert {"buffer.md", "operation.md", "tensor.md", "gradientfunction.md"} <= {page.name for page in PAGES}
+
+
+def test_python_blocks_are_extracted_in_order(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("# Title\n\n```python\nx = 1\n```\n\ntext\n\n```\nnot python\n```\n\n```python\ny = x + 1\n```\n")
+    assert python_blocks(page) == [(4, "x = 1\n"), (14, "y = x + 1\n")]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_docs_page_examples_run(page, tmp_path, monkeypatch):
+    blocks = python_blocks(page)
+    if not blocks:
+        pytest.skip(f"{page.name} has no python example")
+    monkeypatch.chdir(tmp_path)
+    tinygpt.manual_seed(0)
+    namespace = {"__name__": f"docs_{page.stem}"}
+    for line, code in blocks:
+        padded = "\n" * (line - 1) + code  # so that a traceback points at the page's own line numbers
+        exec(compile(padded, str(page), "exec"), namespace)  # noqa: S102 - the docs are ours
