@@ -1,0 +1,238 @@
+"""Data: token files cached on disk, datasets of (input_ids, target_ids) windows, and batching.
+
+A corpus is tokenised once into a flat uint16/uint32 file (keyed by the corpus bytes and the
+tokenizer) and read back through a memory map, so a corpus larger than RAM can train.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from importlib import resources
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from tinygpt.tensor import Tensor
+from tinygpt.tokenizer import BPETokenizer, RegexPatterns
+
+TEXT_BLOCK_CHARS = 1 << 22
+
+
+def default_corpus_path() -> Path:
+    """Path of Tiny Shakespeare, the corpus that ships inside the package."""
+    return Path(str(resources.files("tinygpt").joinpath("data", "tinyshakespeare.txt")))
+
+
+def default_cache_dir() -> Path:
+    """Where token files go: `$TINYGPT_CACHE_DIR`, else `~/.cache/tinygpt`."""
+    return Path(os.environ.get("TINYGPT_CACHE_DIR") or Path.home() / ".cache" / "tinygpt")
+
+
+def tokenizer_fingerprint(tokenizer: BPETokenizer) -> str:
+    """A hash of everything that decides the ids: the pattern, the merges and the special tokens."""
+    description = "\n".join([
+        tokenizer.pattern,
+        repr(sorted(tokenizer.merges.items(), key=lambda item: item[1])),
+        repr(sorted(tokenizer.special_tokens.items())),
+    ])
+    return hashlib.sha256(description.encode("utf-8")).hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_text_blocks(path: Path, tokenizer: BPETokenizer, block_chars: int) -> Iterator[str]:
+    """Yield the file's text in pieces that the tokenizer may encode one at a time.
+
+    With the GPT-2 and GPT-4 patterns, a position just after a "\\n" that sits between two
+    non-whitespace characters always starts a new chunk, so cutting there changes no id. Other
+    patterns give no such guarantee: their text comes as one piece.
+    """
+    with open(path, encoding="utf-8", newline="") as file:  # newline="": keep "\r\n" as it is
+        if tokenizer.pattern not in (RegexPatterns.GPT2, RegexPatterns.GPT4):
+            yield file.read()
+            return
+        carry = ""
+        while block := file.read(block_chars):
+            text = carry + block
+            cut = _last_safe_cut(text, searched_up_to=len(carry))
+            if cut:
+                yield text[:cut]
+            carry = text[cut:]
+        if carry:
+            yield carry
+
+
+def _last_safe_cut(text: str, searched_up_to: int) -> int:
+    """The last index `i` with text[i-1] == "\\n" between two non-whitespace characters, else 0.
+
+    The text before `searched_up_to` was searched already (it is the carry of earlier blocks).
+    """
+    position = len(text) - 1
+    while (position := text.rfind("\n", max(searched_up_to - 1, 0), position)) > 0:
+        if not text[position - 1].isspace() and not text[position + 1].isspace():
+            return position + 1
+    return 0
+
+
+def tokenize_corpus(data_file_path: str | Path, tokenizer: BPETokenizer,
+                    cache_dir: str | Path | None = None) -> np.memmap:
+    """Token ids of a UTF-8 text file, encoded once, cached on disk and memory-mapped.
+
+    The cache file is named after a hash of the file's bytes and `tokenizer_fingerprint`, so a
+    changed corpus or tokenizer gets a new file. Special tokens in the text are recognised.
+    """
+    data_file_path = Path(data_file_path)
+    if not data_file_path.is_file():
+        raise FileNotFoundError(f"corpus file {data_file_path} does not exist")
+    if data_file_path.stat().st_size == 0:
+        raise ValueError(f"corpus file {data_file_path} is empty")
+
+    largest_id = max(tokenizer.vocab)
+    dtype = np.uint16 if largest_id < 2**16 else np.uint32
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_file = cache_dir / (f"{data_file_path.stem}-{_file_digest(data_file_path)[:16]}-"
+                              f"{tokenizer_fingerprint(tokenizer)[:16]}.{np.dtype(dtype).name}")
+    if not cache_file.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        handle, temporary_name = tempfile.mkstemp(dir=cache_dir, prefix=cache_file.name, suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                for text in _read_text_blocks(data_file_path, tokenizer, TEXT_BLOCK_CHARS):
+                    file.write(np.asarray(tokenizer.encode(text, allowed_special="all"), dtype=dtype).tobytes())
+            os.replace(temporary_name, cache_file)
+        except UnicodeDecodeError as error:
+            os.unlink(temporary_name)
+            raise ValueError(f"corpus file {data_file_path} is not UTF-8 text: {error}") from error
+        except BaseException:
+            os.unlink(temporary_name)
+            raise
+    return np.memmap(cache_file, dtype=dtype, mode="r")
+
+
+def get_batch(tokens: np.ndarray, block_size: int, batch_size: int,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`batch_size` random windows of `tokens`: inputs x and next-token targets y, int32 (B, T)."""
+    if len(tokens) < block_size + 1:
+        raise ValueError(f"need at least block_size + 1 = {block_size + 1} tokens, got {len(tokens)}")
+    starts = rng.integers(0, len(tokens) - block_size, size=batch_size)
+    windows = np.asarray(tokens[starts[:, None] + np.arange(block_size + 1)], dtype=np.int32)
+    return windows[:, :-1], windows[:, 1:]
+
+
+def train_val_split(tokens: np.ndarray, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """The first `1 - val_fraction` of the tokens for training, the rest for validation (views)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    split = int(len(tokens) * (1.0 - val_fraction))
+    return tokens[:split], tokens[split:]
+
+
+class Dataset(ABC):
+    """A sized collection of items; an item is a tuple of arrays (one per field)."""
+
+    @abstractmethod
+    def __getitem__(self, index: int):
+        """The item at `index`."""
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """The number of items."""
+
+
+class TextDataset(Dataset):
+    """Consecutive windows of a tokenised text file: item i is (input_ids, target_ids), int32.
+
+    Window i covers tokens [i*T, i*T + T + 1) with T = max_seq_length; the targets are the inputs
+    shifted by one token. The tokens come from `tokenize_corpus` (cached, memory-mapped).
+    """
+
+    def __init__(self, data_file_path: str | Path, tokenizer: BPETokenizer, max_seq_length: int,
+                 cache_dir: str | Path | None = None):
+        if not isinstance(max_seq_length, int) or max_seq_length < 1:
+            raise ValueError(f"max_seq_length must be a positive integer, got {max_seq_length!r}")
+        self.tokens = tokenize_corpus(data_file_path, tokenizer, cache_dir)
+        self.max_seq_length = max_seq_length
+        if len(self.tokens) < max_seq_length + 1:
+            raise ValueError(f"corpus {data_file_path} has {len(self.tokens)} tokens, fewer than "
+                             f"max_seq_length + 1 = {max_seq_length + 1}")
+
+    def __len__(self) -> int:
+        return (len(self.tokens) - 1) // self.max_seq_length
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a TextDataset of {len(self)} items")
+        start = (index % len(self)) * self.max_seq_length
+        window = np.asarray(self.tokens[start:start + self.max_seq_length + 1], dtype=np.int32)
+        return window[:-1], window[1:]
+
+
+class DatasetHandler:
+    """Batches of a Dataset: iterate over them, take `len()`, or index `handler[i]`.
+
+    A batch is a tuple with one Tensor per item field (an item that is not a tuple is one field),
+    the items stacked along a new first axis (integers as int32, floats as float32). With `shuffle`, epoch e visits the items in the
+    order drawn from `seed` and e, so every epoch differs and a run is reproducible.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, drop_last: bool = False,
+                 shuffle: bool = False, seed: int | None = None):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.shuffle = shuffle
+        self.seed = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.dataset) // self.batch_size
+        return -(-len(self.dataset) // self.batch_size)
+
+    def item_order(self, epoch: int) -> np.ndarray:
+        """The order in which `epoch` visits the dataset's items."""
+        if not self.shuffle:
+            return np.arange(len(self.dataset))
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+
+    def __getitem__(self, index: int) -> tuple[Tensor, ...]:
+        """Batch `index` of the current epoch."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"batch index {index} out of range for {len(self)} batches")
+        index %= len(self)
+        order = self.item_order(self.epoch)
+        return self._collate(order[index * self.batch_size:(index + 1) * self.batch_size])
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        order = self.item_order(self.epoch)
+        for index in range(len(self)):
+            yield self._collate(order[index * self.batch_size:(index + 1) * self.batch_size])
+        self.epoch += 1
+
+    def _collate(self, indices: np.ndarray) -> tuple[Tensor, ...]:
+        items = [self.dataset[int(index)] for index in indices]
+        if not isinstance(items[0], tuple):
+            items = [(item,) for item in items]
+        return tuple(Tensor(_as_tensor_array(np.stack([item[field] for item in items])))
+                     for field in range(len(items[0])))
+
+
+def _as_tensor_array(array: np.ndarray) -> np.ndarray:
+    """Integers become int32 and floats float32, the dtypes of TinyGPT tensors."""
+    if np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.int32, copy=False)
+    if np.issubdtype(array.dtype, np.floating):
+        return array.astype(np.float32, copy=False)
+    return array

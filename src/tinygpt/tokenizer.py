@@ -1,0 +1,588 @@
+"""Byte-level BPE tokenizer: learn merges from a corpus, encode text to ids and back.
+
+Ids 0..255 are the raw bytes; merge i creates id 256 + i. Training keeps the pair counts up to
+date merge by merge instead of re-scanning the corpus; encoding applies merges by rank, as
+tiktoken does, so the same merges give the same ids.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import re
+from collections import Counter, defaultdict
+from itertools import chain, repeat
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import regex
+from tqdm import tqdm
+
+from tinygpt.tensor import Tensor
+
+MODEL_FORMAT_VERSION = "tinygpt-bpe v1"
+REPLACEMENT_CHARACTER = "\ufffd".encode("utf-8")
+CHUNK_CACHE_LIMIT = 1_000_000
+BATCH_ENCODE_MIN_CHUNKS = 64
+BATCH_MAX_CHUNK_BYTES = 64
+ANSI_BACKGROUNDS = (41, 42, 43, 44, 45, 46)
+
+
+class RegexPatterns:
+    """Pre-tokenisation patterns, verbatim from tiktoken's `gpt2` and `cl100k_base` encodings."""
+
+    GPT2 = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+    GPT4 = (
+        r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+        r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+    )
+
+
+# The same two patterns for ASCII-only text, written for the standard `re` module, which splits
+# ASCII about twice as fast as `regex`. `\s` is spelt out because `re` also counts \x1c-\x1f as
+# space, and the possessive quantifiers are dropped (`re` has them only from Python 3.11): after
+# each of them comes nothing that could make the match backtrack into it, so they change nothing.
+# The tests check these splits equal the originals' on arbitrary ASCII text.
+_SPACE = r"\t\n\v\f\r "
+ASCII_SPLITTERS = {
+    RegexPatterns.GPT2: re.compile(
+        rf"""'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+| ?[0-9]+| ?[^{_SPACE}A-Za-z0-9]+"""
+        rf"""|[{_SPACE}]+$|[{_SPACE}]+(?![^{_SPACE}])|[{_SPACE}]"""),
+    RegexPatterns.GPT4: re.compile(
+        rf"""'(?i:[sdmt]|ll|ve|re)|[^\r\nA-Za-z0-9]?[A-Za-z]+|[0-9]{{1,3}}| ?[^{_SPACE}A-Za-z0-9]+[\r\n]*"""
+        rf"""|[{_SPACE}]+$|[{_SPACE}]*[\r\n]|[{_SPACE}]+(?![^{_SPACE}])|[{_SPACE}]"""),
+}
+
+
+class PairStatistics:
+    """Counts of adjacent id pairs over the unique chunks of a corpus, updated merge by merge.
+
+    `counts[pair]` is the number of occurrences weighted by chunk frequency, `where[pair]` the
+    indices of the chunks that contain (or once contained) the pair. A max-heap of
+    `(-count, pair)` with lazy deletion yields the best pair: counts of existing pairs only ever
+    go down, so a heap entry is an upper bound and a stale one is re-pushed with its true count.
+    """
+
+    def __init__(self, chunk_counts: dict[str, int]):
+        self.words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
+        self.freqs = list(chunk_counts.values())
+        self.counts: dict[tuple[int, int], int] = defaultdict(int)
+        self.where: dict[tuple[int, int], set[int]] = defaultdict(set)
+        for index, (word, freq) in enumerate(zip(self.words, self.freqs)):
+            for pair in zip(word, word[1:]):
+                self.counts[pair] += freq
+                self.where[pair].add(index)
+        self.heap = [(-count, pair) for pair, count in self.counts.items()]
+        heapq.heapify(self.heap)
+
+    def pop_best(self) -> tuple[tuple[int, int], int] | None:
+        """Remove and return the most frequent pair and its count (ties: smallest pair of ids)."""
+        while self.heap:
+            negative_count, pair = heapq.heappop(self.heap)
+            count = self.counts.get(pair, 0)
+            if count <= 0:
+                continue  # the pair no longer occurs anywhere
+            if count == -negative_count:
+                return pair, count
+            heapq.heappush(self.heap, (-count, pair))
+        return None
+
+    def merge(self, pair: tuple[int, int], new_id: int) -> None:
+        """Merge `pair` into `new_id` in the chunks that contain it and update the counts there.
+
+        Each occurrence `x a b y` -> `x Z y` only changes the neighbouring pairs: (x, a) and
+        (b, y) lose the chunk's frequency, (x, Z) and (Z, y) gain it. `x` is read from the
+        merged output, so back-to-back occurrences (`a b a b` -> `Z Z`) are counted right.
+        """
+        first, second = pair
+        counts, where = self.counts, self.where
+        created_pairs = set()
+        for index in where.pop(pair):
+            word = self.words[index]
+            freq = self.freqs[index]
+            merged = []
+            position, length = 0, len(word)
+            while position < length:
+                if word[position] == first and position < length - 1 and word[position + 1] == second:
+                    if merged:
+                        left = merged[-1]
+                        counts[left, first] -= freq
+                        counts[left, new_id] += freq
+                        created_pairs.add((left, new_id))
+                        where[left, new_id].add(index)
+                    if position < length - 2:
+                        right = word[position + 2]
+                        counts[second, right] -= freq
+                        counts[new_id, right] += freq
+                        created_pairs.add((new_id, right))
+                        where[new_id, right].add(index)
+                    merged.append(new_id)
+                    position += 2
+                else:
+                    merged.append(word[position])
+                    position += 1
+            self.words[index] = merged
+        del counts[pair]
+        for new_pair in created_pairs:
+            heapq.heappush(self.heap, (-counts[new_pair], new_pair))
+
+
+def render_token(token: bytes) -> str:
+    """Printable form of a token: invalid UTF-8 replaced, control characters escaped."""
+    text = token.decode("utf-8", errors="replace")
+    return "".join(
+        f"\\u{ord(char):04x}" if regex.match(r"\p{C}", char) else char for char in text
+    )
+
+
+class BPETokenizer:
+    """Byte-level BPE with a regex pre-split (GPT-2 / GPT-4 style) and optional special tokens."""
+
+    def __init__(self, regex_pattern: str = RegexPatterns.GPT4):
+        self.pattern = regex_pattern
+        self.special_tokens: dict[str, int] = {}
+        self.merges = {}
+
+    @property
+    def pattern(self) -> str:
+        """The regex that splits text into chunks before BPE."""
+        return self._pattern
+
+    @pattern.setter
+    def pattern(self, pattern: str) -> None:
+        self._compiled_pattern = regex.compile(pattern)
+        self._ascii_splitter = ASCII_SPLITTERS.get(pattern)
+        self._pattern = pattern
+
+    def split_into_chunks(self, text: str) -> list[str]:
+        """The chunks of `text`: every match of the pattern, in order."""
+        if self._ascii_splitter is not None and text.isascii():
+            return self._ascii_splitter.findall(text)
+        return self._compiled_pattern.findall(text)
+
+    @property
+    def merges(self) -> dict[tuple[int, int], int]:
+        """The learnt merges `{(id_a, id_b): new_id}`; assigning new ones rebuilds `vocab`."""
+        return self._merges
+
+    @merges.setter
+    def merges(self, merges: dict[tuple[int, int], int]) -> None:
+        self._merges = dict(merges)
+        self._rebuild_vocab()
+
+    # ----------------------------------------------------------------------------------------
+    # training
+
+    def train(self, text_corpus: str, vocab_size: int, verbose: bool = False) -> None:
+        """Learn `vocab_size - 256` merges from `text_corpus` (fewer if no pair is left).
+
+        Each step merges the most frequent adjacent pair; ties go to the smallest `(id_a, id_b)`.
+        A pair that spells the bytes of an existing token is skipped (a guard: two different
+        pairs would make two ids for one byte string, and encoding by rank needs them unique).
+        """
+        if not isinstance(vocab_size, int) or vocab_size < 256:
+            raise ValueError(f"vocab_size must be an integer >= 256 (the byte tokens), got {vocab_size!r}")
+        if not text_corpus:
+            raise ValueError("cannot train a tokenizer on an empty corpus")
+        clashing = {token: id_ for token, id_ in self.special_tokens.items() if id_ < vocab_size}
+        if clashing:
+            raise ValueError(f"special tokens {clashing} have ids below vocab_size {vocab_size}")
+
+        chunk_counts = Counter(self.split_into_chunks(text_corpus))
+        statistics = PairStatistics(chunk_counts)
+        vocab = {index: bytes([index]) for index in range(256)}
+        known_tokens = set(vocab.values())
+        merges: dict[tuple[int, int], int] = {}
+        num_merges = vocab_size - 256
+
+        progress = tqdm(total=num_merges, desc="BPE merges", disable=not verbose)
+        while len(merges) < num_merges:
+            best = statistics.pop_best()
+            if best is None:
+                break  # every chunk is a single token: nothing left to merge
+            pair, count = best
+            token = vocab[pair[0]] + vocab[pair[1]]
+            if token in known_tokens:
+                continue  # never seen on real text, but it would break encoding by rank
+            new_id = 256 + len(merges)
+            statistics.merge(pair, new_id)
+            merges[pair] = new_id
+            vocab[new_id] = token
+            known_tokens.add(token)
+            progress.update(1)
+            if verbose and len(merges) % 256 == 0:
+                progress.write(f"merge {len(merges)}/{num_merges}: {pair} -> {new_id} "
+                               f"[{render_token(token)}] ({count} occurrences)")
+        progress.close()
+        if verbose and len(merges) < num_merges:
+            print(f"stopped after {len(merges)} merges: no pair of tokens is left to merge")
+
+        self.merges = merges
+
+    def _rebuild_vocab(self) -> None:
+        """Derive `vocab` ({id: bytes}), the encoder's ranks ({bytes: id}) and reset the cache."""
+        vocab = {index: bytes([index]) for index in range(256)}
+        for (first, second), new_id in sorted(self.merges.items(), key=lambda item: item[1]):
+            vocab[new_id] = vocab[first] + vocab[second]
+        self._ranks = {token: index for index, token in vocab.items()}
+        for token, index in self.special_tokens.items():
+            vocab[index] = token.encode("utf-8")
+        self.vocab = vocab
+        self._chunk_cache: dict[str, list[int]] = {}
+        self._pair_ranks: tuple[np.ndarray, np.ndarray] | None = None
+        self._special_pattern = (
+            regex.compile("|".join(regex.escape(token) for token in
+                                   sorted(self.special_tokens, key=len, reverse=True)))
+            if self.special_tokens else None
+        )
+
+    def register_special_tokens(self, special_tokens: dict[str, int]) -> None:
+        """Add special tokens `{text: id}`; their ids must lie above the learnt vocabulary."""
+        first_free_id = 256 + len(self.merges)
+        for token, index in special_tokens.items():
+            if not isinstance(token, str) or not token:
+                raise ValueError(f"a special token must be a non-empty string, got {token!r}")
+            if not isinstance(index, int) or index < first_free_id:
+                raise ValueError(f"special token {token!r} needs an id >= {first_free_id} "
+                                 f"(the first id after the merges), got {index!r}")
+        merged = {**self.special_tokens, **special_tokens}
+        if len(set(merged.values())) != len(merged):
+            raise ValueError(f"special tokens must have distinct ids, got {merged}")
+        self.special_tokens = merged
+        self._rebuild_vocab()
+
+    # ----------------------------------------------------------------------------------------
+    # encoding and decoding
+
+    def _encode_chunk(self, chunk: bytes) -> list[int]:
+        """BPE of one pre-split chunk: repeatedly merge the adjacent pair of lowest rank.
+
+        Like tiktoken, a pair's rank is the id of its two parts' bytes joined (pairs that join
+        into no token never merge) and the leftmost pair wins a tie. The parts form a linked list
+        keyed by start offset (`end[start]`, `before[start]`; a merged-away part gets end -1) and
+        the pairs wait in a heap of (rank, left start, right end), so a chunk of n bytes costs
+        O(n log n). An entry whose parts have changed since it was pushed is skipped.
+        """
+        ranks = self._ranks
+        whole = ranks.get(chunk)
+        if whole is not None:  # the whole chunk is a token, as tiktoken checks first
+            return [whole]
+        length = len(chunk)
+        end = list(range(1, length + 1))
+        before = list(range(-1, length - 1))
+        heap = [(rank, start, start + 2) for start in range(length - 1)
+                if (rank := ranks.get(chunk[start:start + 2])) is not None]
+        heapq.heapify(heap)
+        while heap:
+            _, left, pair_end = heapq.heappop(heap)
+            right = end[left]
+            if right == -1 or right == length or end[right] != pair_end:
+                continue
+            end[left], end[right] = pair_end, -1
+            if pair_end < length:
+                before[pair_end] = left
+                self._push_pair(heap, chunk, left, end[pair_end])
+            if left > 0:
+                self._push_pair(heap, chunk, before[left], pair_end)
+        ids, start = [], 0
+        while start < length:
+            ids.append(ranks[chunk[start:end[start]]])
+            start = end[start]
+        return ids
+
+    def _push_pair(self, heap: list, chunk: bytes, start: int, pair_end: int) -> None:
+        rank = self._ranks.get(chunk[start:pair_end])
+        if rank is not None:
+            heapq.heappush(heap, (rank, start, pair_end))
+
+    def _encode_chunks(self, chunks: list[bytes]) -> list[list[int]]:
+        """`_encode_chunk` for many chunks at once, vectorised with numpy; the same ids.
+
+        The chunks of 2 to BATCH_MAX_CHUNK_BYTES bytes that are not a whole token go into one
+        flat array of bytes (the others go through `_encode_chunk`). Each round looks up the rank
+        of every adjacent pair, takes per chunk the lowest (rank, position), merges there, and
+        retires the chunks with nothing left to merge.
+        """
+        pair_keys, pair_ranks = self._pair_table()
+        no_merge = len(self._ranks)
+        ranks = self._ranks
+        # None marks the chunks of the batch; a whole token is that token, as in `_encode_chunk`
+        encoded = [[ranks[chunk]] if chunk in ranks else None if 1 < len(chunk) <= BATCH_MAX_CHUNK_BYTES
+                   else self._encode_chunk(chunk) for chunk in chunks]
+        owners = np.array([index for index, ids in enumerate(encoded) if ids is None], dtype=np.int64)
+        to_merge = [chunks[index] for index in owners.tolist()]
+        ids = np.frombuffer(b"".join(to_merge), dtype=np.uint8).astype(np.int64)
+        lengths = np.fromiter(map(len, to_merge), dtype=np.int64, count=len(to_merge))
+        def rank_of_pairs(left: np.ndarray) -> np.ndarray:
+            """The rank of the pairs (ids[left], ids[left + 1]); no_merge where they make no token."""
+            keys = ids[left] * no_merge + ids[np.minimum(left + 1, len(ids) - 1)]
+            found = np.minimum(np.searchsorted(pair_keys, keys), len(pair_keys) - 1)
+            return np.where(pair_keys[found] == keys, pair_ranks[found], no_merge)
+
+        adjacent_ranks = rank_of_pairs(np.arange(len(ids)))
+        while len(lengths):
+            ends = np.cumsum(lengths)
+            adjacent_ranks[ends - 1] = no_merge  # a chunk's last id starts no pair
+            # per chunk the lowest rank, the leftmost on a tie: one minimum of rank * n + position
+            lowest = np.minimum.reduceat(adjacent_ranks * len(ids) + np.arange(len(ids)), ends - lengths)
+            lowest_rank, position = np.divmod(lowest, len(ids))
+            # retire the chunks with no merge left
+            finished = lowest_rank == no_merge
+            in_finished = np.repeat(finished, lengths)
+            finished_ids = ids[in_finished].tolist()
+            start = 0
+            for owner, end in zip(owners[finished].tolist(), np.cumsum(lengths[finished]).tolist()):
+                encoded[owner] = finished_ids[start:end]
+                start = end
+            # merge the others: the left id becomes the merged token, the right one goes; only
+            # the ranks of the two pairs around each merged token change
+            merging = ~finished
+            ids[position[merging]] = lowest_rank[merging]
+            keep = ~in_finished
+            keep[position[merging] + 1] = False
+            merged_at = position[merging] - np.cumsum(~keep)[position[merging]]
+            ids, adjacent_ranks = ids[keep], adjacent_ranks[keep]
+            lengths, owners = lengths[merging] - 1, owners[merging]
+            changed = np.concatenate([merged_at[merged_at > 0] - 1, merged_at])
+            adjacent_ranks[changed] = rank_of_pairs(changed)
+        return encoded
+
+    def _pair_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every pair of tokens whose bytes join into a token, as sorted keys `a * V + b`, and its rank."""
+        if self._pair_ranks is None:
+            size = len(self._ranks)
+            pairs = {}
+            for token, rank in self._ranks.items():
+                for split in range(1, len(token)):
+                    first, second = self._ranks.get(token[:split]), self._ranks.get(token[split:])
+                    if first is not None and second is not None:
+                        pairs[first * size + second] = rank
+            keys = np.array(sorted(pairs), dtype=np.int64)
+            self._pair_ranks = (keys, np.array([pairs[key] for key in keys.tolist()], dtype=np.int64))
+        return self._pair_ranks
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Encode `text` ignoring special tokens."""
+        if not self.merges:
+            return list(text.encode("utf-8"))
+        chunks = self.split_into_chunks(text)
+        cache = self._chunk_cache
+        try:  # the common case once the cache is warm: every chunk is known
+            return list(chain.from_iterable(map(cache.__getitem__, chunks)))
+        except KeyError:
+            pass
+        missing = set(chunks).difference(cache)
+        if len(cache) + len(missing) > CHUNK_CACHE_LIMIT:
+            cache.clear()
+            missing = set(chunks)
+        missing_bytes = [chunk.encode("utf-8") for chunk in missing]
+        if len(missing_bytes) < BATCH_ENCODE_MIN_CHUNKS:
+            cache.update(zip(missing, map(self._encode_chunk, missing_bytes)))
+        else:
+            cache.update(zip(missing, self._encode_chunks(missing_bytes)))
+        return list(chain.from_iterable(map(cache.__getitem__, chunks)))
+
+    def encode(self, text: str, allowed_special: str | set[str] = "none_raise") -> list[int]:
+        """Encode `text` to ids.
+
+        `allowed_special`: "all" (every registered special token is recognised), "none" (special
+        tokens are ordinary text), "none_raise" (like "none", but a special token in `text`
+        raises ValueError) or a set of the special tokens to recognise (others are ordinary text).
+        """
+        if allowed_special == "all":
+            specials = self.special_tokens
+        elif allowed_special == "none":
+            specials = {}
+        elif allowed_special == "none_raise":
+            found = self._special_pattern.search(text) if self._special_pattern else None
+            if found:
+                raise ValueError(f"text contains the special token {found.group()!r}; pass "
+                                 f"allowed_special='all' or a set to encode it as a special token")
+            specials = {}
+        elif isinstance(allowed_special, (set, frozenset)):
+            unknown = allowed_special - self.special_tokens.keys()
+            if unknown:
+                raise ValueError(f"allowed_special names unregistered special tokens {sorted(unknown)}")
+            specials = {token: self.special_tokens[token] for token in allowed_special}
+        else:
+            raise ValueError(f"allowed_special must be 'all', 'none', 'none_raise' or a set, "
+                             f"got {allowed_special!r}")
+        if not specials:
+            return self.encode_ordinary(text)
+
+        special_pattern = "(" + "|".join(regex.escape(token) for token in
+                                         sorted(specials, key=len, reverse=True)) + ")"
+        ids = []
+        for position, part in enumerate(regex.split(special_pattern, text)):
+            if position % 2 == 1:  # split() puts the captured special tokens at odd positions
+                ids.append(specials[part])
+            elif part:
+                ids.extend(self.encode_ordinary(part))
+        return ids
+
+    def decode(self, ids: Iterable[int] | np.ndarray | Tensor) -> str:
+        """A 1-D sequence of ids to text. Invalid UTF-8 and unknown ids become U+FFFD."""
+        if isinstance(ids, Tensor):
+            ids = ids.numpy()
+        if isinstance(ids, np.ndarray):
+            ids = ids.tolist()
+        token_bytes = map(self.vocab.get, ids, repeat(REPLACEMENT_CHARACTER))
+        return b"".join(token_bytes).decode("utf-8", errors="replace")
+
+    def visualise_tokens(self, ids: Iterable[int], colour: bool = True) -> str:
+        """The text of `ids` with token boundaries shown: ANSI background colours, or `|`."""
+        pieces = [self.decode([index]) for index in ids]
+        if not colour:
+            return "|".join(pieces)
+        return "".join(f"\x1b[{ANSI_BACKGROUNDS[position % len(ANSI_BACKGROUNDS)]}m{piece}\x1b[0m"
+                       for position, piece in enumerate(pieces))
+
+    # ----------------------------------------------------------------------------------------
+    # batches of ids as Tensors
+
+    def __call__(self, text_or_list: str | list[str], padding_type: str = "none",
+                 padding_token: str = "", max_length: int = -1, truncation: bool = False,
+                 return_attention_mask: bool = False):
+        """Encode text (a 1-D Tensor) or a list of texts (a 2-D Tensor) into int32 ids.
+
+        Special tokens are recognised. `padding_type`: "none" (all texts must give the same
+        length), "longest" or "max_length" (right padding with `padding_token`). `truncation`
+        cuts to `max_length`. With `return_attention_mask`, also a mask Tensor (1 token, 0 pad).
+        """
+        if padding_type not in ("none", "longest", "max_length"):
+            raise ValueError(f"padding_type must be 'none', 'longest' or 'max_length', got {padding_type!r}")
+        if (truncation or padding_type == "max_length") and max_length <= 0:
+            raise ValueError(f"truncation and padding_type='max_length' need max_length > 0, got {max_length}")
+        single = isinstance(text_or_list, str)
+        texts = [text_or_list] if single else list(text_or_list)
+        sequences = [self.encode(text, allowed_special="all") for text in texts]
+        if truncation:
+            sequences = [ids[:max_length] for ids in sequences]
+
+        lengths = [len(ids) for ids in sequences]
+        if padding_type == "none":
+            if len(set(lengths)) > 1:
+                raise ValueError(f"texts encode to different lengths {sorted(set(lengths))}; "
+                                 f"use padding_type='longest' or 'max_length'")
+            width = max(lengths, default=0)
+        else:
+            width = max(lengths, default=0) if padding_type == "longest" else max_length
+            if max(lengths, default=0) > width:
+                raise ValueError(f"a text encodes to {max(lengths)} tokens, more than max_length "
+                                 f"{max_length}; pass truncation=True to cut it")
+        padding_id = self._padding_id(padding_token) if min(lengths, default=width) < width else 0
+
+        ids_array = np.full((len(sequences), width), padding_id, dtype=np.int32)
+        mask = np.zeros((len(sequences), width), dtype=np.int32)
+        for row, ids in enumerate(sequences):
+            ids_array[row, :len(ids)] = ids
+            mask[row, :len(ids)] = 1
+        if single:
+            ids_array, mask = ids_array[0], mask[0]
+        if return_attention_mask:
+            return Tensor(ids_array), Tensor(mask)
+        return Tensor(ids_array)
+
+    def _padding_id(self, padding_token: str) -> int:
+        """The id that pads: a special token, or text that encodes to exactly one token."""
+        if not padding_token:
+            raise ValueError("padding needs a padding_token (for example a registered special token)")
+        if padding_token in self.special_tokens:
+            return self.special_tokens[padding_token]
+        ids = self.encode_ordinary(padding_token)
+        if len(ids) != 1:
+            raise ValueError(f"padding_token {padding_token!r} is not a special token and encodes "
+                             f"to {len(ids)} tokens instead of one")
+        return ids[0]
+
+    # ----------------------------------------------------------------------------------------
+    # saving and loading
+
+    def save(self, file_prefix: str | Path) -> None:
+        """Write `<prefix>.model` (read back by `load`) and `<prefix>.vocab` (for humans)."""
+        file_prefix = str(file_prefix)
+        lines = [MODEL_FORMAT_VERSION, json.dumps(self.pattern),
+                 f"special_tokens {len(self.special_tokens)}"]
+        lines += [f"{json.dumps(token)} {index}" for token, index in self.special_tokens.items()]
+        lines.append(f"merges {len(self.merges)}")
+        lines += [f"{first} {second}" for (first, second), _ in
+                  sorted(self.merges.items(), key=lambda item: item[1])]
+        Path(file_prefix + ".model").write_text("\n".join(lines) + "\n", encoding="utf-8", newline="\n")
+
+        inverted_merges = {new_id: pair for pair, new_id in self.merges.items()}
+        vocab_lines = []
+        for index, token in self.vocab.items():
+            if index in inverted_merges:
+                first, second = inverted_merges[index]
+                vocab_lines.append(f"[{render_token(self.vocab[first])}][{render_token(self.vocab[second])}]"
+                                   f" -> [{render_token(token)}] {index}")
+            else:
+                vocab_lines.append(f"[{render_token(token)}] {index}")
+        Path(file_prefix + ".vocab").write_text("\n".join(vocab_lines) + "\n", encoding="utf-8", newline="\n")
+
+    def load(self, model_file: str | Path) -> None:
+        """Read a `.model` file written by `save`; a corrupt or foreign file raises ValueError."""
+        model_file = Path(model_file)
+        try:
+            lines = model_file.read_text(encoding="utf-8").split("\n")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{model_file}: not a TinyGPT BPE model file (not UTF-8 text)") from error
+        if lines[0] != MODEL_FORMAT_VERSION:
+            raise ValueError(f"{model_file}: not a TinyGPT BPE model file: first line is "
+                             f"{lines[0][:40]!r}, expected {MODEL_FORMAT_VERSION!r}")
+        try:
+            pattern, special_tokens, merges = self._parse_model_lines(lines[1:])
+        except (ValueError, IndexError, regex.error) as error:
+            raise ValueError(f"{model_file}: corrupt or truncated TinyGPT BPE model file: {error}") from error
+
+        self.pattern = pattern
+        self.special_tokens = special_tokens
+        self.merges = merges
+
+    @staticmethod
+    def _parse_model_lines(lines: list[str]) -> tuple[str, dict[str, int], dict[tuple[int, int], int]]:
+        """Parse the body of a `.model` file (after the header); raise ValueError on any defect."""
+        pattern = json.loads(lines[0])
+        if not isinstance(pattern, str):
+            raise ValueError("the pattern line is not a JSON string")
+        regex.compile(pattern)
+
+        def section_size(line: str, name: str) -> int:
+            label, _, size = line.partition(" ")
+            if label != name or not size.isdigit():
+                raise ValueError(f"expected a '{name} <count>' line, got {line[:40]!r}")
+            return int(size)
+
+        num_special = section_size(lines[1], "special_tokens")
+        special_tokens = {}
+        for line in lines[2:2 + num_special]:
+            token, _, index = line.rpartition(" ")
+            token = json.loads(token)
+            if not isinstance(token, str) or not token or token in special_tokens:
+                raise ValueError(f"bad special token line {line[:40]!r}")
+            special_tokens[token] = int(index)
+
+        merges_start = 2 + num_special
+        num_merges = section_size(lines[merges_start], "merges")
+        merge_lines = lines[merges_start + 1:merges_start + 1 + num_merges]
+        if len(merge_lines) != num_merges or lines[merges_start + 1 + num_merges:] != [""]:
+            raise ValueError(f"expected {num_merges} merge lines and a final newline")
+        merges = {}
+        vocab = {index: bytes([index]) for index in range(256)}
+        known_tokens = set(vocab.values())
+        for line in merge_lines:
+            first, second = (int(field) for field in line.split(" "))
+            new_id = 256 + len(merges)
+            if not (0 <= first < new_id and 0 <= second < new_id):
+                raise ValueError(f"merge {new_id} refers to unknown ids {first} {second}")
+            token = vocab[first] + vocab[second]
+            if token in known_tokens:
+                raise ValueError(f"merge {new_id} ({first} {second}) repeats an existing token")
+            merges[(first, second)] = new_id
+            vocab[new_id] = token
+            known_tokens.add(token)
+        special_ids = list(special_tokens.values())
+        if any(index < 256 + num_merges for index in special_ids) or len(set(special_ids)) < len(special_ids):
+            raise ValueError(f"special token ids {special_tokens} must be distinct and >= {256 + num_merges}")
+        return pattern, special_tokens, merges

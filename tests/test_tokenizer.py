@@ -1,0 +1,429 @@
+"""BPETokenizer: training, encoding parity with tiktoken, special tokens, save/load, batching."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import regex
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tinygpt.dataset import default_corpus_path
+from tinygpt.tensor import Tensor
+from tinygpt.tokenizer import ASCII_SPLITTERS, BPETokenizer, RegexPatterns
+
+tiktoken = pytest.importorskip("tiktoken", reason="tiktoken is the oracle for encoding")
+
+PATTERNS = {"gpt2": RegexPatterns.GPT2, "gpt4": RegexPatterns.GPT4}
+
+MULTILINGUAL_TEXT = "".join([
+    "Hello, world! Ça va? naïve café résumé Ångström ÉCOLE\r\n",
+    "Привет, мир! Γειά σου κόσμε. שלום עולם مرحبا بالعالم\n",
+    "你好，世界！こんにちは世界 안녕하세요 세계\t\ttabs\tand\ttabs\n",
+    "emoji: 😀🎉 👩‍👩‍👧‍👦 🇫🇷 flags, zero\u200dwidth joiner, combining e\u0301 and a\u0308\n",
+    "digits 1234567890 ١٢٣٤٥ ⅫⅣ 3.14159 1,000,000 and 42nd\n",
+    "   runs of    spaces   \n\n\n  trailing spaces  \r\n\r\n",
+    "it's they're we've I'M YOU'LL he'd 'quoted' \"double\"\n",
+    "code: def f(x):\n    return x**2  # comment\n\tindented()\n",
+    "mixed\u00a0non-breaking\u3000ideographic space\u2028line separator\n",
+])
+
+
+@pytest.fixture(scope="module")
+def shakespeare() -> str:
+    return default_corpus_path().read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module", params=sorted(PATTERNS))
+def trained(request, shakespeare) -> BPETokenizer:
+    """A tokenizer per pattern trained on Tiny Shakespeare at vocab 512."""
+    tokenizer = BPETokenizer(PATTERNS[request.param])
+    tokenizer.train(shakespeare, 512)
+    return tokenizer
+
+
+def tiktoken_oracle(tokenizer: BPETokenizer, special_tokens=None) -> "tiktoken.Encoding":
+    num_tokens = 256 + len(tokenizer.merges)
+    return tiktoken.Encoding(
+        name="tinygpt-test", pat_str=tokenizer.pattern,
+        mergeable_ranks={tokenizer.vocab[index]: index for index in range(num_tokens)},
+        special_tokens=special_tokens or {})
+
+
+def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    """minbpe's merge: every non-overlapping occurrence of `pair`, left to right, becomes `new_id`."""
+    merged, position = [], 0
+    while position < len(ids):
+        if ids[position:position + 2] == list(pair):
+            merged.append(new_id)
+            position += 2
+        else:
+            merged.append(ids[position])
+            position += 1
+    return merged
+
+
+def reference_train(text: str, vocab_size: int, pattern: str) -> dict[tuple[int, int], int]:
+    """minbpe-style training that recounts every pair before each merge, with our tie rule."""
+    chunk_counts = Counter(BPETokenizer(pattern).split_into_chunks(text))
+    words = [(list(chunk.encode("utf-8")), count) for chunk, count in chunk_counts.items()]
+    merges = {}
+    while len(merges) < vocab_size - 256:
+        pair_counts = Counter()
+        for ids, count in words:
+            for pair in zip(ids, ids[1:]):
+                pair_counts[pair] += count
+        if not pair_counts:
+            break
+        best = min(pair_counts, key=lambda pair: (-pair_counts[pair], pair))
+        new_id = 256 + len(merges)
+        merges[best] = new_id
+        words = [(merge_pair(ids, best, new_id), count) for ids, count in words]
+    return merges
+
+
+# ---- the patterns --------------------------------------------------------------------------------
+
+def test_patterns_are_tiktokens_gpt2_and_cl100k_patterns(monkeypatch):
+    openai_public = pytest.importorskip("tiktoken_ext.openai_public")
+    monkeypatch.setattr(openai_public, "load_tiktoken_bpe", lambda *args, **kwargs: {})
+    assert RegexPatterns.GPT2 == openai_public.r50k_base()["pat_str"]  # the gpt2 encoding uses it too
+    assert RegexPatterns.GPT4 == openai_public.cl100k_base()["pat_str"]
+
+
+@pytest.mark.parametrize("pattern_name", sorted(PATTERNS))
+@settings(deadline=None, max_examples=300)
+@given(text=st.one_of(st.text(alphabet=st.characters(max_codepoint=127)),
+                     st.text(alphabet=st.sampled_from(" \t\n\r\x0b\x0c\x1c\x1f\x00'sdmtlvreSDMTLVRE09aZ.,!-"))))
+def test_the_ascii_splitter_splits_like_the_pattern(pattern_name, text):
+    pattern = PATTERNS[pattern_name]
+    assert ASCII_SPLITTERS[pattern].findall(text) == regex.findall(pattern, text)
+
+
+def test_the_ascii_splitter_splits_tiny_shakespeare_like_the_pattern(shakespeare):
+    for pattern in PATTERNS.values():
+        assert ASCII_SPLITTERS[pattern].findall(shakespeare) == regex.findall(pattern, shakespeare)
+
+
+# ---- training ------------------------------------------------------------------------------------
+
+def test_train_gives_ids_in_merge_order_and_vocab_as_bytes(trained):
+    assert len(trained.merges) == 256
+    assert sorted(trained.merges.values()) == list(range(256, 512))
+    assert len(trained.vocab) == 512
+    for (first, second), new_id in trained.merges.items():
+        assert first < new_id and second < new_id
+        assert trained.vocab[new_id] == trained.vocab[first] + trained.vocab[second]
+    assert len(set(trained.vocab.values())) == len(trained.vocab)
+
+
+@pytest.mark.parametrize("pattern_name", sorted(PATTERNS))
+def test_incremental_training_equals_recounting_every_pair(pattern_name, shakespeare):
+    text = shakespeare[:20_000] + MULTILINGUAL_TEXT * 3
+    tokenizer = BPETokenizer(PATTERNS[pattern_name])
+    tokenizer.train(text, 400)
+    assert tokenizer.merges == reference_train(text, 400, PATTERNS[pattern_name])
+
+
+@settings(deadline=None, max_examples=60)
+@given(text=st.text(alphabet=st.sampled_from("aab b c\n'sé😀"), min_size=1, max_size=300),
+       pattern_name=st.sampled_from(sorted(PATTERNS)))
+def test_incremental_training_equals_recounting_on_random_text(text, pattern_name):
+    tokenizer = BPETokenizer(PATTERNS[pattern_name])
+    tokenizer.train(text, 320)
+    assert tokenizer.merges == reference_train(text, 320, PATTERNS[pattern_name])
+
+
+def test_training_twice_gives_identical_merges(shakespeare):
+    first, second = BPETokenizer(), BPETokenizer()
+    first.train(shakespeare[:200_000], 600)
+    second.train(shakespeare[:200_000], 600)
+    assert list(first.merges.items()) == list(second.merges.items())
+
+
+def test_ties_go_to_the_smallest_pair_of_ids():
+    tokenizer = BPETokenizer()
+    tokenizer.train("ab cd", 257)  # chunks "ab" and " cd": (97, 98), (32, 99), (99, 100) all once
+    assert tokenizer.merges == {(32, 99): 256}
+
+
+def test_overlapping_pairs_are_counted_and_merged_left_to_right():
+    tokenizer = BPETokenizer()
+    tokenizer.train("aaaaa aaa", 258)
+    assert tokenizer.merges == reference_train("aaaaa aaa", 258, RegexPatterns.GPT4)
+    assert tokenizer.encode("aaaaa") == tiktoken_oracle(tokenizer).encode_ordinary("aaaaa")
+
+
+@pytest.mark.parametrize("text", ["ab ab ab", "abab", "aaaaaaa", "abcabcabc abab"])
+def test_training_stops_when_no_pair_is_left(text):
+    tokenizer = BPETokenizer()
+    tokenizer.train(text, 1000)
+    assert tokenizer.merges == reference_train(text, 1000, RegexPatterns.GPT4)
+    assert len(tokenizer.vocab) < 1000
+    assert tokenizer.encode(text) == tiktoken_oracle(tokenizer).encode_ordinary(text)
+
+
+def test_vocab_256_learns_nothing_and_encodes_bytes():
+    tokenizer = BPETokenizer()
+    tokenizer.train("hello world", 256)
+    assert tokenizer.merges == {}
+    assert tokenizer.encode("héllo") == list("héllo".encode("utf-8"))
+
+
+def test_train_rejects_an_empty_corpus():
+    with pytest.raises(ValueError, match="empty corpus"):
+        BPETokenizer().train("", 300)
+
+
+@pytest.mark.parametrize("vocab_size", [0, 255, -1, 300.0])
+def test_train_rejects_a_vocab_size_below_256(vocab_size):
+    with pytest.raises(ValueError, match="vocab_size must be an integer >= 256"):
+        BPETokenizer().train("some text", vocab_size)
+
+
+def test_verbose_training_shows_progress(capsys):
+    BPETokenizer().train("the cat sat on the mat " * 50, 600, verbose=True)
+    captured = capsys.readouterr()
+    assert "BPE merges" in captured.err
+    assert "stopped after" in captured.out
+
+
+# ---- encoding: parity with tiktoken --------------------------------------------------------------
+
+def test_encode_equals_tiktoken_on_the_training_corpus(trained, shakespeare):
+    assert trained.encode(shakespeare) == tiktoken_oracle(trained).encode_ordinary(shakespeare)
+
+
+def test_encode_equals_tiktoken_on_multilingual_text(trained):
+    assert trained.encode(MULTILINGUAL_TEXT) == tiktoken_oracle(trained).encode_ordinary(MULTILINGUAL_TEXT)
+
+
+@pytest.mark.parametrize("pattern_name", sorted(PATTERNS))
+def test_encode_equals_tiktoken_when_trained_on_multilingual_text(pattern_name, shakespeare):
+    tokenizer = BPETokenizer(PATTERNS[pattern_name])
+    tokenizer.train(MULTILINGUAL_TEXT * 5 + shakespeare[:5000], 700)
+    oracle = tiktoken_oracle(tokenizer)
+    for text in (MULTILINGUAL_TEXT, shakespeare[:5000], MULTILINGUAL_TEXT[::-1]):
+        assert tokenizer.encode(text) == oracle.encode_ordinary(text)
+
+
+def test_encode_equals_tiktoken_at_vocab_1024(shakespeare):
+    tokenizer = BPETokenizer(RegexPatterns.GPT4)
+    tokenizer.train(shakespeare, 1024)
+    oracle = tiktoken_oracle(tokenizer)
+    assert tokenizer.encode(shakespeare) == oracle.encode_ordinary(shakespeare)
+    assert tokenizer.encode(MULTILINGUAL_TEXT) == oracle.encode_ordinary(MULTILINGUAL_TEXT)
+
+
+@settings(deadline=None, max_examples=150)
+@given(text=st.text())
+def test_encode_equals_tiktoken_on_arbitrary_text(trained, text):
+    assert trained.encode(text) == tiktoken_oracle(trained).encode_ordinary(text)
+
+
+@settings(deadline=None, max_examples=40)
+@given(words=st.lists(st.text(min_size=1), min_size=80, max_size=150))
+def test_encode_of_many_new_chunks_equals_tiktoken(trained, words):
+    fresh = BPETokenizer(trained.pattern)  # an empty chunk cache: the vectorised path runs
+    fresh.merges = trained.merges
+    text = " ".join(words)
+    assert fresh.encode(text) == tiktoken_oracle(trained).encode_ordinary(text)
+
+
+def test_vectorised_chunk_encoding_equals_the_per_chunk_loop(trained, shakespeare):
+    text = shakespeare[:50_000] + MULTILINGUAL_TEXT + "x" + " " * 100 + "y" + "ab" * 80
+    chunks = sorted({chunk.encode("utf-8") for chunk in trained.split_into_chunks(text)})
+    assert max(len(chunk) for chunk in chunks) > 64  # some take the per-chunk path
+    assert trained._encode_chunks(chunks) == [trained._encode_chunk(chunk) for chunk in chunks]
+
+
+def test_long_chunks_encode_like_tiktoken(shakespeare):
+    tokenizer = BPETokenizer()
+    tokenizer.train(shakespeare[:20_000] + "   \n" * 500 + "ha" * 500, 400)
+    oracle = tiktoken_oracle(tokenizer)
+    for text in (" " * 30_000 + "x", "ha" * 20_000, "x" + "\n" * 10_000):
+        assert tokenizer.encode(text) == oracle.encode_ordinary(text)
+
+
+def test_encode_with_a_warm_cache_gives_the_same_ids(trained):
+    text = "To be, or not to be: that is the question."
+    assert trained.encode(text) == trained.encode(text) == tiktoken_oracle(trained).encode_ordinary(text)
+
+
+# ---- decoding ------------------------------------------------------------------------------------
+
+@settings(deadline=None, max_examples=200)
+@given(text=st.text())
+def test_decode_inverts_encode(trained, text):
+    assert trained.decode(trained.encode(text)) == text
+
+
+def test_decode_replaces_invalid_utf8_and_unknown_ids(trained):
+    assert trained.decode([0xFF]) == "\ufffd"
+    assert trained.decode([104, 105, 10**9, -1]) == "hi\ufffd\ufffd"
+    assert trained.decode(np.array([104, 105])) == "hi"
+
+
+# ---- special tokens ------------------------------------------------------------------------------
+
+@pytest.fixture
+def with_specials(trained) -> BPETokenizer:
+    tokenizer = BPETokenizer(trained.pattern)
+    tokenizer.merges = trained.merges
+    tokenizer.register_special_tokens({"<|endoftext|>": 600, "<|pad|>": 601})
+    return tokenizer
+
+
+def test_special_tokens_round_trip_and_match_tiktoken(with_specials):
+    text = "Hello<|endoftext|>world <|pad|><|pad|>"
+    ids = with_specials.encode(text, allowed_special="all")
+    assert ids.count(600) == 1 and ids.count(601) == 2
+    assert with_specials.decode(ids) == text
+    oracle = tiktoken_oracle(with_specials, with_specials.special_tokens)
+    assert ids == oracle.encode(text, allowed_special="all")
+
+
+def test_none_raise_names_the_special_token_found(with_specials):
+    with pytest.raises(ValueError, match=r"special token '<\|pad\|>'"):
+        with_specials.encode("text <|pad|> text")
+
+
+def test_none_encodes_special_tokens_as_ordinary_text(with_specials):
+    text = "a <|endoftext|> b"
+    assert with_specials.encode(text, allowed_special="none") == with_specials.encode_ordinary(text)
+    assert 600 not in with_specials.encode(text, allowed_special="none")
+
+
+def test_a_set_allows_only_the_named_special_tokens(with_specials):
+    ids = with_specials.encode("<|pad|><|endoftext|>", allowed_special={"<|pad|>"})
+    assert ids[0] == 601 and 600 not in ids
+    with pytest.raises(ValueError, match="unregistered special tokens"):
+        with_specials.encode("x", allowed_special={"<|unknown|>"})
+    with pytest.raises(ValueError, match="allowed_special must be"):
+        with_specials.encode("x", allowed_special="some")
+
+
+def test_special_token_ids_must_not_overlap_the_vocabulary(trained):
+    tokenizer = BPETokenizer(trained.pattern)
+    tokenizer.merges = trained.merges
+    tokenizer.register_special_tokens({"<|a|>": 600})
+    with pytest.raises(ValueError, match="needs an id >= 512"):
+        tokenizer.register_special_tokens({"<|b|>": 300})
+    with pytest.raises(ValueError, match="distinct ids"):
+        tokenizer.register_special_tokens({"<|b|>": 600})
+    with pytest.raises(ValueError, match="below vocab_size 1000"):
+        tokenizer.train("some text", 1000)
+
+
+# ---- saving and loading --------------------------------------------------------------------------
+
+def test_save_then_load_gives_identical_encodings(with_specials, shakespeare, tmp_path):
+    with_specials.save(tmp_path / "tok")
+    assert (tmp_path / "tok.vocab").read_text(encoding="utf-8").count("\n") == len(with_specials.vocab)
+    other_pattern = next(pattern for pattern in PATTERNS.values() if pattern != with_specials.pattern)
+    loaded = BPETokenizer(other_pattern)  # load replaces the pattern too
+    loaded.load(tmp_path / "tok.model")
+    assert loaded.pattern == with_specials.pattern
+    assert loaded.merges == with_specials.merges
+    assert loaded.special_tokens == with_specials.special_tokens
+    assert loaded.vocab == with_specials.vocab
+    text = shakespeare[:5000] + MULTILINGUAL_TEXT + "<|endoftext|>"
+    assert loaded.encode(text, allowed_special="all") == with_specials.encode(text, allowed_special="all")
+
+
+def test_save_writes_plain_text_with_a_version_header(with_specials, tmp_path):
+    with_specials.save(str(tmp_path / "tok"))
+    lines = (tmp_path / "tok.model").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "tinygpt-bpe v1"
+    assert lines[2] == "special_tokens 2"
+    assert lines[5] == "merges 256"
+    assert len(lines) == 6 + 256
+
+
+@pytest.fixture
+def saved_model(with_specials, tmp_path):
+    with_specials.save(tmp_path / "tok")
+    return tmp_path / "tok.model"
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda lines: lines[: len(lines) // 2], "corrupt or truncated"),
+    (lambda lines: lines[:-2] + [""], "expected 256 merge lines"),
+    (lambda lines: lines + ["70000 3", ""], "corrupt or truncated"),
+    (lambda lines: lines[:6] + ["97 x"] + lines[7:], "corrupt or truncated"),
+    (lambda lines: lines[:2] + ["special_tokens 9"] + lines[3:], "corrupt or truncated"),
+    (lambda lines: lines[:1] + ["not json"] + lines[2:], "corrupt or truncated"),
+    (lambda lines: lines[:1] + ['"(unbalanced"'] + lines[2:], "corrupt or truncated"),
+    (lambda lines: ["minbpe v1"] + lines[1:], "not a TinyGPT BPE model file"),
+    (lambda lines: [""], "not a TinyGPT BPE model file"),
+])
+def test_load_rejects_damaged_or_foreign_files_naming_the_file(saved_model, damage, message):
+    lines = saved_model.read_text(encoding="utf-8").split("\n")
+    saved_model.write_text("\n".join(damage(lines)), encoding="utf-8")
+    with pytest.raises(ValueError, match=message) as error:
+        BPETokenizer().load(saved_model)
+    assert str(saved_model) in str(error.value)
+
+
+def test_load_rejects_merges_that_refer_to_unknown_ids(saved_model):
+    lines = saved_model.read_text(encoding="utf-8").split("\n")
+    lines[6] = "4000 97"
+    saved_model.write_text("\n".join(lines), encoding="utf-8")
+    with pytest.raises(ValueError, match="unknown ids 4000 97"):
+        BPETokenizer().load(saved_model)
+
+
+def test_load_rejects_a_binary_file(tmp_path):
+    model_file = tmp_path / "weights.model"
+    model_file.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match="not a TinyGPT BPE model file"):
+        BPETokenizer().load(model_file)
+
+
+# ---- batches of ids as Tensors -------------------------------------------------------------------
+
+def test_call_on_a_string_gives_a_1d_int32_tensor(with_specials):
+    ids = with_specials("To be<|endoftext|>")
+    assert isinstance(ids, Tensor)
+    assert ids.numpy().dtype == np.int32
+    assert ids.numpy().tolist() == with_specials.encode("To be<|endoftext|>", allowed_special="all")
+
+
+def test_call_pads_to_the_longest_with_an_attention_mask(with_specials):
+    texts = ["To be, or not to be", "Hi"]
+    ids, mask = with_specials(texts, padding_type="longest", padding_token="<|pad|>",
+                              return_attention_mask=True)
+    encoded = [with_specials.encode(text) for text in texts]
+    width = max(len(row) for row in encoded)
+    assert ids.shape == mask.shape == (2, width)
+    assert ids.numpy()[1].tolist() == encoded[1] + [601] * (width - len(encoded[1]))
+    assert mask.numpy().tolist() == [[1] * len(row) + [0] * (width - len(row)) for row in encoded]
+
+
+def test_call_pads_and_truncates_to_max_length(with_specials):
+    ids = with_specials(["To be, or not to be, that is the question", "Hi"], padding_type="max_length",
+                        padding_token="<|pad|>", max_length=4, truncation=True)
+    assert ids.shape == (2, 4)
+    assert ids.numpy()[0].tolist() == with_specials.encode("To be, or not to be, that is the question")[:4]
+
+
+def test_call_errors_are_clear(with_specials):
+    with pytest.raises(ValueError, match="different lengths"):
+        with_specials(["To be, or not to be", "Hi"])
+    with pytest.raises(ValueError, match="needs a padding_token"):
+        with_specials(["To be, or not to be", "Hi"], padding_type="longest")
+    with pytest.raises(ValueError, match="more than max_length 2"):
+        with_specials(["To be, or not to be"], padding_type="max_length", max_length=2, padding_token="<|pad|>")
+    with pytest.raises(ValueError, match="need max_length > 0"):
+        with_specials("Hi", truncation=True)
+    with pytest.raises(ValueError, match="padding_type must be"):
+        with_specials("Hi", padding_type="left")
+
+
+def test_visualise_tokens_shows_boundaries(trained):
+    ids = trained.encode("To be, or not")
+    plain = trained.visualise_tokens(ids, colour=False)
+    assert plain.replace("|", "") == "To be, or not"
+    assert plain.count("|") == len(ids) - 1
+    coloured = trained.visualise_tokens(ids)
+    assert coloured.count("\x1b[0m") == len(ids)
