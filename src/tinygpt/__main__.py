@@ -1,0 +1,6 @@
+"""`python -m tinygpt ...` is the `tinygpt` command."""
+import sys
+
+from tinygpt.cli import main
+
+sys.exit(main())

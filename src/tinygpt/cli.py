@@ -1,0 +1,221 @@
+"""The `tinygpt` command: argument parsing, then calls into train.py, the sampler and the tokenizer.
+
+    tinygpt train [--preset NAME] [--n-layer N ...] [--resume]     train a GPT (default: Tiny Shakespeare, bytes)
+    tinygpt sample --out-dir DIR --prompt TEXT                     continue a prompt from a checkpoint
+    tinygpt tokenizer train|encode|decode ...                      train and use a BPE tokenizer
+    tinygpt bench [...]                                            a training step against PyTorch
+
+Bad input (a missing or empty file, a block size larger than the data, an unknown preset, a checkpoint
+of another architecture or a corrupt one, `--device cuda` without CuPy) ends with one line on stderr
+and exit status 1; a malformed command line with one line and status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tinygpt.dataset import default_corpus_path
+from tinygpt.tokenizer import BPETokenizer, RegexPatterns
+from tinygpt.train import PRESETS, ConfigError, TrainConfig, check_device, load_checkpoint, resolve_config, sample_text, train
+
+PATTERNS = {"gpt2": RegexPatterns.GPT2, "gpt4": RegexPatterns.GPT4}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (and exit 2), like every other error of the command."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_train_parser(subparsers) -> None:
+    defaults = TrainConfig()
+    parser = subparsers.add_parser("train", help="train a GPT on a text file (default: the embedded Tiny Shakespeare)",
+                                   description="Train a GPT. Defaults are the shakespeare-char-cpu preset; a preset "
+                                   "sets its values, explicit flags override both. With --resume, settings not given "
+                                   "are those of the checkpoint.")
+    # Every knob defaults to SUPPRESS: only the flags actually given reach resolve_config as overrides.
+    knob = dict(default=argparse.SUPPRESS)
+    parser.add_argument("--preset", help=f"a known configuration: {', '.join(PRESETS)}")
+    parser.add_argument("--data", metavar="PATH", help="UTF-8 text file (default: the embedded Tiny Shakespeare)", **knob)
+    parser.add_argument("--out-dir", metavar="DIR", help=f"where checkpoints go (default: {defaults.out_dir})", **knob)
+    parser.add_argument("--vocab-size", type=int, metavar="N", help="256 is byte level; more trains a BPE tokenizer first "
+                        f"(default: {defaults.vocab_size})", **knob)
+    for name, kind, text in [
+        ("n-layer", int, "transformer blocks"), ("n-head", int, "attention heads"), ("n-embd", int, "embedding width"),
+        ("block-size", int, "context length in tokens"), ("batch-size", int, "sequences per step"),
+        ("max-iters", int, "total training iterations"), ("learning-rate", float, "peak learning rate"),
+        ("min-lr", float, "learning rate at the end of the cosine decay"), ("warmup-iters", int, "linear warmup"),
+        ("lr-decay-iters", int, "iteration where the cosine decay ends"),
+        ("weight-decay", float, "AdamW weight decay on matrices and embeddings"), ("beta2", float, "AdamW beta2"),
+        ("grad-clip", float, "clip the global gradient norm to this (0: off)"), ("dropout", float, "dropout rate"),
+        ("eval-interval", int, "evaluate and save a checkpoint every this many iterations"),
+        ("eval-iters", int, "batches per evaluation"), ("seed", int, "random seed"),
+        ("sample-tokens", int, "length of the sample printed at the end (0: none)"),
+    ]:
+        default = getattr(defaults, name.replace("-", "_"))
+        shown = "the same as --max-iters" if default is None else default
+        parser.add_argument(f"--{name}", type=kind, metavar="N" if kind is int else "X",
+                            help=f"{text} (default: {shown})", **knob)
+    parser.add_argument("--bias", action=argparse.BooleanOptionalAction, help="biases in linear layers and LayerNorms "
+                        f"(default: {defaults.bias})", **knob)
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="cuda needs CuPy (default: cpu)", **knob)
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out-dir", **knob)
+    parser.set_defaults(handler=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    overrides = {key: value for key, value in vars(args).items() if key not in ("command", "handler", "preset")}
+    train(resolve_config(overrides, args.preset))
+    return 0
+
+
+def add_sample_parser(subparsers) -> None:
+    parser = subparsers.add_parser("sample", help="continue a prompt with the model of a checkpoint",
+                                   description="Sample text from the checkpoint that `tinygpt train` left in --out-dir.")
+    parser.add_argument("--out-dir", metavar="DIR", default="out", help="directory of the checkpoint (default: out)")
+    parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    parser.add_argument("--max-new-tokens", type=int, default=500, metavar="N")
+    parser.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 is greedy (default: 0.8)")
+    parser.add_argument("--top-k", type=int, default=200, metavar="K", help="sample among the K likeliest tokens "
+                        "(0: all; default: 200)")
+    parser.add_argument("--num-samples", type=int, default=1, metavar="N")
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.set_defaults(handler=run_sample)
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    if args.max_new_tokens < 0 or args.num_samples < 1 or args.temperature < 0 or args.top_k < 0:
+        raise ConfigError("--max-new-tokens, --temperature and --top-k must be >= 0 and --num-samples >= 1")
+    check_device(args.device)
+    checkpoint = load_checkpoint(args.out_dir)
+    model = checkpoint.load_model(args.device)
+    for index in range(args.num_samples):
+        if index:
+            print("---------------")
+        print(sample_text(model, checkpoint.tokenizer, args.prompt, args.max_new_tokens, args.temperature,
+                          args.top_k or None, seed=args.seed + index, device=args.device), flush=True)
+    return 0
+
+
+def add_tokenizer_parser(subparsers) -> None:
+    parser = subparsers.add_parser("tokenizer", help="train a BPE tokenizer, encode and decode with it",
+                                   description="Train, encode and decode with a BPETokenizer (prefix.model files).")
+    commands = parser.add_subparsers(dest="tokenizer_command", metavar="{train,encode,decode}", required=True)
+    trainer = commands.add_parser("train", help="learn merges from a text file, write PREFIX.model and PREFIX.vocab")
+    trainer.add_argument("--data", metavar="PATH", help="UTF-8 text file (default: the embedded Tiny Shakespeare)")
+    trainer.add_argument("--vocab-size", type=int, default=512, metavar="N", help="256 + number of merges (default: 512)")
+    trainer.add_argument("--pattern", choices=sorted(PATTERNS), default="gpt4", help="pre-split regex (default: gpt4)")
+    trainer.add_argument("--out", metavar="PREFIX", default="tokenizer", help="output prefix (default: tokenizer)")
+    trainer.add_argument("--verbose", action="store_true", help="show the merges as they are learnt")
+    trainer.set_defaults(handler=run_tokenizer_train)
+    encoder = commands.add_parser("encode", help="print the ids of a text (--text, or stdin)")
+    encoder.add_argument("--model", metavar="FILE", required=True, help="a .model file written by tokenizer train")
+    encoder.add_argument("--text", help="text to encode (default: read stdin)")
+    encoder.set_defaults(handler=run_tokenizer_encode)
+    decoder = commands.add_parser("decode", help="print the text of ids (arguments, or stdin)")
+    decoder.add_argument("--model", metavar="FILE", required=True, help="a .model file written by tokenizer train")
+    decoder.add_argument("ids", nargs="*", help="token ids (default: whitespace-separated ids on stdin)")
+    decoder.set_defaults(handler=run_tokenizer_decode)
+
+
+def read_text(path: Path, what: str) -> str:
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{what} {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    if not text:
+        raise ConfigError(f"{what} {path} is empty")
+    return text
+
+
+def load_tokenizer(path: str) -> BPETokenizer:
+    if not Path(path).is_file():
+        raise ConfigError(f"tokenizer model {path} does not exist")
+    tokenizer = BPETokenizer()
+    try:
+        tokenizer.load(path)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return tokenizer
+
+
+def run_tokenizer_train(args: argparse.Namespace) -> int:
+    path = Path(args.data) if args.data else default_corpus_path()
+    text = read_text(path, "data file")
+    tokenizer = BPETokenizer(PATTERNS[args.pattern])
+    try:
+        tokenizer.train(text, args.vocab_size, verbose=args.verbose)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    tokenizer.save(args.out)
+    print(f"wrote {args.out}.model and {args.out}.vocab: {len(tokenizer.merges)} merges, {len(tokenizer.vocab)} tokens")
+    return 0
+
+
+def run_tokenizer_encode(args: argparse.Namespace) -> int:
+    tokenizer = load_tokenizer(args.model)
+    text = args.text if args.text is not None else sys.stdin.read()
+    try:
+        ids = tokenizer.encode(text, allowed_special="all")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    print(" ".join(map(str, ids)))
+    return 0
+
+
+def run_tokenizer_decode(args: argparse.Namespace) -> int:
+    tokenizer = load_tokenizer(args.model)
+    words = args.ids or sys.stdin.read().split()
+    try:
+        ids = [int(word) for word in words]
+    except ValueError:
+        raise ConfigError(f"token ids must be integers, got {' '.join(words)[:60]!r}") from None
+    unknown = sorted({index for index in ids if index not in tokenizer.vocab})
+    if unknown:
+        raise ConfigError(f"ids {unknown[:10]} are not in the tokenizer's vocabulary of {len(tokenizer.vocab)} tokens")
+    sys.stdout.write(tokenizer.decode(ids))
+    sys.stdout.write("\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="tinygpt", description="TinyGPT: train a GPT from its own small parts, then sample it.")
+    subparsers = parser.add_subparsers(dest="command", metavar="{train,sample,tokenizer,bench}", required=True,
+                                       parser_class=OneLineParser)
+    add_train_parser(subparsers)
+    add_sample_parser(subparsers)
+    add_tokenizer_parser(subparsers)
+    subparsers.add_parser("bench", help="time a training step against PyTorch (tinygpt bench --help)", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line `argv` (default: sys.argv[1:]); returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from tinygpt import bench
+
+        return bench.main(argv[1:])
+    parser = build_parser()
+    if not argv:
+        parser.print_help(sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ConfigError, OSError) as error:
+        message = str(error).replace("\n", " ")
+        print(f"tinygpt: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tinygpt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""The training loop from Python: exact resume, atomic checkpoints, weight decay groups, config resolution."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinygpt.dataset import default_corpus_path
+from tinygpt.tensor import Tensor
+from tinygpt.tokenizer import BPETokenizer
+from tinygpt.train import (PRESETS, ConfigError, TrainConfig, build_model, build_optimizer, bytes_per_token,
+                           find_checkpoint, load_checkpoint, resolve_config, train)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """The first 20,000 characters of Tiny Shakespeare: enough text for tiny models, quick to tokenise."""
+    path = tmp_path_factory.mktemp("corpus") / "shakespeare-head.txt"
+    path.write_text(default_corpus_path().read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def token_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TINYGPT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "token-cache"))
+
+
+def tiny_config(out_dir: Path, corpus: Path, **changes) -> TrainConfig:
+    settings = dict(data=str(corpus), out_dir=str(out_dir), n_layer=1, n_head=2, n_embd=16, block_size=8, batch_size=4,
+                    max_iters=8, lr_decay_iters=8, warmup_iters=2, eval_interval=2, eval_iters=2, sample_tokens=0)
+    return TrainConfig(**(settings | changes))
+
+
+def saved_weights(out_dir: Path) -> dict[str, np.ndarray]:
+    return dict(load_checkpoint(out_dir).load_model().named_parameters())
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_resume_gives_the_losses_and_weights_of_an_uninterrupted_run(tmp_path, corpus, dropout):
+    whole = train(tiny_config(tmp_path / "whole", corpus, dropout=dropout), verbose=False)
+    train(tiny_config(tmp_path / "split", corpus, dropout=dropout, max_iters=4), verbose=False)
+    resumed = train(tiny_config(tmp_path / "split", corpus, dropout=dropout, resume=True), verbose=False)
+
+    assert resumed.history == whole.history
+    assert len(whole.history["losses"]) == 8
+    whole_weights, resumed_weights = saved_weights(tmp_path / "whole"), saved_weights(tmp_path / "split")
+    for name, tensor in whole_weights.items():
+        np.testing.assert_array_equal(resumed_weights[name].numpy(), tensor.numpy(), err_msg=name)
+
+
+def test_dropout_changes_the_run(tmp_path, corpus):
+    plain = train(tiny_config(tmp_path / "plain", corpus, max_iters=4), verbose=False)
+    dropped = train(tiny_config(tmp_path / "dropped", corpus, max_iters=4, dropout=0.2), verbose=False)
+    assert plain.history["losses"][0] != dropped.history["losses"][0]
+
+
+def test_training_lowers_the_validation_loss(tmp_path, corpus):
+    config = tiny_config(tmp_path, corpus, n_embd=32, block_size=16, batch_size=8, max_iters=150, lr_decay_iters=150,
+                         learning_rate=1e-2, min_lr=1e-3, eval_interval=150, eval_iters=10, sample_tokens=20)
+    result = train(config, verbose=False)
+    first, last = result.history["evals"][0], result.history["evals"][-1]
+    assert first["val_loss"] == pytest.approx(math.log(256), abs=0.1)  # an untrained model is near uniform
+    assert last["val_loss"] < 3.5
+    assert last["val_bpb"] == pytest.approx(last["val_loss"] / math.log(2))  # byte level: bits per byte = nats / ln 2
+    assert result.sample.startswith("\n") and len(result.sample) > 1
+    assert result.tokens_per_second > 0
+
+
+def test_learning_rate_follows_warmup_then_cosine(tmp_path, corpus):
+    config = tiny_config(tmp_path, corpus, max_iters=10, warmup_iters=4, lr_decay_iters=8, learning_rate=1e-2, min_lr=1e-3)
+    rates = train(config, verbose=False).history["learning_rates"]
+    assert rates[:4] == pytest.approx([1e-2 * (i + 1) / 5 for i in range(4)])
+    assert rates[4] == pytest.approx(1e-2)
+    assert rates[9] == pytest.approx(1e-3)
+
+
+def test_checkpoint_holds_model_optimizer_tokenizer_config_and_state(tmp_path, corpus):
+    config = tiny_config(tmp_path, corpus, max_iters=3, eval_interval=2)
+    result = train(config, verbose=False)
+    directory = find_checkpoint(tmp_path)
+    assert directory == tmp_path / "ckpt" == result.checkpoint_dir
+    assert {path.name for path in directory.iterdir()} == {"model.safetensors", "optimizer.safetensors", "config.json",
+                                                           "state.json", "tokenizer.model", "tokenizer.vocab"}
+    saved = json.loads((directory / "config.json").read_text())
+    assert saved["model"] == result.model.config and saved["train"]["max_iters"] == 3
+    state = json.loads((directory / "state.json").read_text())
+    assert state["iteration"] == 3 and state["data_rng"]["bit_generator"] == "PCG64"
+    assert [record["iteration"] for record in state["history"]["evals"]] == [0, 2, 3]
+    assert not list(tmp_path.glob("ckpt.*"))
+
+
+CRASH_DRIVER = r"""
+import os, shutil, sys
+from pathlib import Path
+from tinygpt import cli, train
+
+point = sys.argv[1]
+if point == "while-writing-files":  # the second save dies after model.safetensors, before the optimizer state
+    save_state = train.AdamW.save_state
+    def dying_save_state(self, path):
+        if self.step_count == 4:
+            os._exit(1)
+        save_state(self, path)
+    train.AdamW.save_state = dying_save_state
+elif point == "between-renames":  # the old checkpoint is moved aside, the new one not yet in place
+    rename = os.rename
+    def dying_rename(source, target):
+        if Path(target).name == "ckpt" and Path(str(target) + ".old").exists():
+            os._exit(1)
+        rename(source, target)
+    os.rename = dying_rename
+elif point == "before-deleting-old":  # the new checkpoint is in place, the old one not yet deleted
+    rmtree = shutil.rmtree
+    def dying_rmtree(path, *args, **kwargs):
+        if Path(path).name == "ckpt.old" and Path(path).exists():
+            os._exit(1)
+        rmtree(path, *args, **kwargs)
+    shutil.rmtree = dying_rmtree
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("point, surviving_iteration", [("while-writing-files", 2), ("between-renames", 2),
+                                                        ("before-deleting-old", 4)])
+def test_a_run_killed_while_saving_leaves_a_complete_checkpoint(tmp_path, corpus, point, surviving_iteration):
+    flags = ["train", "--data", str(corpus), "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "8",
+             "--batch-size", "4", "--eval-interval", "2", "--eval-iters", "2", "--warmup-iters", "1",
+             "--lr-decay-iters", "4", "--sample-tokens", "0", "--max-iters", "4"]
+    killed = subprocess.run([sys.executable, "-c", CRASH_DRIVER, point, *flags, "--out-dir", str(tmp_path / "killed")],
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == 1, killed.stderr
+
+    checkpoint = load_checkpoint(tmp_path / "killed")
+    assert checkpoint.state["iteration"] == surviving_iteration
+    checkpoint.load_model()
+
+    resumed = subprocess.run([sys.executable, "-m", "tinygpt", *flags, "--out-dir", str(tmp_path / "killed"), "--resume"],
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    whole = subprocess.run([sys.executable, "-m", "tinygpt", *flags, "--out-dir", str(tmp_path / "whole")],
+                           capture_output=True, text=True, timeout=120)
+    assert whole.returncode == 0, whole.stderr
+    assert load_checkpoint(tmp_path / "killed").state["history"] == load_checkpoint(tmp_path / "whole").state["history"]
+    assert not list((tmp_path / "killed").glob("ckpt.*"))  # the next save cleared what the killed one left
+
+
+def test_weight_decay_touches_matrices_and_embeddings_only():
+    config = TrainConfig(n_layer=1, n_head=2, n_embd=8, block_size=4, bias=True, learning_rate=0.1, min_lr=0.1,
+                         warmup_iters=0, weight_decay=0.5)
+    model = build_model(config)
+    optimizer = build_optimizer(model, config)
+    before = {name: tensor.numpy().copy() for name, tensor in model.named_parameters()}
+    for _, tensor in model.named_parameters():
+        tensor.grad = Tensor(np.zeros(tensor.shape, dtype=np.float32))  # zero gradient: only the decay moves values
+    optimizer.update()
+    for name, tensor in model.named_parameters():
+        expected = before[name] * (1 - 0.1 * 0.5) if tensor.ndim >= 2 else before[name]
+        np.testing.assert_allclose(tensor.numpy(), expected, rtol=1e-6, err_msg=name)
+    assert any(tensor.ndim == 1 for _, tensor in model.named_parameters())
+
+
+def test_resolve_config_layers_defaults_preset_and_flags():
+    config = resolve_config({"max_iters": 10}, "shakespeare-char-gpu")
+    assert (config.n_layer, config.n_embd, config.dropout, config.max_iters) == (6, 384, 0.2, 10)
+    assert resolve_config({}) == TrainConfig()
+    assert {key: getattr(TrainConfig(), key) for key in PRESETS["shakespeare-char-cpu"]} == PRESETS["shakespeare-char-cpu"]
+    with pytest.raises(ConfigError, match="unknown preset 'tiny'"):
+        resolve_config({}, "tiny")
+
+
+def test_resume_takes_the_checkpoint_settings_and_refuses_another_architecture(tmp_path, corpus):
+    train(tiny_config(tmp_path, corpus, max_iters=2), verbose=False)
+    config = resolve_config({"out_dir": str(tmp_path), "resume": True, "max_iters": 4})
+    assert (config.n_layer, config.n_embd, config.data, config.max_iters) == (1, 16, str(corpus), 4)
+    with pytest.raises(ConfigError, match="n_embd=16 but this run asks for n_embd=32"):
+        train(tiny_config(tmp_path, corpus, n_embd=32, resume=True), verbose=False)
+
+
+def test_a_larger_vocab_trains_a_bpe_tokenizer_and_reports_bits_per_byte(tmp_path, corpus):
+    result = train(tiny_config(tmp_path, corpus, vocab_size=300, max_iters=2), verbose=False)
+    assert len(result.tokenizer.merges) == 44
+    saved = BPETokenizer()
+    saved.load(tmp_path / "tokenizer.model")
+    assert saved.merges == result.tokenizer.merges == load_checkpoint(tmp_path).tokenizer.merges
+    record = result.history["evals"][-1]
+    assert record["val_bpb"] < record["val_loss"] / math.log(2)  # a token is more than one byte
+
+
+def test_bytes_per_token_counts_utf8_bytes():
+    tokenizer = BPETokenizer()
+    tokenizer.train("aaaa bbbb " * 50, 258)
+    ids = np.array(tokenizer.encode("aaaa"))
+    assert bytes_per_token(ids, tokenizer) == pytest.approx(4 / len(ids))
+    assert bytes_per_token(np.array(BPETokenizer().encode("héllo")), BPETokenizer()) == 1.0
+
+
+def test_loss_curve_is_saved_when_matplotlib_is_installed(tmp_path, corpus):
+    pytest.importorskip("matplotlib", reason="the loss curve needs matplotlib")
+    result = train(tiny_config(tmp_path, corpus, max_iters=2), verbose=False)
+    assert result.plot == tmp_path / "loss.png"
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(block_size=3000), "too short for block size 3000"),
+    (dict(n_head=3), "not divisible by n_head 3"),
+    (dict(dropout=1.0), "dropout must be in"),
+    (dict(vocab_size=100), "vocab_size must be >= 256"),
+    (dict(data="does-not-exist.txt"), "does not exist"),
+])
+def test_bad_settings_raise_config_error(tmp_path, corpus, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        train(tiny_config(tmp_path, corpus, **changes), verbose=False)
