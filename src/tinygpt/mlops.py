@@ -519,10 +519,9 @@ class ScaledDotProductAttention(Operation):
         return tuple(None if g is None else Buffer.from_array(g) for g in grads)
 
     def _attend(self, xp, q, k, v, dropout_p: float, device: str):
-        self.q, self.k, self.v = q, k, v
         self.scale = 1.0 / math.sqrt(q.shape[-1])
-        scores = xp.matmul(q, xp.swapaxes(k, -1, -2))
-        scores *= self.scale
+        self.scaled_q, self.k, self.v = q * self.scale, k, v  # scaling q costs d/T of scaling the scores
+        scores = xp.matmul(self.scaled_q, xp.swapaxes(k, -1, -2))
         scores += causal_mask(xp, q.shape[-2], k.shape[-2], scores.dtype)
         self.probs = self.attention = _softmax(scores, -1)
         self.keep = None
@@ -537,11 +536,13 @@ class ScaledDotProductAttention(Operation):
         dscores = xp.matmul(g, xp.swapaxes(self.v, -1, -2))
         if self.keep is not None:
             dscores *= self.keep
-        dscores -= (dscores * self.probs).sum(axis=-1, keepdims=True)
+        dscores -= xp.einsum("...ij,...ij->...i", dscores, self.probs)[..., None]  # no T x T temporary
         dscores *= self.probs
-        dscores *= self.scale
-        grad_q = xp.matmul(dscores, self.k) if needs_grad[0] else None
-        grad_k = xp.matmul(xp.swapaxes(dscores, -1, -2), self.q) if needs_grad[1] else None
+        grad_q = None
+        if needs_grad[0]:
+            grad_q = xp.matmul(dscores, self.k)
+            grad_q *= self.scale
+        grad_k = xp.matmul(xp.swapaxes(dscores, -1, -2), self.scaled_q) if needs_grad[1] else None
         return grad_q, grad_k, grad_v
 
 
