@@ -238,12 +238,18 @@ def cosine_schedule(max_learning_rate: float, min_learning_rate: float, warmup_s
     return learning_rate
 
 
+def _squared_norm(array):
+    """sum(array ** 2) in one pass without a temporary."""
+    flat = array.reshape(-1)
+    return flat @ flat
+
+
 def clip_grad_norm(module: Module, max_norm: float) -> float:
     """Scale all gradients so that their global L2 norm is at most max_norm; return the norm before clipping."""
     grads = [tensor.grad.buffer.array for _, tensor in module.named_parameters() if tensor.grad is not None]
     if not grads:
         return 0.0
-    total = math.sqrt(sum(float((g.astype(np.float32) ** 2).sum()) for g in grads))
+    total = math.sqrt(sum(float(_squared_norm(g)) for g in grads))
     scale = max_norm / (total + 1e-6)
     if scale < 1.0:
         for _, tensor in module.named_parameters():
