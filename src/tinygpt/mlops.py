@@ -13,7 +13,7 @@ import numpy as np
 
 from tinygpt import backend
 from tinygpt.buffer import Buffer, matmul
-from tinygpt.utils import DType, normalize_axes
+from tinygpt.utils import normalize_axes
 
 
 class Operation:
@@ -599,5 +599,5 @@ __all__ = [
     "Operation", "Add", "Sub", "Neg", "Mul", "Div", "Pow", "Log", "Exp", "Maximum", "Relu", "Tanh", "GELU",
     "Sum", "Max", "Reshape", "Expand", "Permute", "Slice", "Concatenate", "Tril", "Matmul", "Softmax",
     "LogSoftmax", "CrossEntropy", "LayerNorm", "Embedding", "Dropout", "ScaledDotProductAttention",
-    "MultiHeadAttention", "Linear", "DType",
+    "MultiHeadAttention", "Linear",
 ]

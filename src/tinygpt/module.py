@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from tinygpt import backend
 from tinygpt.serialization import load_arrays, save_arrays
 from tinygpt.tensor import Tensor
 from tinygpt.utils import tree_flatten, tree_map, tree_unflatten
@@ -26,6 +25,11 @@ def _is_tensor(value: Any) -> bool:
 
 def _is_module(value: Any) -> bool:
     return isinstance(value, Module)
+
+
+def _modules_in(value: Any) -> list["Module"]:
+    """The modules an entry holds: itself, or those in its (nested) list or dict."""
+    return [leaf for _, leaf in tree_flatten(value, is_leaf=_is_module) if _is_module(leaf)]
 
 
 class Module(dict):
@@ -87,9 +91,7 @@ class Module(dict):
 
     def children(self) -> dict:
         """The direct sub-modules (a list entry of modules stays a list)."""
-        return {key: value for key, value in self.items()
-                if _is_module(value) or (isinstance(value, (list, dict)) and tree_flatten(value, is_leaf=_is_module)
-                                         and all(_is_module(m) for _, m in tree_flatten(value, is_leaf=_is_module)))}
+        return {key: value for key, value in self.items() if _modules_in(value)}
 
     def named_modules(self) -> list[tuple[str, "Module"]]:
         """("", self) then every sub-module with its dotted key, depth first."""
@@ -105,8 +107,7 @@ class Module(dict):
 
     def leaf_modules(self) -> dict:
         """Nested dict of the modules that have no sub-modules."""
-        leaves = [(name, module) for name, module in self.named_modules()
-                  if name and not any(_is_module(m) for _, m in tree_flatten(dict(module), is_leaf=_is_module))]
+        leaves = [(name, module) for name, module in self.named_modules() if name and not module.children()]
         return tree_unflatten(leaves) if leaves else {}
 
     def num_parameters(self) -> int:
@@ -138,8 +139,7 @@ class Module(dict):
         keys = [keys] if isinstance(keys, str) else keys
         modules = self.modules() if recurse else [self]
         for module in modules:
-            own = [key for key, value in module.items() if not _is_module(value) and not
-                   (isinstance(value, (list, dict)) and any(_is_module(m) for _, m in tree_flatten(value, is_leaf=_is_module)))]
+            own = [key for key, value in module.items() if not _modules_in(value)]
             selected = own if keys is None else [key for key in keys if key in own]
             if strict and keys is not None and module is self:
                 missing = sorted(set(keys) - set(own))
@@ -199,4 +199,4 @@ class Module(dict):
         return self.update(tree_unflatten(loaded)) if loaded else self
 
 
-__all__ = ["Module", "backend"]
+__all__ = ["Module"]

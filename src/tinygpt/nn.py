@@ -8,11 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from tinygpt import mlops
-from tinygpt.buffer import Buffer
 from tinygpt.module import Module
 from tinygpt.serialization import load_arrays
 from tinygpt.tensor import Tensor, apply_op, no_grad
-from tinygpt.utils import DType
 
 
 class FullyConnectedLayer(Module):
@@ -309,4 +307,4 @@ def _pick_next(logits: np.ndarray, temperature: float, top_k: int | None, rng: n
 
 
 __all__ = ["FullyConnectedLayer", "MLP", "Embedding", "LayerNorm", "Dropout", "CasualSelfAttention",
-           "CausalSelfAttention", "TransformerBlock", "GPT", "Buffer", "DType"]
+           "CausalSelfAttention", "TransformerBlock", "GPT"]

@@ -1,7 +1,6 @@
 """Optimizers (numerically those of PyTorch's of the same name), the cosine schedule and gradient clipping."""
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Callable
 
@@ -258,4 +257,4 @@ def clip_grad_norm(module: Module, max_norm: float) -> float:
     return total
 
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "cosine_schedule", "clip_grad_norm", "json"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "cosine_schedule", "clip_grad_norm"]
