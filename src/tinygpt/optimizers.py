@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tinygpt import backend
 from tinygpt.module import Module
 from tinygpt.serialization import load_arrays, save_arrays
 from tinygpt.tensor import Tensor
@@ -51,7 +52,7 @@ class Optimizer:
     # ---- state on disk ---------------------------------------------------------------------------
     def save_state(self, path: str) -> None:
         """Write the per-parameter state and the step count (`.safetensors` or `.json`), atomically."""
-        arrays = {f"{name}.{key}": np.asarray(value) for name, state in self.state.items() for key, value in state.items()}
+        arrays = {f"{name}.{key}": backend.to_numpy(value) for name, state in self.state.items() for key, value in state.items()}
         save_arrays(path, arrays, metadata={"step_count": str(self.step_count), "optimizer": type(self).__name__})
 
     def load_state(self, path_or_list, strict: bool = True) -> None:
