@@ -599,3 +599,17 @@ def test_fused_linear_matches_torch(bias, x_shape, layouts, rng):
 def test_fused_linear_rejects_weights_that_do_not_fit():
     with pytest.raises(ValueError, match=r"\(2, 3\) .* \(4, 6\)"):
         apply_op(mlops.Linear, Tensor(np.zeros((2, 3), np.float32)), Tensor(np.zeros((4, 6), np.float32)))
+
+
+def test_cross_entropy_of_far_apart_logits_is_finite_like_torch():
+    """-log(softmax) would round the target's probability to 0 and give inf; logsumexp - x_t does not."""
+    logits = np.array([[0.0, -200.0], [300.0, -300.0]], dtype=np.float32)
+    targets = np.array([1, 1])
+    ours = Tensor(logits, requires_grad=True)
+    loss = apply_op(mlops.CrossEntropy, ours, Tensor(targets), reduction="none")
+    theirs = torch.tensor(logits, requires_grad=True)
+    expected = torch.nn.functional.cross_entropy(theirs, torch.tensor(targets), reduction="none")
+    assert_close(loss, expected.detach(), 1e-5, "loss")
+    loss.sum().backward()
+    expected.sum().backward()
+    assert_close(ours.grad, theirs.grad, 1e-5, "gradient")

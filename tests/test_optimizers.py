@@ -218,8 +218,8 @@ def test_update_is_step_and_state_is_per_parameter_name():
 def test_apply_single_is_the_extension_point():
     """A new optimizer only writes apply_single: here sign-SGD."""
     class SignSGD(Optimizer):
-        def apply_single(self, parameter, state, learning_rate):
-            parameter.buffer.array[...] -= learning_rate * np.sign(parameter.grad.numpy())
+        def apply_single(self, parameter, state):
+            parameter.buffer.array[...] -= self.step_learning_rate * np.sign(parameter.grad.numpy())
 
     model = make_models()[0]
     before = model.layers[2].bias.numpy().copy()

@@ -412,3 +412,32 @@ def test_backward_through_int_and_float_mix_gives_float_gradients():
     x = Tensor([1.0, 2.0], requires_grad=True)
     (x * Tensor([3, 4])).sum().backward()
     assert x.grad.to_python() == [3.0, 4.0] and x.grad.dtype == DType.float32
+
+
+# ---- review fixes: views share the version counter, truth values ---------------------------------------
+@pytest.mark.parametrize("make_view", [lambda x: x[0:2], lambda x: x.reshape((3,)), lambda x: x.permute((0,)),
+                                       lambda x: Tensor(x)], ids=["slice", "reshape", "permute", "constructor"])
+def test_in_place_change_through_a_view_is_caught(make_view):
+    w = Tensor([1.0, 2.0, 3.0], requires_grad=True)
+    x = Tensor([1.0, 2.0, 3.0])
+    y = (w * x).sum()
+    view = make_view(x)
+    view += 10.0
+    with pytest.raises(RuntimeError, match="modified in place"):
+        y.backward()
+
+
+def test_in_place_change_of_the_base_is_seen_by_ops_that_saved_a_view():
+    w = Tensor([1.0, 2.0], requires_grad=True)
+    x = Tensor([1.0, 2.0, 3.0])
+    y = (w * x[0:2]).sum()
+    x += 1.0
+    with pytest.raises(RuntimeError, match="modified in place"):
+        y.backward()
+
+
+def test_truth_value_of_one_element_and_ambiguity():
+    assert not bool(Tensor([0.0]) > 1.0)
+    assert bool(Tensor(2.0) > 1.0)
+    with pytest.raises(ValueError, match="ambiguous"):
+        bool(Tensor([1.0, 2.0]) > 0.0)

@@ -162,6 +162,11 @@ class Buffer:
             raise TypeError("len() of a 0-d buffer")
         return self.shape[0]
 
+    def __bool__(self) -> bool:
+        if self.numel != 1:
+            raise ValueError(f"the truth value of a buffer of shape {self.shape} is ambiguous: use .item() on one element")
+        return bool(self.item())
+
     # ---- conversion --------------------------------------------------------------------------
     def numpy(self) -> np.ndarray:
         return np.array(backend.to_numpy(self.array))

@@ -7,6 +7,7 @@ Fused ops (matmul, softmax, cross-entropy, layer norm, attention) reach the arra
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -394,8 +395,11 @@ class CrossEntropy(Operation):
         if self.targets.size and (int(self.targets.min()) < 0 or int(self.targets.max()) >= num_classes):
             raise IndexError(f"cross_entropy: target ids must lie in [0, {num_classes})")
         self.rows = xp.arange(flat.shape[0])
-        self.probs = _softmax(flat, 1)
-        losses = -xp.log(self.probs[self.rows, self.targets])
+        shifted = flat - _shift(flat, 1)
+        log_normalizer = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+        losses = log_normalizer[:, 0] - shifted[self.rows, self.targets]  # not -log(p): p can round to 0
+        shifted -= log_normalizer
+        self.probs = xp.exp(shifted, out=shifted)
         self.shape, self.reduction = logits.shape, reduction
         return Buffer.from_array(_reduce(losses.reshape(targets.shape), reduction))
 
@@ -494,17 +498,11 @@ class Dropout(Operation):
         return Buffer.from_array(grad.array * self.scale)
 
 
-_causal_masks: dict = {}
-
-
+@functools.lru_cache(maxsize=64)
 def causal_mask(xp, query_length: int, key_length: int, dtype):
     """Additive mask (0 where key j <= query i + offset, -inf after); cached, never part of the graph."""
-    key = (xp.__name__, query_length, key_length, dtype)
-    if key not in _causal_masks:
-        offset = key_length - query_length
-        allowed = xp.tri(query_length, key_length, k=offset, dtype=bool)
-        _causal_masks[key] = xp.where(allowed, 0.0, -xp.inf).astype(dtype)
-    return _causal_masks[key]
+    allowed = xp.tri(query_length, key_length, k=key_length - query_length, dtype=bool)
+    return xp.where(allowed, 0.0, -xp.inf).astype(dtype)
 
 
 class ScaledDotProductAttention(Operation):

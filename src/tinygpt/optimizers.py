@@ -17,9 +17,10 @@ LearningRate = float | Callable[[int], float]
 class Optimizer:
     """Updates a module's trainable parameters from their .grad; `state` maps parameter names to per-parameter state."""
 
-    def __init__(self, module: Module, learning_rate: LearningRate) -> None:
+    def __init__(self, module: Module, learning_rate: LearningRate = 1e-3) -> None:
         self.module = module
         self.learning_rate = learning_rate
+        self.step_learning_rate = 0.0  # the learning rate of the step being applied, set by update()
         self.state: dict[str, dict[str, Any]] = {}
         self.step_count = 0
 
@@ -30,20 +31,19 @@ class Optimizer:
 
     def update(self) -> None:
         """Apply one step to every trainable parameter that has a gradient."""
-        learning_rate = self.current_learning_rate
+        self.step_learning_rate = self.current_learning_rate
         self.step_count += 1
         for name, parameter in self.module.named_parameters():
             if parameter.requires_grad and parameter.grad is not None:
-                state = self.state.setdefault(name, {})
-                self.apply_single(parameter, state, learning_rate)
+                self.apply_single(parameter, self.state.setdefault(name, {}))
                 parameter._version += 1
 
     def step(self) -> None:
         """The same as update() (PyTorch's name)."""
         self.update()
 
-    def apply_single(self, parameter: Tensor, state: dict[str, Any], learning_rate: float) -> None:
-        """Update one parameter in place (its buffer) and its state."""
+    def apply_single(self, parameter: Tensor, state: dict[str, Any]) -> None:
+        """Update one parameter in place (its buffer) and its state, with `self.step_learning_rate`."""
         raise NotImplementedError
 
     def zero_grad(self) -> None:
@@ -81,14 +81,14 @@ class Optimizer:
 class SGD(Optimizer):
     """p -= lr * g with optional weight decay, momentum (with dampening) and Nesterov momentum, as torch.optim.SGD."""
 
-    def __init__(self, module: Module, learning_rate: LearningRate, momentum: float = 0.0, weight_decay: float = 0.0,
+    def __init__(self, module: Module, learning_rate: LearningRate = 1e-3, momentum: float = 0.0, weight_decay: float = 0.0,
                  dampening: float = 0.0, nesterov: bool = False) -> None:
         super().__init__(module, learning_rate)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum needs momentum > 0 and zero dampening")
         self.momentum, self.weight_decay, self.dampening, self.nesterov = momentum, weight_decay, dampening, nesterov
 
-    def apply_single(self, parameter: Tensor, state: dict[str, Any], learning_rate: float) -> None:
+    def apply_single(self, parameter: Tensor, state: dict[str, Any]) -> None:
         p, g = parameter.buffer.array, parameter.grad.buffer.array
         if self.weight_decay:
             g = g + self.weight_decay * p
@@ -101,7 +101,7 @@ class SGD(Optimizer):
                 buf += (1.0 - self.dampening) * g
             buf = state["momentum_buffer"]
             g = g + self.momentum * buf if self.nesterov else buf
-        p -= learning_rate * g
+        p -= self.step_learning_rate * g
 
 
 class Adam(Optimizer):
@@ -126,9 +126,9 @@ class Adam(Optimizer):
         """Whether weight decay applies to this parameter (nanoGPT decays only matrices and embeddings)."""
         return self.weight_decay != 0.0 and (parameter.ndim >= 2 or not self.decay_matrices_only)
 
-    def apply_single(self, parameter: Tensor, state: dict[str, Any], learning_rate: float) -> None:
+    def apply_single(self, parameter: Tensor, state: dict[str, Any]) -> None:
         p, g = parameter.buffer.array, parameter.grad.buffer.array
-        xp = parameter.buffer.xp
+        xp, learning_rate = parameter.buffer.xp, self.step_learning_rate
         if "exp_avg" not in state:
             state["step"] = np.array(0.0, dtype=np.float32)
             state["exp_avg"], state["exp_avg_sq"] = xp.zeros_like(p), xp.zeros_like(p)
@@ -160,9 +160,9 @@ class Adam(Optimizer):
             if len({float(self.state.get(name, {}).get("step", 0.0)) for name, _ in parameters}) > 1:
                 return super().update()  # parameters took different numbers of steps so far
             self._flat = FlatParameters(parameters, self)
-        learning_rate = self.current_learning_rate
+        self.step_learning_rate = self.current_learning_rate
         self.step_count += 1
-        self._flat.step(self, learning_rate)
+        self._flat.step(self, self.step_learning_rate)
         for _, parameter in parameters:
             parameter._version += 1
 

@@ -79,6 +79,8 @@ def apply_op(operation_class: type[mlops.Operation], *inputs: "Tensor | None", *
     operation = operation_class(needs_input_grad)
     out = operation.forward(*(t.buffer if t is not None else None for t in inputs), **kwargs)
     result = Tensor._wrap(out, any(needs_input_grad))
+    if inputs and inputs[0] is not None and out.data is inputs[0].buffer.data:
+        result._version_counter = inputs[0]._version_counter  # a view: in-place changes show in both
     if result.requires_grad:
         result.grad_fn = GradientFunction(operation, inputs)
     return result
@@ -105,7 +107,8 @@ class Tensor:
         self.requires_grad = requires_grad
         self.grad_fn: GradientFunction | None = None
         self.grad: Tensor | None = None
-        self._version_counter = [0]
+        shares_storage = isinstance(data, Tensor) and self.buffer.data is data.buffer.data
+        self._version_counter = data._version_counter if shares_storage else [0]
         self._retains_grad = False
 
     @classmethod
@@ -145,6 +148,11 @@ class Tensor:
     def __len__(self) -> int:
         return len(self.buffer)
 
+    def __bool__(self) -> bool:
+        if self.numel != 1:
+            raise ValueError(f"the truth value of a tensor of shape {self.shape} is ambiguous: use .item() on one element")
+        return bool(self.item())
+
     def to_python(self) -> Any:
         return self.buffer.to_python()
 
@@ -176,7 +184,7 @@ class Tensor:
 
     def _accumulate_grad(self, grad: Buffer) -> None:
         if grad.shape != self.shape:
-            grad = Buffer.from_array(grad.xp.broadcast_to(grad.array, self.shape))
+            raise RuntimeError(f"an op returned a gradient of shape {grad.shape} for a tensor of shape {self.shape}")
         if self.grad is None:
             self.grad = Tensor._wrap(Buffer.from_array(grad.xp.array(grad.array)))  # an owned, contiguous copy
         else:
