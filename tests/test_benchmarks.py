@@ -1,4 +1,5 @@
 """Every benchmark runs end to end at a tiny size (a smoke test: no timing is asserted)."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -6,13 +7,28 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = sorted((Path(__file__).parent.parent / "benchmarks").glob("bench_*.py"))
+NUMBER = r"\d+(?:\.\d+)?"
+# The lines each script prints only once it has measured both sides of its comparison.
+SUMMARY_LINES = {
+    "bench_generate": [rf"^\s+96\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x$",
+                       r"^reproduce with: python benchmarks/bench_generate\.py --quick$"],
+    "bench_ops": [rf"^  tinygpt / torch\s+{NUMBER}x$", rf"^  with grad: tinygpt / torch\s+{NUMBER}x$",
+                  r"outputs and gradients checked equal$", r"^reproduce: .*python benchmarks/bench_ops\.py --quick$"],
+    "bench_tokenizer": [rf"^  vocab\s+512\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x$",
+                        rf"^  vocab\s+512 \(\s*\d+ ids\)(\s+{NUMBER}){{3}}\s+{NUMBER}x\s+{NUMBER}x$",
+                        r"^ids identical to tiktoken's: yes$"],
+    "bench_training": [rf"^  throughput ratio tinygpt/torch: {NUMBER}x, peak memory ratio tinygpt/torch: {NUMBER}$",
+                       r"^command: tinygpt bench --quick$"],
+}
 
 
 @pytest.mark.parametrize("script", BENCHMARKS, ids=lambda path: path.stem)
-def test_benchmark_runs_quick(script):
+def test_benchmark_runs_quick_and_prints_its_ratios(script):
+    assert script.stem in SUMMARY_LINES, f"{script.name}: add the summary lines it prints to SUMMARY_LINES"
     done = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "ratio" in done.stdout.lower() or "/" in done.stdout, done.stdout
+    for line in SUMMARY_LINES[script.stem]:
+        assert re.search(line, done.stdout, re.MULTILINE), f"{script.name}: no line matching {line!r} in\n{done.stdout}"
 
 
 def test_tinygpt_bench_command_runs_quick():

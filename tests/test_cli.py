@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tinygpt.dataset import default_corpus_path
+from tinygpt.tokenizer import BPETokenizer
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "8", "--batch-size", "4",
         "--eval-interval", "2", "--eval-iters", "2", "--warmup-iters", "1", "--sample-tokens", "20"]
@@ -144,6 +145,10 @@ BAD_INPUTS = {
     "non-integer ids": (["tokenizer", "decode", "--model", "{trained}/ckpt/tokenizer.model", "1", "two"], "must be integers"),
     "bad flag value": (["train", "--n-layer", "two"], "invalid int value"),
     "bad pattern": (["tokenizer", "train", "--pattern", "gpt3"], "invalid choice"),
+    "resume beyond --max-iters": (["train", "--out-dir", "{trained}", "--resume", "--max-iters", "2"],
+                                  "beyond --max-iters 2"),
+    "negative learning rate": (["train", "--learning-rate", "-1"], "learning_rate must be >= 0"),
+    "bench with no rounds": (["bench", "--rounds", "0"], "--rounds must be at least 1"),
 }
 
 
@@ -162,6 +167,19 @@ def test_bad_input_ends_with_one_line_on_stderr(case, trained, workspace):
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith("tinygpt") and message in result.stderr
+
+
+@pytest.mark.parametrize("command", ["encode", "decode"])
+def test_non_utf8_stdin_is_one_line_naming_the_byte(command, workspace):
+    BPETokenizer().save(workspace / "plain")
+    env = os.environ | {"TINYGPT_CACHE_DIR": str(workspace / "token-cache")}
+    result = subprocess.run([sys.executable, "-m", "tinygpt", "tokenizer", command, "--model", "plain.model"],
+                            input=b"\xff\xfe", capture_output=True, cwd=workspace, env=env, timeout=180)
+    stderr = result.stderr.decode("utf-8")
+    assert result.returncode != 0
+    assert "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert stderr.startswith("tinygpt: error: stdin is not UTF-8 text") and "at byte 0" in stderr
 
 
 def test_cuda_without_cupy_is_one_clear_line(workspace):

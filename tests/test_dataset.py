@@ -275,9 +275,30 @@ def test_train_val_split_keeps_ninety_percent_for_training(corpus_file, tokenize
         train_val_split(tokens, 1.0)
 
 
-def test_atomic_write_leaves_no_temporary_file(corpus_file, tokenizer, cache_dir):
+def test_a_write_killed_halfway_leaves_the_cache_as_it_was(corpus_file, tokenizer, cache_dir, monkeypatch):
     tokenize_corpus(corpus_file, tokenizer)
-    assert not [name for name in os.listdir(cache_dir) if name.endswith(".tmp")]
+    before = {name: (cache_dir / name).read_bytes() for name in os.listdir(cache_dir)}
+    text = corpus_file.read_text(encoding="utf-8") + "A changed corpus.\n"
+    corpus_file.write_text(text, encoding="utf-8")
+    read_text_blocks = dataset_module._read_text_blocks
+    blocks_written = []
+
+    def first_block_then_disk_full(*args):
+        for block in read_text_blocks(*args):
+            if blocks_written:
+                raise OSError("disk full")
+            blocks_written.append(block)
+            yield block
+
+    monkeypatch.setattr(dataset_module, "TEXT_BLOCK_CHARS", 1_000)
+    monkeypatch.setattr(dataset_module, "_read_text_blocks", first_block_then_disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        tokenize_corpus(corpus_file, tokenizer)
+    assert len(blocks_written) == 1
+    assert {name: (cache_dir / name).read_bytes() for name in os.listdir(cache_dir)} == before
+
+    monkeypatch.setattr(dataset_module, "_read_text_blocks", read_text_blocks)
+    assert tokenize_corpus(corpus_file, tokenizer).tolist() == tokenizer.encode(text)
 
 
 class Vectors(Dataset):

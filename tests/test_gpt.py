@@ -172,9 +172,19 @@ def test_sampling_is_reproducible_under_manual_seed(small_gpt):
         runs.append(small_gpt.generate(prompt, 25, temperature=1.5, top_k=10).numpy())
     np.testing.assert_array_equal(runs[0], runs[1])
     assert not np.array_equal(runs[0], runs[2])
-    tinygpt.manual_seed(7)
-    np.testing.assert_array_equal(small_gpt.generate_sample_with_temperature(prompt, 5, temperature=1.5).numpy()[:, :3],
-                                  prompt.numpy())
+
+
+def test_generate_sample_with_temperature_is_generate_at_that_temperature(small_gpt):
+    prompt = Tensor([[1, 2, 3], [4, 5, 6]])
+    samples = {}
+    for temperature in (0.3, 1.5):
+        tinygpt.manual_seed(7)
+        samples[temperature] = small_gpt.generate_sample_with_temperature(prompt, 25, temperature=temperature).numpy()
+        tinygpt.manual_seed(7)
+        np.testing.assert_array_equal(samples[temperature],
+                                      small_gpt.generate(prompt, 25, temperature=temperature).numpy())
+        np.testing.assert_array_equal(samples[temperature][:, :3], prompt.numpy())
+    assert not np.array_equal(samples[0.3][:, 3:], samples[1.5][:, 3:])  # same seed, other temperature
 
 
 def test_top_k_samples_only_among_the_k_most_likely(small_gpt):
@@ -236,3 +246,20 @@ def test_load_gpt2_checkpoint_with_weights_of_another_shape_names_them(tmp_path,
     (tmp_path / "model.safetensors").write_bytes((directory / "model.safetensors").read_bytes())
     with pytest.raises(ValueError, match=r"position_embedding.weights' has shape \(128, 64\), expected \(64, 64\)"):
         GPT.load_gpt2_checkpoint(str(tmp_path))
+
+
+@pytest.mark.parametrize("ids, kwargs, message", [
+    ([1, 2, 3], {}, "shape \\(batch, length >= 1\\)"),
+    ([[1, 2]], {"temperature": -1.0}, "temperature >= 0"),
+    ([[1, 2]], {"top_k": 0}, "top_k >= 1"),
+])
+def test_generate_rejects_bad_arguments(ids, kwargs, message):
+    model = GPT(8, 11, 1, 1, 4)
+    with pytest.raises(ValueError, match=message):
+        model.generate(Tensor(ids), 2, **kwargs)
+
+
+def test_a_config_without_gpt2_settings_names_them(tmp_path):
+    (tmp_path / "config.json").write_text('{"vocab_size": 10}')
+    with pytest.raises(ValueError, match="lacks the GPT-2 settings"):
+        GPT.load_gpt2_checkpoint(tmp_path)

@@ -312,6 +312,28 @@ def test_save_weights_leaves_no_temporary_files(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]
 
 
+def test_a_save_killed_halfway_leaves_the_previous_file_intact(tmp_path, monkeypatch):
+    from safetensors.numpy import save
+    from tinygpt import serialization
+
+    def write_half_then_fail(arrays, filename, metadata=None):
+        data = save(arrays, metadata=metadata)
+        with open(filename, "wb") as file:
+            file.write(data[:len(data) // 2])
+        raise OSError("disk full")
+
+    path = tmp_path / "a.safetensors"
+    tinygpt.manual_seed(0)
+    Net().save_weights(path)
+    before = path.read_bytes()
+    monkeypatch.setattr(serialization, "save_file", write_half_then_fail)
+    tinygpt.manual_seed(1)
+    with pytest.raises(OSError, match="disk full"):
+        Net().save_weights(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]
+    assert path.read_bytes() == before
+
+
 def test_load_weights_from_a_list_of_names_and_arrays_or_tensors():
     source, target = Net(), Net()
     pairs = [(name, tensor.numpy() if i % 2 else tensor) for i, (name, tensor) in enumerate(source.named_parameters())]

@@ -1,6 +1,7 @@
 """BPETokenizer: training, encoding parity with tiktoken, special tokens, save/load, batching."""
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -338,6 +339,21 @@ def test_save_writes_plain_text_with_a_version_header(with_specials, tmp_path):
     assert lines[2] == "special_tokens 2"
     assert lines[5] == "merges 256"
     assert len(lines) == 6 + 256
+
+
+def test_a_save_killed_halfway_leaves_the_previous_files_intact(with_specials, tmp_path, monkeypatch):
+    BPETokenizer().save(tmp_path / "tok")
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    write_text = Path.write_text
+
+    def write_half_then_fail(path, text, *args, **kwargs):
+        write_text(path, text[:len(text) // 2], *args, **kwargs)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", write_half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        with_specials.save(tmp_path / "tok")
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
 
 
 @pytest.fixture

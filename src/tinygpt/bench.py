@@ -6,7 +6,6 @@ rounds; the same process reports its peak memory. Run it as `tinygpt bench` or
 """
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import subprocess
@@ -200,7 +199,9 @@ def report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tinygpt bench", description=__doc__.splitlines()[0])
+    from tinygpt.cli import OneLineParser
+
+    parser = OneLineParser(prog="tinygpt bench", description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), action="append",
                         help="configuration(s) to run (default: shakespeare-char-cpu and large)")
     parser.add_argument("--steps", type=int, default=30)
@@ -208,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="fresh processes per framework, alternated")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny config, 2 steps")
     args = parser.parse_args(argv)
+    if args.steps < 1 or args.rounds < 1 or args.warmup < 0:
+        parser.error("--steps and --rounds must be at least 1, --warmup at least 0")
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -217,7 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     steps, warmup, rounds = (2, 1, 1) if args.quick else (args.steps, args.warmup, args.rounds)
     print("command:", " ".join(["tinygpt bench"] + (argv if argv is not None else sys.argv[1:])))
     for name in configs:
-        print(report(run(name, steps, warmup, rounds)))
+        try:
+            print(report(run(name, steps, warmup, rounds)))
+        except subprocess.CalledProcessError as error:
+            reason = (error.stderr or "").strip().splitlines()[-1:] or [f"exit status {error.returncode}"]
+            print(f"tinygpt bench: error: a benchmark worker failed: {reason[0]}", file=sys.stderr)
+            return 1
     return 0
 
 

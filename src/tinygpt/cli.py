@@ -133,6 +133,14 @@ def read_text(path: Path, what: str) -> str:
     return text
 
 
+def read_stdin_text() -> str:
+    """All of stdin as UTF-8 text, exactly as it came (no newline translation)."""
+    try:
+        return sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"stdin is not UTF-8 text ({error.reason} at byte {error.start})") from None
+
+
 def load_tokenizer(path: str) -> BPETokenizer:
     if not Path(path).is_file():
         raise ConfigError(f"tokenizer model {path} does not exist")
@@ -159,7 +167,7 @@ def run_tokenizer_train(args: argparse.Namespace) -> int:
 
 def run_tokenizer_encode(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.model)
-    text = args.text if args.text is not None else sys.stdin.read()
+    text = args.text if args.text is not None else read_stdin_text()
     try:
         ids = tokenizer.encode(text, allowed_special="all")
     except ValueError as error:
@@ -170,7 +178,7 @@ def run_tokenizer_encode(args: argparse.Namespace) -> int:
 
 def run_tokenizer_decode(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.model)
-    words = args.ids or sys.stdin.read().split()
+    words = args.ids or read_stdin_text().split()
     try:
         ids = [int(word) for word in words]
     except ValueError:

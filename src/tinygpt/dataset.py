@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from importlib import resources
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
+from tinygpt.serialization import atomic_write
 from tinygpt.tensor import Tensor
 from tinygpt.tokenizer import BPETokenizer, RegexPatterns
 
@@ -103,19 +103,14 @@ def tokenize_corpus(data_file_path: str | Path, tokenizer: BPETokenizer,
     cache_file = cache_dir / (f"{data_file_path.stem}-{_file_digest(data_file_path)[:16]}-"
                               f"{tokenizer_fingerprint(tokenizer)[:16]}.{np.dtype(dtype).name}")
     if not cache_file.exists():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        handle, temporary_name = tempfile.mkstemp(dir=cache_dir, prefix=cache_file.name, suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:
+        def write_tokens(temporary: str) -> None:
+            with open(temporary, "wb") as file:
                 for text in _read_text_blocks(data_file_path, tokenizer, TEXT_BLOCK_CHARS):
                     file.write(np.asarray(tokenizer.encode(text, allowed_special="all"), dtype=dtype).tobytes())
-            os.replace(temporary_name, cache_file)
+        try:
+            atomic_write(cache_file, write_tokens)
         except UnicodeDecodeError as error:
-            os.unlink(temporary_name)
             raise ValueError(f"corpus file {data_file_path} is not UTF-8 text: {error}") from error
-        except BaseException:
-            os.unlink(temporary_name)
-            raise
     return np.memmap(cache_file, dtype=dtype, mode="r")
 
 

@@ -210,6 +210,10 @@ class GPT(Module):
         """Append max_new_tokens sampled tokens (greedy when temperature == 0) using a KV cache:
         each new token costs one position's work; a context longer than max_seq_length is cropped and recomputed."""
         ids = _as_ids(token_ids).numpy()
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError(f"generate: token ids must have shape (batch, length >= 1), got {ids.shape}")
+        if temperature < 0 or (top_k is not None and top_k < 1):
+            raise ValueError(f"generate: needs temperature >= 0 and top_k >= 1, got {temperature} and {top_k}")
         rng = rng or np.random.default_rng(int(Tensor.uniform((), 0, 2**31 - 1).item()))
         was_training = self.training
         self.eval()
@@ -258,13 +262,20 @@ class GPT(Module):
             raise ValueError(f"{directory}: no readable GPT-2 config.json ({error})") from None
         if config.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
             raise ValueError(f"{directory}: activation {config['activation_function']!r} is not GPT-2's tanh GELU")
+        missing = [key for key in ("n_positions", "vocab_size", "n_layer", "n_head", "n_embd") if key not in config]
+        if missing:
+            raise ValueError(f"{directory}: config.json lacks the GPT-2 settings {missing}")
         model = cls(config["n_positions"], config["vocab_size"], config["n_layer"], config["n_head"], config["n_embd"])
         for block in model.blocks:
             block.ln_1.eps = block.ln_2.eps = config.get("layer_norm_epsilon", 1e-5)
         model.ln_f.eps = config.get("layer_norm_epsilon", 1e-5)
         arrays = load_arrays(directory / "model.safetensors")
         arrays = {name.removeprefix("transformer."): array for name, array in arrays.items()}
-        model.load_weights(_gpt2_names(arrays, config["n_layer"]), strict=True)
+        try:
+            renamed = _gpt2_names(arrays, config["n_layer"])
+        except KeyError as error:
+            raise ValueError(f"{directory}: model.safetensors has no GPT-2 tensor {error.args[0]!r}") from None
+        model.load_weights(renamed, strict=True)
         return model
 
 

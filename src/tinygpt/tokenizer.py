@@ -19,6 +19,7 @@ import numpy as np
 import regex
 from tqdm import tqdm
 
+from tinygpt.serialization import atomic_write
 from tinygpt.tensor import Tensor
 
 MODEL_FORMAT_VERSION = "tinygpt-bpe v1"
@@ -508,7 +509,9 @@ class BPETokenizer:
         lines.append(f"merges {len(self.merges)}")
         lines += [f"{first} {second}" for (first, second), _ in
                   sorted(self.merges.items(), key=lambda item: item[1])]
-        Path(file_prefix + ".model").write_text("\n".join(lines) + "\n", encoding="utf-8", newline="\n")
+        model_text = "\n".join(lines) + "\n"
+        atomic_write(file_prefix + ".model",
+                     lambda temporary: Path(temporary).write_text(model_text, encoding="utf-8", newline="\n"))
 
         inverted_merges = {new_id: pair for pair, new_id in self.merges.items()}
         vocab_lines = []
@@ -519,7 +522,9 @@ class BPETokenizer:
                                    f" -> [{render_token(token)}] {index}")
             else:
                 vocab_lines.append(f"[{render_token(token)}] {index}")
-        Path(file_prefix + ".vocab").write_text("\n".join(vocab_lines) + "\n", encoding="utf-8", newline="\n")
+        vocab_text = "\n".join(vocab_lines) + "\n"
+        atomic_write(file_prefix + ".vocab",
+                     lambda temporary: Path(temporary).write_text(vocab_text, encoding="utf-8", newline="\n"))
 
     def load(self, model_file: str | Path) -> None:
         """Read a `.model` file written by `save`; a corrupt or foreign file raises ValueError."""

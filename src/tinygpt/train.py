@@ -104,6 +104,14 @@ class TrainConfig:
             raise ConfigError(f"vocab_size must be >= 256 (the byte tokens), got {self.vocab_size}")
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        for name in ("learning_rate", "weight_decay", "grad_clip"):
+            if not getattr(self, name) >= 0.0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.min_lr <= self.learning_rate:
+            raise ConfigError(f"min_lr must be in [0, learning_rate {self.learning_rate}], got {self.min_lr}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -400,6 +408,9 @@ def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
     start = 0
     if checkpoint is not None:
         start, history = _restore(checkpoint, model, optimizer, data_rng, config.device)
+        if start > config.max_iters:
+            raise ConfigError(f"the checkpoint in {out_dir} is at iteration {start}, beyond --max-iters "
+                              f"{config.max_iters}: give a larger --max-iters to continue it")
     log(f"{model.num_parameters():,} parameters, {len(splits['train']):,} train and {len(splits['val']):,} val tokens, "
         f"iterations {start} -> {config.max_iters} on {config.device}")
 
