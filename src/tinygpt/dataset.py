@@ -84,6 +84,18 @@ def _last_safe_cut(text: str, searched_up_to: int) -> int:
     return 0
 
 
+def check_corpus_file(path: str | Path) -> Path:
+    """The path of an existing, non-empty file; FileNotFoundError or ValueError that say which it is not."""
+    path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"corpus file {path} is a directory, not a text file")
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"corpus file {path} is empty")
+    return path
+
+
 def tokenize_corpus(data_file_path: str | Path, tokenizer: BPETokenizer,
                     cache_dir: str | Path | None = None) -> np.memmap:
     """Token ids of a UTF-8 text file, encoded once, cached on disk and memory-mapped.
@@ -91,12 +103,7 @@ def tokenize_corpus(data_file_path: str | Path, tokenizer: BPETokenizer,
     The cache file is named after a hash of the file's bytes and `tokenizer_fingerprint`, so a
     changed corpus or tokenizer gets a new file. Special tokens in the text are recognised.
     """
-    data_file_path = Path(data_file_path)
-    if not data_file_path.is_file():
-        raise FileNotFoundError(f"corpus file {data_file_path} does not exist")
-    if data_file_path.stat().st_size == 0:
-        raise ValueError(f"corpus file {data_file_path} is empty")
-
+    data_file_path = check_corpus_file(data_file_path)
     largest_id = max(tokenizer.vocab)
     dtype = np.uint16 if largest_id < 2**16 else np.uint32
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()

@@ -483,15 +483,19 @@ class Embedding(Operation):
         return Buffer.from_array(grad_weight), None
 
 
+def dropout_scale(device: str, shape: tuple[int, ...], dtype, p: float):
+    """m / (1 - p) with m ~ Bernoulli(1 - p): the factor dropout multiplies values and gradients by."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    keep = backend.generator(device).random(shape, dtype=dtype) >= p
+    return keep.astype(dtype) * (1.0 / (1.0 - p))
+
+
 class Dropout(Operation):
     """y = x * m / (1 - p) with m ~ Bernoulli(1 - p);  dx = dy * m / (1 - p)"""
 
     def forward(self, x: Buffer, p: float = 0.5) -> Buffer:
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-        keep = backend.generator(x.device).random(x.shape, dtype=x.dtype.numpy) >= p
-        self.scale = keep * (1.0 / (1.0 - p))
-        self.scale = self.scale.astype(x.dtype.numpy)
+        self.scale = dropout_scale(x.device, x.shape, x.dtype.numpy, p)
         return Buffer.from_array(x.array * self.scale)
 
     def backward(self, grad: Buffer):
@@ -524,8 +528,7 @@ class ScaledDotProductAttention(Operation):
         self.probs = self.attention = _softmax(scores, -1)
         self.keep = None
         if dropout_p > 0.0:
-            keep = backend.generator(device).random(self.probs.shape, dtype=self.probs.dtype) >= dropout_p
-            self.keep = keep.astype(self.probs.dtype) * (1.0 / (1.0 - dropout_p))
+            self.keep = dropout_scale(device, self.probs.shape, self.probs.dtype, dropout_p)
             self.attention = self.probs * self.keep
         return xp.matmul(self.attention, v)
 

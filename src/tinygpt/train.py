@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tinygpt import backend
-from tinygpt.dataset import default_corpus_path, get_batch, tokenize_corpus, train_val_split
+from tinygpt.dataset import check_corpus_file, default_corpus_path, get_batch, tokenize_corpus, train_val_split
 from tinygpt.losses import CrossEntropyLoss
 from tinygpt.nn import GPT
 from tinygpt.optimizers import AdamW, clip_grad_norm, cosine_schedule
@@ -173,12 +173,10 @@ def build_model(config: TrainConfig) -> GPT:
 
 # ---- data ----------------------------------------------------------------------------------------
 def corpus_path(config: TrainConfig) -> Path:
-    path = Path(config.data) if config.data is not None else default_corpus_path()
-    if not path.is_file():
-        raise ConfigError(f"data file {path} does not exist")
-    if path.stat().st_size == 0:
-        raise ConfigError(f"data file {path} is empty")
-    return path
+    try:
+        return check_corpus_file(config.data if config.data is not None else default_corpus_path())
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(str(error)) from None
 
 
 def train_tokenizer(path: Path, vocab_size: int) -> BPETokenizer:
