@@ -441,3 +441,16 @@ def test_truth_value_of_one_element_and_ambiguity():
     assert bool(Tensor(2.0) > 1.0)
     with pytest.raises(ValueError, match="ambiguous"):
         bool(Tensor([1.0, 2.0]) > 0.0)
+
+
+def test_mixed_float_dtypes_keep_the_gradient_of_both_sides():
+    x = Tensor(np.array([1.0, 2.0], dtype=np.float16), requires_grad=True)
+    y = Tensor([3.0, 4.0], requires_grad=True)
+    (x * y).sum().backward()
+    assert x.grad.dtype == DType.float16 and x.grad.to_python() == [3.0, 4.0]
+    assert y.grad.to_python() == [1.0, 2.0]
+
+
+def test_integers_of_different_widths_promote_to_the_wider_integer():
+    total = Tensor(np.array([1, 2], dtype=np.int32)) + Tensor(np.array([3, 4], dtype=np.int64))
+    assert total.dtype == DType.int64 and total.to_python() == [4, 6]

@@ -14,7 +14,7 @@ import numpy as np
 
 from tinygpt import backend
 from tinygpt.buffer import Buffer, matmul
-from tinygpt.utils import normalize_axes
+from tinygpt.utils import DType, normalize_axes
 
 
 class Operation:
@@ -158,6 +158,17 @@ class Relu(Operation):
 
     def backward(self, grad: Buffer):
         return grad * self.positive
+
+
+class Cast(Operation):
+    """y = x as another dtype;  dx = dy cast back to x's dtype"""
+
+    def forward(self, x: Buffer, dtype: DType = DType.float32) -> Buffer:
+        self.dtype = x.dtype
+        return x.astype(dtype)
+
+    def backward(self, grad: Buffer):
+        return grad.astype(self.dtype)
 
 
 class Tanh(Operation):
@@ -597,7 +608,7 @@ class Linear(Operation):
 
 
 __all__ = [
-    "Operation", "Add", "Sub", "Neg", "Mul", "Div", "Pow", "Log", "Exp", "Maximum", "Relu", "Tanh", "GELU",
+    "Operation", "Add", "Sub", "Neg", "Mul", "Div", "Pow", "Log", "Exp", "Maximum", "Relu", "Cast", "Tanh", "GELU",
     "Sum", "Max", "Reshape", "Expand", "Permute", "Slice", "Concatenate", "Tril", "Matmul", "Softmax",
     "LogSoftmax", "CrossEntropy", "LayerNorm", "Embedding", "Dropout", "ScaledDotProductAttention",
     "MultiHeadAttention", "Linear",

@@ -171,8 +171,12 @@ class Tensor:
     def detach(self) -> "Tensor":
         return self._alias(self.buffer)
 
+    def astype(self, dtype: DType) -> "Tensor":
+        """The values as another dtype; gradients flow back through the cast."""
+        return self if dtype == self.dtype else apply_op(mlops.Cast, self, dtype=dtype)
+
     def float(self) -> "Tensor":
-        return self if self.dtype == DType.float32 else Tensor._wrap(self.buffer.float())
+        return self.astype(DType.float32)
 
     # ---- autograd -------------------------------------------------------------------------------
     def retain_grad(self) -> None:
@@ -271,7 +275,8 @@ class Tensor:
         other = self._coerce(other)
         x, y = (other, self) if reverse else (self, other)
         if x.dtype != y.dtype:
-            x, y = x.float(), y.float()
+            common = DType.promote(x.dtype, y.dtype)
+            x, y = x.astype(common), y.astype(common)
         if x.shape == y.shape:
             return apply_op(operation, x, y)
         try:

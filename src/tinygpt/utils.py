@@ -44,6 +44,13 @@ class DType(Enum):
         raise TypeError(f"cannot deduce a dtype from a value of type {type(value).__name__}")
 
     @staticmethod
+    def promote(a: "DType", b: "DType") -> "DType":
+        """The dtype two different dtypes compute in: float32 if either is a float, else the wider integer."""
+        if a.is_float or b.is_float:
+            return DType.float32
+        return DType.int64 if DType.int64 in (a, b) else DType.int32
+
+    @staticmethod
     def from_numpy(dtype: np.dtype) -> "DType":
         """The DType of a numpy dtype (float64 narrows to float32, small ints widen to int32)."""
         try:
