@@ -214,7 +214,7 @@ def test_reductions_of_views_match_numpy(shape, data, keepdim, name):
 
 def test_reduction_rejects_bad_and_repeated_axes():
     buffer = Buffer(distinct_values((2, 3)))
-    with pytest.raises(IndexError, match="axis 2 .* 2 dimensions"):
+    with pytest.raises(IndexError, match=r"axis 2 .*shape \(2, 3\) \(2 dimensions\)"):
         buffer.sum(2)
     with pytest.raises(IndexError, match="axis -3"):
         buffer.max((0, -3))

@@ -364,7 +364,7 @@ def test_matmul_shape_mismatch_raises_naming_the_shapes():
 
 def test_bad_axis_raises():
     x = Tensor(np.zeros((2, 3), np.float32), requires_grad=True)
-    with pytest.raises(IndexError, match="axis 2 .* 2 dimensions"):
+    with pytest.raises(IndexError, match=r"axis 2 .*shape \(2, 3\) \(2 dimensions\)"):
         x.sum(2)
     with pytest.raises(IndexError, match="axis -3"):
         x.max(-3)

@@ -289,11 +289,11 @@ class Buffer:
     def sign(self): return Buffer.from_array(self.xp.sign(self.array))
 
     def sum(self, axes=None, keepdim: bool = False) -> "Buffer":
-        axes = normalize_axes(axes, self.ndim)
+        axes = normalize_axes(axes, self.shape)
         return Buffer.from_array(self.array.sum(axis=axes, keepdims=keepdim))
 
     def max(self, axes=None, keepdim: bool = False) -> "Buffer":
-        axes = normalize_axes(axes, self.ndim)
+        axes = normalize_axes(axes, self.shape)
         if any(self.shape[axis] == 0 for axis in axes):
             raise ValueError(f"max over an empty axis of shape {self.shape}")
         return Buffer.from_array(self.array.max(axis=axes, keepdims=keepdim))
@@ -317,7 +317,7 @@ class Buffer:
         if not buffers:
             raise ValueError("concatenate needs at least one buffer")
         first = buffers[0]
-        (axis,) = normalize_axes(axis, first.ndim)
+        (axis,) = normalize_axes(axis, first.shape)
         for other in buffers[1:]:
             if other.ndim != first.ndim or any(a != b for i, (a, b) in enumerate(zip(first.shape, other.shape)) if i != axis):
                 raise ValueError(f"concatenate: shapes {first.shape} and {other.shape} differ off axis {axis}")

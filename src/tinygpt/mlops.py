@@ -221,7 +221,7 @@ class Sum(Operation):
     """y = sum over axes;  dy/dx = 1 broadcast back over the summed axes"""
 
     def forward(self, x: Buffer, axes=None, keepdim: bool = False) -> Buffer:
-        self.shape, self.axes = x.shape, normalize_axes(axes, x.ndim)
+        self.shape, self.axes = x.shape, normalize_axes(axes, x.shape)
         return x.sum(self.axes, keepdim)
 
     def backward(self, grad: Buffer):
@@ -233,7 +233,7 @@ class Max(Operation):
     """y = max over axes;  the grad is shared evenly among the elements equal to the max (as torch.amax)"""
 
     def forward(self, x: Buffer, axes=None, keepdim: bool = False) -> Buffer:
-        self.axes = normalize_axes(axes, x.ndim)
+        self.axes = normalize_axes(axes, x.shape)
         kept = x.max(self.axes, keepdim=True)
         self.is_max = (x == kept.expand(x.shape)).float()
         self.count = self.is_max.sum(self.axes, keepdim=True)
@@ -299,7 +299,7 @@ class Concatenate(Operation):
 
     def forward(self, *buffers: Buffer, axis: int = 0) -> Buffer:
         out = Buffer.concatenate(buffers, axis)
-        (self.axis,) = normalize_axes(axis, out.ndim)
+        (self.axis,) = normalize_axes(axis, out.shape)
         self.sizes = [b.shape[self.axis] for b in buffers]
         return out
 
@@ -366,7 +366,7 @@ class Softmax(Operation):
     """y = exp(x) / sum(exp(x));  dx = y * (dy - sum(dy * y))"""
 
     def forward(self, x: Buffer, axis: int = -1) -> Buffer:
-        (self.axis,) = normalize_axes(axis, x.ndim)
+        (self.axis,) = normalize_axes(axis, x.shape)
         self.y = _softmax(x.array, self.axis)
         return Buffer.from_array(self.y)
 
@@ -380,7 +380,7 @@ class LogSoftmax(Operation):
 
     def forward(self, x: Buffer, axis: int = -1) -> Buffer:
         xp, a = x.xp, x.array
-        (self.axis,) = normalize_axes(axis, x.ndim)
+        (self.axis,) = normalize_axes(axis, x.shape)
         shifted = a - _shift(a, self.axis)
         y = shifted - xp.log(xp.exp(shifted).sum(axis=self.axis, keepdims=True))
         self.y = y

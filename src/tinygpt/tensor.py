@@ -325,7 +325,7 @@ class Tensor:
         return apply_op(mlops.Sum, self, axes=axes, keepdim=keepdim)
 
     def mean(self, axes=None, keepdim: bool = False) -> "Tensor":
-        count = int(np.prod([self.shape[axis] for axis in normalize_axes(axes, self.ndim)]))
+        count = int(np.prod([self.shape[axis] for axis in normalize_axes(axes, self.shape)]))
         return self.sum(axes, keepdim) / float(count) if count else self.sum(axes, keepdim) * float("nan")
 
     def max(self, axes=None, keepdim: bool = False) -> "Tensor":

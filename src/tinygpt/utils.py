@@ -104,8 +104,9 @@ def tree_map(fn: Callable[[Any], Any], tree: Any, is_leaf: Callable[[Any], bool]
     return fn(tree)
 
 
-def normalize_axes(axes: int | tuple[int, ...] | list[int] | None, ndim: int) -> tuple[int, ...]:
-    """Turn an axis argument (int, sequence or None for all) into sorted non-negative axes."""
+def normalize_axes(axes: int | tuple[int, ...] | list[int] | None, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Turn an axis argument (int, sequence or None for all) into sorted non-negative axes of `shape`."""
+    ndim = len(shape)
     if axes is None:
         return tuple(range(ndim))
     if isinstance(axes, (int, np.integer)):
@@ -113,8 +114,8 @@ def normalize_axes(axes: int | tuple[int, ...] | list[int] | None, ndim: int) ->
     normalized = []
     for axis in axes:
         if not isinstance(axis, (int, np.integer)) or not -ndim <= axis < max(ndim, 1):
-            raise IndexError(f"axis {axis} is out of range for a tensor of {ndim} dimensions")
+            raise IndexError(f"axis {axis} is out of range for shape {tuple(shape)} ({ndim} dimensions)")
         normalized.append(int(axis) % max(ndim, 1))
     if len(set(normalized)) != len(normalized):
-        raise ValueError(f"repeated axis in {tuple(axes)}")
+        raise ValueError(f"repeated axis in {tuple(axes)} for shape {tuple(shape)}")
     return tuple(sorted(normalized))
