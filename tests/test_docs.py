@@ -1,4 +1,4 @@
-"""Every docs/*.md page: its ```python blocks run, in order, as one program in a fresh namespace.
+"""Every docs/*.md page and the README: its ```python blocks run, in order, as one program in a fresh namespace.
 
 Pages are found by glob, so a new page is tested as soon as it exists. Each runs in its own empty
 working directory, so an example may write files (checkpoints, tokenizer models) freely.
@@ -12,8 +12,9 @@ import pytest
 
 import tinygpt
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
-PAGES = sorted(DOCS.glob("*.md"))
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+PAGES = sorted(DOCS.glob("*.md")) + [ROOT / "README.md"]
 PYTHON_BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
 
@@ -39,6 +40,7 @@ def test_docs_page_examples_run(page, tmp_path, monkeypatch):
     if not blocks:
         pytest.skip(f"{page.name} has no python example")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TINYGPT_CACHE_DIR", str(tmp_path / "token-cache"))
     tinygpt.manual_seed(0)
     namespace = {"__name__": f"docs_{page.stem}"}
     for line, code in blocks:
