@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tinygpt.dataset import default_corpus_path
+from tinygpt.dataset import default_corpus_path, read_corpus_text
 from tinygpt.tokenizer import BPETokenizer, RegexPatterns
 from tinygpt.train import PRESETS, ConfigError, TrainConfig, check_device, load_checkpoint, resolve_config, sample_text, train
 
@@ -121,16 +121,11 @@ def add_tokenizer_parser(subparsers) -> None:
     decoder.set_defaults(handler=run_tokenizer_decode)
 
 
-def read_text(path: Path, what: str) -> str:
-    if not path.is_file():
-        raise ConfigError(f"{what} {path} does not exist")
+def read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{what} {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
-    if not text:
-        raise ConfigError(f"{what} {path} is empty")
-    return text
+        return read_corpus_text(path)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(str(error)) from None
 
 
 def read_stdin_text() -> str:
@@ -154,7 +149,7 @@ def load_tokenizer(path: str) -> BPETokenizer:
 
 def run_tokenizer_train(args: argparse.Namespace) -> int:
     path = Path(args.data) if args.data else default_corpus_path()
-    text = read_text(path, "data file")
+    text = read_text(path)
     tokenizer = BPETokenizer(PATTERNS[args.pattern])
     try:
         tokenizer.train(text, args.vocab_size, verbose=args.verbose)

@@ -96,6 +96,15 @@ def check_corpus_file(path: str | Path) -> Path:
     return path
 
 
+def read_corpus_text(path: str | Path) -> str:
+    """The whole text of a corpus file (checked by check_corpus_file); ValueError naming the byte if not UTF-8."""
+    path = check_corpus_file(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"corpus file {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+
+
 def tokenize_corpus(data_file_path: str | Path, tokenizer: BPETokenizer,
                     cache_dir: str | Path | None = None) -> np.memmap:
     """Token ids of a UTF-8 text file, encoded once, cached on disk and memory-mapped.

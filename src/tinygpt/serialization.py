@@ -7,8 +7,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 FORMATS = (".safetensors", ".json")
 
@@ -60,10 +60,9 @@ def load_arrays(path: str | os.PathLike, with_metadata: bool = False):
         raise FileNotFoundError(f"{path}: no such weights file")
     if _format(path) == ".safetensors":
         try:
-            arrays = load_file(str(path))
-            with open(path, "rb") as file:
-                header_size = int.from_bytes(file.read(8), "little")
-                metadata = json.loads(file.read(header_size)).get("__metadata__", {}) or {}
+            with safe_open(str(path), framework="numpy") as file:
+                metadata = file.metadata() or {}
+                arrays = {name: file.get_tensor(name) for name in file.keys()}
         except (SafetensorError, ValueError, OSError) as error:
             raise ValueError(f"{path}: not a valid safetensors file ({error})") from None
     else:

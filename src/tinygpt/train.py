@@ -27,7 +27,8 @@ import numpy as np
 from tqdm import tqdm
 
 from tinygpt import backend
-from tinygpt.dataset import check_corpus_file, default_corpus_path, get_batch, tokenize_corpus, train_val_split
+from tinygpt.dataset import (check_corpus_file, default_corpus_path, get_batch, read_corpus_text, tokenize_corpus,
+                             train_val_split)
 from tinygpt.losses import CrossEntropyLoss
 from tinygpt.nn import GPT
 from tinygpt.optimizers import AdamW, clip_grad_norm, cosine_schedule
@@ -184,9 +185,9 @@ def train_tokenizer(path: Path, vocab_size: int) -> BPETokenizer:
     tokenizer = BPETokenizer()
     if vocab_size > 256:
         try:
-            tokenizer.train(path.read_text(encoding="utf-8"), vocab_size)
-        except UnicodeDecodeError as error:
-            raise ConfigError(f"data file {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+            tokenizer.train(read_corpus_text(path), vocab_size)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
     return tokenizer
 
 
