@@ -12,7 +12,7 @@ from tinygpt.dataset import default_corpus_path
 from tinygpt.tensor import Tensor
 from tinygpt.tokenizer import BPETokenizer
 from tinygpt.train import (PRESETS, ConfigError, TrainConfig, build_model, build_optimizer, bytes_per_token,
-                           find_checkpoint, load_checkpoint, resolve_config, train)
+                           find_checkpoint, load_checkpoint, resolve_config, train, whole_split_loss)
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +214,20 @@ def test_loss_curve_is_saved_when_matplotlib_is_installed(tmp_path, corpus):
 def test_bad_settings_raise_config_error(tmp_path, corpus, changes, message):
     with pytest.raises(ConfigError, match=message):
         train(tiny_config(tmp_path, corpus, **changes), verbose=False)
+
+
+def test_whole_split_loss_is_the_mean_over_every_window(tmp_path, corpus):
+    """The oracle: torch's cross-entropy over our logits of each non-overlapping window, one at a time."""
+    torch = pytest.importorskip("torch")
+    config = tiny_config(tmp_path, corpus, batch_size=3)
+    model = build_model(config)
+    tokens = np.random.default_rng(0).integers(0, 256, 8 * 7 + 5)  # 7 whole windows and a partial one
+    loss, covered = whole_split_loss(model, tokens, config)
+    assert covered == 7 * 8
+    losses = []
+    for start in range(0, 7 * 8, 8):
+        logits = torch.from_numpy(model(Tensor(tokens[None, start:start + 8])).numpy()[0])
+        losses.append(torch.nn.functional.cross_entropy(logits, torch.from_numpy(tokens[start + 1:start + 9])).item())
+    assert loss == pytest.approx(np.mean(losses), rel=1e-6)
+    assert whole_split_loss(model, tokens, config, max_tokens=16) == (pytest.approx(np.mean(losses[:2]), rel=1e-6), 16)
+    assert model.training  # left in training mode

@@ -231,6 +231,24 @@ def estimate_loss(model: GPT, tokens: np.ndarray, config: TrainConfig, rng: np.r
     return float(np.mean(losses))
 
 
+@no_grad()
+def whole_split_loss(model: GPT, tokens: np.ndarray, config: TrainConfig, max_tokens: int = 1 << 20) -> tuple[float, int]:
+    """Mean cross-entropy over every non-overlapping block_size window of the split (its first max_tokens):
+    each position 0..T-1 counts equally, as in random windows, but without sampling noise.
+    Returns the loss and the number of tokens it covers."""
+    length = config.block_size
+    windows = (min(len(tokens), max_tokens + 1) - 1) // length
+    inputs = np.asarray(tokens[: windows * length]).reshape(windows, length)
+    targets = np.asarray(tokens[1 : windows * length + 1]).reshape(windows, length)
+    loss_fn, total = CrossEntropyLoss(), 0.0
+    model.eval()
+    for start in range(0, windows, config.batch_size):
+        logits = model(Tensor(inputs[start : start + config.batch_size], device=config.device))
+        total += loss_fn(logits, Tensor(targets[start : start + config.batch_size], device=config.device), reduction="sum").item()
+    model.train()
+    return total / max(targets.size, 1), targets.size
+
+
 def evaluate(model: GPT, splits: dict[str, np.ndarray], byte_ratios: dict[str, float], config: TrainConfig,
              iteration: int) -> dict[str, float]:
     """Train and val loss, and each as bits per byte (loss / ln 2 / bytes per token). Every evaluation uses
@@ -451,8 +469,13 @@ def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
     progress.close()
 
     trained = config.max_iters - start
-    result = TrainResult(model=model, tokenizer=tokenizer, config=config, history=history,
-                         final_eval=next(record for record in history["evals"] if record["iteration"] == iteration),
+    final_eval = dict(next(record for record in history["evals"] if record["iteration"] == iteration))
+    final_eval["whole_val_loss"], covered = whole_split_loss(model, splits["val"], config)
+    final_eval["whole_val_bpb"] = final_eval["whole_val_loss"] / math.log(2) / byte_ratios["val"]
+    log(f"final val loss over {covered:,} of the {len(splits['val']):,} validation tokens (all of its "
+        f"{config.block_size}-token windows, no sampling): {final_eval['whole_val_loss']:.4f} "
+        f"({final_eval['whole_val_bpb']:.3f} bits/byte)")
+    result = TrainResult(model=model, tokenizer=tokenizer, config=config, history=history, final_eval=final_eval,
                          wall_seconds=0.0, tokens_per_second=trained * tokens_per_iteration / step_seconds if trained else 0.0,
                          checkpoint_dir=directory, plot=plot_losses(history, out_dir / "loss.png"))
     if config.sample_tokens:
@@ -526,6 +549,6 @@ def plot_losses(history: dict[str, list], path: Path) -> Path | None:
     return path
 
 
-__all__ = ["TrainConfig", "TrainResult", "PRESETS", "ConfigError", "Checkpoint", "train",
+__all__ = ["TrainConfig", "TrainResult", "PRESETS", "ConfigError", "Checkpoint", "train", "whole_split_loss",
            "resolve_config", "load_checkpoint", "save_checkpoint", "find_checkpoint", "sample_text", "build_model",
            "build_optimizer", "train_step", "evaluate", "estimate_loss"]
