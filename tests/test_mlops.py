@@ -475,6 +475,13 @@ def test_dropout_rejects_p_outside_0_1():
 
 
 # ---- scaled dot-product attention ------------------------------------------------------------------------
+@pytest.fixture(params=[None, 3], ids=["one-query-block", "query-blocks-of-3"])
+def query_block(request, monkeypatch):
+    """Run an attention test as it is, and again with causal attention cut into blocks of 3 queries."""
+    if request.param:
+        monkeypatch.setattr(mlops, "QUERY_BLOCK", request.param)
+
+
 def _attention(q, k, v, **kwargs):
     return apply_op(mlops.ScaledDotProductAttention, q, k, v, **kwargs)
 
@@ -491,19 +498,19 @@ def _explicit_causal_attention(q, k, v, keep=None):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape", [(2, 3, 5, 8), (1, 1, 1, 4), (2, 7, 16), (3, 4, 2)], ids=str)
-def test_causal_attention_matches_torch_sdpa(shape, layout, rng):
+def test_causal_attention_matches_torch_sdpa(shape, layout, rng, query_block):
     q, k, v = (random_values(rng, shape) for _ in range(3))
     check_against_torch(_attention, lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
                         [q, k, v], layout)
 
 
-def test_causal_attention_at_gpt_sizes_matches_torch_sdpa(rng):
+def test_causal_attention_at_gpt_sizes_matches_torch_sdpa(rng, query_block):
     q, k, v = (random_values(rng, (2, 4, 64, 32)) for _ in range(3))
     check_against_torch(_attention, lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), [q, k, v])
 
 
 @pytest.mark.parametrize("query_length, key_length", [(3, 7), (1, 6), (4, 4), (1, 1), (0, 0), (0, 3)])
-def test_attention_with_fewer_queries_than_keys_matches_an_explicit_kv_cache_mask(query_length, key_length, rng):
+def test_attention_with_fewer_queries_than_keys_matches_an_explicit_kv_cache_mask(query_length, key_length, rng, query_block):
     q = random_values(rng, (2, 2, query_length, 8))
     k, v = random_values(rng, (2, 2, key_length, 8)), random_values(rng, (2, 2, key_length, 8))
     check_against_torch(_attention, _explicit_causal_attention, [q, k, v], ["stepped", "permuted", "contiguous"])
@@ -536,7 +543,7 @@ def test_attention_on_heads_split_from_one_projection_matches_torch(rng):
     check_against_torch(ours, theirs, [random_values(rng, (batch, length, 3 * width))])
 
 
-def test_attention_dropout_drops_probabilities_and_backpropagates_through_the_same_mask(rng):
+def test_attention_dropout_drops_probabilities_and_backpropagates_through_the_same_mask(rng, query_block):
     q, k, v = (random_values(rng, (2, 2, 5, 4)) for _ in range(3))
     ours_inputs = [Tensor(a, requires_grad=True) for a in (q, k, v)]
     out = _attention(*ours_inputs, dropout_p=0.5)
@@ -553,7 +560,7 @@ def test_attention_dropout_drops_probabilities_and_backpropagates_through_the_sa
 
 
 @pytest.mark.parametrize("needs", [(True, False, False), (False, True, False), (False, False, True)])
-def test_attention_with_only_some_inputs_requiring_grad(needs, rng):
+def test_attention_with_only_some_inputs_requiring_grad(needs, rng, query_block):
     arrays = [random_values(rng, (1, 2, 4, 4)) for _ in range(3)]
     ours_inputs = [Tensor(a, requires_grad=n) for a, n in zip(arrays, needs)]
     torch_inputs = [to_torch(t) for t in ours_inputs]
@@ -576,7 +583,7 @@ def _torch_packed_attention(num_heads):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape, num_heads", [((2, 5, 24), 2), ((1, 1, 12), 4), ((3, 4, 6), 1)], ids=str)
-def test_packed_multi_head_attention_matches_torch(shape, num_heads, layout, rng):
+def test_packed_multi_head_attention_matches_torch(shape, num_heads, layout, rng, query_block):
     check_against_torch(lambda qkv: apply_op(mlops.MultiHeadAttention, qkv, num_heads=num_heads),
                         _torch_packed_attention(num_heads), [random_values(rng, shape)], layout)
 

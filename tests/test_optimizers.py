@@ -6,6 +6,7 @@ import pytest
 
 import tinygpt
 from tinygpt import Tensor
+from tinygpt import optimizers
 from tinygpt.losses import CrossEntropyLoss
 from tinygpt.nn import MLP
 from tinygpt.optimizers import SGD, Adam, AdamW, Optimizer, clip_grad_norm, cosine_schedule
@@ -357,8 +358,13 @@ def test_adam_keeps_its_state_when_load_weights_replaces_the_parameters(make_our
     compare_with_torch_while(make_ours, make_theirs, reload_own_weights)
 
 
-def test_adamw_decay_matrices_only_matches_torch_parameter_groups():
-    """nanoGPT's groups: weight decay on 2-d parameters (matrices, embeddings), none on biases and norms."""
+@pytest.mark.parametrize("cache_block", [None, 5], ids=["one-block", "blocks-of-5"])
+def test_adamw_decay_matrices_only_matches_torch_parameter_groups(cache_block, monkeypatch):
+    """nanoGPT's groups: weight decay on 2-d parameters (matrices, embeddings), none on biases and norms;
+    also with the flat step cut into cache blocks of 5 elements, which straddle parameters and the
+    boundary between decayed and undecayed ones."""
+    if cache_block:
+        monkeypatch.setattr(optimizers, "CACHE_BLOCK", cache_block)
     def torch_groups(parameters):
         parameters = list(parameters)
         return torch.optim.AdamW([{"params": [p for p in parameters if p.ndim >= 2], "weight_decay": 0.2},
