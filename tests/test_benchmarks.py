@@ -12,6 +12,8 @@ NUMBER = r"\d+(?:\.\d+)?"
 SUMMARY_LINES = {
     "bench_generate": [rf"^\s+96\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x$",
                        r"^reproduce with: python benchmarks/bench_generate\.py --quick$"],
+    "bench_nanogpt_loss": [rf"^val loss over 4,096 tokens: tinygpt {NUMBER}  nanoGPT {NUMBER}  difference [+-]{NUMBER}$",
+                           r"^reproduce: python benchmarks/bench_nanogpt_loss\.py --seed 1337 --gelu tanh --quick$"],
     "bench_ops": [rf"^  tinygpt / torch\s+{NUMBER}x$", rf"^  with grad: tinygpt / torch\s+{NUMBER}x$",
                   r"outputs and gradients checked equal$", r"^reproduce: .*python benchmarks/bench_ops\.py --quick$"],
     "bench_tokenizer": [rf"^  vocab\s+512\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x$",

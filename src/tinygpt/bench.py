@@ -31,18 +31,21 @@ def build_tinygpt(config: dict):
 
 
 def build_torch(config: dict, weights: dict[str, np.ndarray]):
-    """nanoGPT's model (fused attention, tied LM head) with TinyGPT's weights copied in."""
+    """nanoGPT's model (fused attention, tied LM head) with TinyGPT's weights copied in; config may set
+    "bias" (default True) and "gelu" ("tanh", the default and GPT-2's, or "none" for the exact erf form)."""
     import torch
     from torch import nn
     from torch.nn import functional as F
+
+    bias, gelu = config.get("bias", True), config.get("gelu", "tanh")  # nanoGPT itself uses erf ("none")
 
     class Block(nn.Module):
         def __init__(self, dims: int, heads: int) -> None:
             super().__init__()
             self.heads = heads
-            self.ln_1, self.ln_2 = nn.LayerNorm(dims), nn.LayerNorm(dims)
-            self.c_attn, self.c_proj = nn.Linear(dims, 3 * dims), nn.Linear(dims, dims)
-            self.c_fc, self.mlp_proj = nn.Linear(dims, 4 * dims), nn.Linear(4 * dims, dims)
+            self.ln_1, self.ln_2 = nn.LayerNorm(dims, bias=bias), nn.LayerNorm(dims, bias=bias)
+            self.c_attn, self.c_proj = nn.Linear(dims, 3 * dims, bias=bias), nn.Linear(dims, dims, bias=bias)
+            self.c_fc, self.mlp_proj = nn.Linear(dims, 4 * dims, bias=bias), nn.Linear(4 * dims, dims, bias=bias)
 
         def forward(self, x):
             batch, length, dims = x.shape
@@ -50,7 +53,7 @@ def build_torch(config: dict, weights: dict[str, np.ndarray]):
             q, k, v = (t.view(batch, length, self.heads, dims // self.heads).transpose(1, 2) for t in (q, k, v))
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(batch, length, dims)
             x = x + self.c_proj(y)
-            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate=gelu))
 
     class TorchGPT(nn.Module):
         def __init__(self) -> None:
@@ -58,7 +61,7 @@ def build_torch(config: dict, weights: dict[str, np.ndarray]):
             self.wte = nn.Embedding(config["vocab_size"], config["n_embd"])
             self.wpe = nn.Embedding(config["block_size"], config["n_embd"])
             self.blocks = nn.ModuleList(Block(config["n_embd"], config["n_head"]) for _ in range(config["n_layer"]))
-            self.ln_f = nn.LayerNorm(config["n_embd"])
+            self.ln_f = nn.LayerNorm(config["n_embd"], bias=bias)
 
         def forward(self, ids):
             x = self.wte(ids) + self.wpe(torch.arange(ids.shape[1]))
@@ -78,6 +81,8 @@ def build_torch(config: dict, weights: dict[str, np.ndarray]):
         ours_to_theirs.update({f"blocks.{i}.{a}": f"blocks.{i}.{b}" for a, b in layer_names.items()})
     state = {}
     for ours, theirs in ours_to_theirs.items():
+        if ours not in weights:  # a bias of a model built without biases
+            continue
         array = weights[ours]
         is_linear_weight = theirs.endswith(".weight") and array.ndim == 2 and not theirs.startswith(("wte", "wpe"))
         state[theirs] = torch.from_numpy(np.ascontiguousarray(array.T if is_linear_weight else array))
@@ -233,4 +238,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["main", "run", "CONFIGS"]
+__all__ = ["main", "run", "CONFIGS", "build_torch"]

@@ -231,15 +231,21 @@ def estimate_loss(model: GPT, tokens: np.ndarray, config: TrainConfig, rng: np.r
     return float(np.mean(losses))
 
 
+def split_windows(tokens: np.ndarray, block_size: int, max_tokens: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and next-token targets of every non-overlapping block_size window of tokens (the first max_tokens)."""
+    windows = (min(len(tokens), max_tokens + 1) - 1) // block_size
+    inputs = np.asarray(tokens[: windows * block_size]).reshape(windows, block_size)
+    targets = np.asarray(tokens[1 : windows * block_size + 1]).reshape(windows, block_size)
+    return inputs, targets
+
+
 @no_grad()
 def whole_split_loss(model: GPT, tokens: np.ndarray, config: TrainConfig, max_tokens: int = 1 << 20) -> tuple[float, int]:
     """Mean cross-entropy over every non-overlapping block_size window of the split (its first max_tokens):
     each position 0..T-1 counts equally, as in random windows, but without sampling noise.
     Returns the loss and the number of tokens it covers."""
-    length = config.block_size
-    windows = (min(len(tokens), max_tokens + 1) - 1) // length
-    inputs = np.asarray(tokens[: windows * length]).reshape(windows, length)
-    targets = np.asarray(tokens[1 : windows * length + 1]).reshape(windows, length)
+    inputs, targets = split_windows(tokens, config.block_size, max_tokens)
+    windows = len(inputs)
     loss_fn, total = CrossEntropyLoss(), 0.0
     model.eval()
     for start in range(0, windows, config.batch_size):
@@ -549,6 +555,6 @@ def plot_losses(history: dict[str, list], path: Path) -> Path | None:
     return path
 
 
-__all__ = ["TrainConfig", "TrainResult", "PRESETS", "ConfigError", "Checkpoint", "train", "whole_split_loss",
+__all__ = ["TrainConfig", "TrainResult", "PRESETS", "ConfigError", "Checkpoint", "train", "whole_split_loss", "split_windows",
            "resolve_config", "load_checkpoint", "save_checkpoint", "find_checkpoint", "sample_text", "build_model",
            "build_optimizer", "train_step", "evaluate", "estimate_loss"]
