@@ -35,6 +35,19 @@ def fixed_seeds():
 
 
 @pytest.fixture
+def threads():
+    """threads(n) sets TinyGPT's CPU thread count for one test, with every block of work worth a thread
+    (so that small test inputs are cut into blocks too); both are restored afterwards."""
+    from tinygpt import parallel
+
+    before, minimum = parallel.get_num_threads(), parallel.MIN_BLOCK_ELEMENTS
+    parallel.MIN_BLOCK_ELEMENTS = 1
+    yield parallel.set_num_threads
+    parallel.MIN_BLOCK_ELEMENTS = minimum
+    parallel.set_num_threads(before)
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(SEED)
 

@@ -358,13 +358,16 @@ def test_adam_keeps_its_state_when_load_weights_replaces_the_parameters(make_our
     compare_with_torch_while(make_ours, make_theirs, reload_own_weights)
 
 
-@pytest.mark.parametrize("cache_block", [None, 5], ids=["one-block", "blocks-of-5"])
-def test_adamw_decay_matrices_only_matches_torch_parameter_groups(cache_block, monkeypatch):
+@pytest.mark.parametrize("cache_block, thread_count", [(None, 1), (5, 1), (5, 3)],
+                         ids=["one-block", "blocks-of-5", "blocks-of-5-on-3-threads"])
+def test_adamw_decay_matrices_only_matches_torch_parameter_groups(cache_block, thread_count, threads, monkeypatch):
     """nanoGPT's groups: weight decay on 2-d parameters (matrices, embeddings), none on biases and norms;
     also with the flat step cut into cache blocks of 5 elements, which straddle parameters and the
-    boundary between decayed and undecayed ones."""
+    boundary between decayed and undecayed ones, and with those blocks shared among 3 threads."""
     if cache_block:
         monkeypatch.setattr(optimizers, "CACHE_BLOCK", cache_block)
+    threads(thread_count)
+
     def torch_groups(parameters):
         parameters = list(parameters)
         return torch.optim.AdamW([{"params": [p for p in parameters if p.ndim >= 2], "weight_decay": 0.2},

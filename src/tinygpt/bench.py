@@ -156,7 +156,9 @@ def worker(framework: str, config_name: str, steps: int, warmup: int) -> None:
         losses.append(step(x, y))
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    print(json.dumps({"times": times, "losses": losses, "peak_rss_mb": peak_rss_mb()}))
+    import tinygpt
+
+    print(json.dumps({"times": times, "losses": losses, "peak_rss_mb": peak_rss_mb(), "threads": tinygpt.get_num_threads()}))
 
 
 def run_worker(framework: str, config_name: str, steps: int, warmup: int) -> dict:
@@ -177,7 +179,8 @@ def run(config_name: str, steps: int, warmup: int, rounds: int = 3) -> dict:
             runs[name].append(run_worker(name, config_name, steps, warmup))
     tokens = config["batch_size"] * config["block_size"]
     first_losses = {name: np.array(results[0]["losses"]) for name, results in runs.items()}
-    result = {"config": config_name, "torch_threads": torch.get_num_threads(), "steps": steps, "rounds": rounds,
+    result = {"config": config_name, "torch_threads": torch.get_num_threads(), "tinygpt_threads": runs["tinygpt"][0]["threads"],
+              "steps": steps, "rounds": rounds,
               "first_loss_difference": float(abs(first_losses["tinygpt"][0] - first_losses["torch"][0])),
               "max_loss_difference": float(np.abs(first_losses["tinygpt"] - first_losses["torch"]).max())}
     for name, results in runs.items():
@@ -191,7 +194,8 @@ def run(config_name: str, steps: int, warmup: int, rounds: int = 3) -> dict:
 
 def report(result: dict) -> str:
     lines = [f"config {result['config']}: median of {result['rounds']} x {result['steps']} timed steps, "
-             f"each framework alone in its own process, torch threads {result['torch_threads']}"]
+             f"each framework alone in its own process, threads: tinygpt {result['tinygpt_threads']}, "
+             f"torch {result['torch_threads']}"]
     for name in ("tinygpt", "torch"):
         row = result[name]
         lines.append(f"  {name:8s} {row['ms_per_iter']:8.2f} ms/iter {row['tokens_per_s']:10.0f} tokens/s, "

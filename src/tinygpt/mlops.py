@@ -14,6 +14,7 @@ import numpy as np
 
 from tinygpt import backend
 from tinygpt.buffer import Buffer, matmul
+from tinygpt.parallel import matmul_rows, parallel_for, side_by_side
 from tinygpt.utils import DType, normalize_axes
 
 
@@ -190,21 +191,34 @@ class GELU(Operation):
 
     def forward(self, x: Buffer) -> Buffer:
         xp, a = x.xp, x.array
-        t = xp.multiply(a, a, out=xp.empty_like(a))  # out=: a 0-d input must give an array, not a scalar
-        # in-place steps below: each temporary of this chain costs a full pass over memory
+        self.x = flat = a.reshape(-1)  # flat, so that parallel_for can cut it into blocks
+        self.t = t = xp.empty_like(flat)  # tanh(u), kept for the backward
+        y = xp.empty_like(flat)
+        parallel_for(xp, y.size, 1, lambda start, stop: self._forward(xp, flat[start:stop], t[start:stop], y[start:stop]))
+        return Buffer.from_array(y.reshape(a.shape))
+
+    @staticmethod
+    def _forward(xp, a, t, y):
+        # in place, step by step: each temporary of this chain would cost a full pass over memory
+        xp.multiply(a, a, out=t)
         t *= 0.044715
         t += 1.0
         t *= a
         t *= GELU_C
-        self.x, self.t = a, xp.tanh(t, out=t)
-        y = t + 1.0
+        xp.tanh(t, out=t)
+        xp.add(t, 1.0, out=y)
         y *= a
         y *= 0.5
-        return Buffer.from_array(y)
 
     def backward(self, grad: Buffer):
-        a, t = self.x, self.t
-        slope = a * a
+        xp, x, t, g = grad.xp, self.x, self.t, grad.array.reshape(-1)
+        dx = xp.empty_like(x)
+        parallel_for(xp, dx.size, 1, lambda start, stop: self._backward(xp, x[start:stop], t[start:stop], g[start:stop], dx[start:stop]))
+        return Buffer.from_array(dx.reshape(grad.shape))
+
+    @staticmethod
+    def _backward(xp, a, t, g, slope):
+        xp.multiply(a, a, out=slope)
         slope *= 0.134145
         slope += 1.0
         slope *= a
@@ -212,8 +226,7 @@ class GELU(Operation):
         slope *= 1.0 - t * t
         slope += 0.5
         slope += 0.5 * t
-        slope *= grad.array
-        return Buffer.from_array(slope)
+        slope *= g
 
 
 # ---- reduce ----------------------------------------------------------------------------------------
@@ -354,9 +367,9 @@ def _shift(logits, axis: int):
     return logits.max(axis=axis, keepdims=True) if logits.shape[axis] else 0.0
 
 
-def _softmax(logits, axis: int):
+def _softmax(logits, axis: int, out=None):
     xp = backend.array_module(backend.device_of(logits))
-    shifted = logits - _shift(logits, axis)
+    shifted = xp.subtract(logits, _shift(logits, axis), out=out)
     exps = xp.exp(shifted, out=shifted)
     exps /= exps.sum(axis=axis, keepdims=True)
     return exps
@@ -442,34 +455,54 @@ class LayerNorm(Operation):
 
     def forward(self, x: Buffer, weight: Buffer | None = None, bias: Buffer | None = None, eps: float = 1e-5) -> Buffer:
         xp, a = x.xp, x.array
-        normalized = a - a.mean(axis=-1, keepdims=True)
-        variance = xp.einsum("...i,...i->...", normalized, normalized)[..., None]  # one pass, no squared temporary
-        variance *= 1.0 / a.shape[-1]
-        variance += eps
-        self.rstd = xp.sqrt(variance, out=variance)
-        xp.reciprocal(self.rstd, out=self.rstd)
-        normalized *= self.rstd
-        self.normalized = normalized
+        rows = a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
         self.weight = weight.array if weight is not None else None
-        out = normalized * self.weight if weight is not None else normalized.copy()
-        if bias is not None:
-            out += bias.array
-        return Buffer.from_array(out)
+        bias = bias.array if bias is not None else None
+        self.normalized, out = xp.empty_like(rows), xp.empty_like(rows)
+        self.rstd = xp.empty((rows.shape[0], 1), dtype=rows.dtype)
+
+        def normalize(start: int, stop: int) -> None:
+            normalized, rstd, y = self.normalized[start:stop], self.rstd[start:stop], out[start:stop]
+            xp.subtract(rows[start:stop], rows[start:stop].mean(axis=-1, keepdims=True), out=normalized)
+            variance = xp.einsum("ij,ij->i", normalized, normalized)[:, None]  # one pass, no squared temporary
+            variance *= 1.0 / rows.shape[-1]
+            variance += eps
+            xp.sqrt(variance, out=variance)
+            xp.divide(1.0, variance, out=rstd)
+            normalized *= rstd
+            if self.weight is not None:
+                xp.multiply(normalized, self.weight, out=y)
+            else:
+                y[...] = normalized
+            if bias is not None:
+                y += bias
+
+        parallel_for(xp, rows.shape[0], rows.shape[1], normalize)
+        return Buffer.from_array(out.reshape(a.shape))
 
     def backward(self, grad: Buffer):
         xp, g, xh = grad.xp, grad.array, self.normalized
-        rows = g.reshape(-1, g.shape[-1])
+        rows = g.reshape(xh.shape)
         grads = [None, None, None]
         if self.needs_input_grad[0]:
-            dxh = g * self.weight if self.weight is not None else g.copy()
-            projection = xp.einsum("...i,...i->...", dxh, xh)[..., None]
-            projection *= 1.0 / g.shape[-1]
-            dxh -= dxh.mean(axis=-1, keepdims=True)
-            dxh -= xh * projection
-            dxh *= self.rstd
-            grads[0] = Buffer.from_array(dxh)
+            dx = xp.empty_like(xh)
+
+            def backward_rows(start: int, stop: int) -> None:
+                dxh, normalized = dx[start:stop], xh[start:stop]
+                if self.weight is not None:
+                    xp.multiply(rows[start:stop], self.weight, out=dxh)
+                else:
+                    dxh[...] = rows[start:stop]
+                projection = xp.einsum("ij,ij->i", dxh, normalized)[:, None]
+                projection *= 1.0 / xh.shape[-1]
+                dxh -= dxh.mean(axis=-1, keepdims=True)
+                dxh -= normalized * projection
+                dxh *= self.rstd[start:stop]
+
+            parallel_for(xp, xh.shape[0], xh.shape[1], backward_rows)
+            grads[0] = Buffer.from_array(dx.reshape(g.shape))
         if len(self.needs_input_grad) > 1 and self.needs_input_grad[1]:
-            grads[1] = Buffer.from_array(xp.einsum("ni,ni->i", rows, xh.reshape(rows.shape)))
+            grads[1] = Buffer.from_array(xp.einsum("ni,ni->i", rows, xh))
         if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
             grads[2] = Buffer.from_array(rows.sum(axis=0))
         return tuple(grads[: len(self.needs_input_grad)])
@@ -553,15 +586,22 @@ class ScaledDotProductAttention(Operation):
         mask = causal_mask(xp, query_length, key_length, q.dtype)
         self.keep = keep = dropout_scale(device, q.shape[:-1] + (key_length,), q.dtype, dropout_p) if dropout_p > 0.0 else None
         out = xp.empty(q.shape[:-1] + v.shape[-1:], dtype=q.dtype)
-        self.blocks = []  # (start, stop, keys, probabilities, dropout factor or None) of each query block
-        for start, stop, keys in _query_blocks(query_length, key_length):
-            scores = xp.matmul(self.scaled_q[..., start:stop, :], xp.swapaxes(k[..., :keys, :], -1, -2))
-            scores += mask[start:stop, :keys]
-            probs = _softmax(scores, -1)
-            block_keep = None if keep is None else keep[..., start:stop, :keys]
-            attention = probs if block_keep is None else probs * block_keep
-            out[..., start:stop, :] = xp.matmul(attention, v[..., :keys, :])
-            self.blocks.append((start, stop, keys, probs, block_keep))
+        # (start, stop, keys, probabilities, dropout factor or None) of each query block
+        self.blocks = [(start, stop, keys, xp.empty(q.shape[:-2] + (stop - start, keys), dtype=q.dtype),
+                        None if keep is None else keep[..., start:stop, :keys])
+                       for start, stop, keys in _query_blocks(query_length, key_length)]
+
+        def attend(first: int, last: int) -> None:
+            rows = _batch_part(q, first, last)
+            for start, stop, keys, probs, block_keep in self.blocks:
+                scores = probs[rows]
+                xp.matmul(self.scaled_q[rows][..., start:stop, :], xp.swapaxes(k[rows][..., :keys, :], -1, -2), out=scores)
+                scores += mask[start:stop, :keys]
+                _softmax(scores, -1, out=scores)
+                attention = scores if block_keep is None else scores * block_keep[rows]
+                out[rows][..., start:stop, :] = xp.matmul(attention, v[rows][..., :keys, :])
+
+        parallel_for(xp, _batch_rows(q), _row_elements(q, key_length), attend)
         return out
 
     def _attend_backward(self, xp, g, needs_grad):
@@ -569,23 +609,43 @@ class ScaledDotProductAttention(Operation):
         grad_q = xp.zeros_like(q) if needs_grad[0] else None
         grad_k = xp.zeros_like(k) if needs_grad[1] else None
         grad_v = xp.zeros_like(v) if needs_grad[2] else None
-        for start, stop, keys, probs, keep in self.blocks:
-            g_block = g[..., start:stop, :]
-            if grad_v is not None:
-                attention = probs if keep is None else probs * keep
-                grad_v[..., :keys, :] += xp.matmul(xp.swapaxes(attention, -1, -2), g_block)
-            dscores = xp.matmul(g_block, xp.swapaxes(v[..., :keys, :], -1, -2))
-            if keep is not None:
-                dscores *= keep
-            dscores -= xp.einsum("...ij,...ij->...i", dscores, probs)[..., None]  # no T x T temporary
-            dscores *= probs
-            if grad_q is not None:
-                grad_q[..., start:stop, :] = xp.matmul(dscores, k[..., :keys, :])
-            if grad_k is not None:
-                grad_k[..., :keys, :] += xp.matmul(xp.swapaxes(dscores, -1, -2), q[..., start:stop, :])
+
+        def attend_backward(first: int, last: int) -> None:
+            rows = _batch_part(q, first, last)
+            for start, stop, keys, probs, keep in self.blocks:
+                probs, keep, g_block = probs[rows], None if keep is None else keep[rows], g[rows][..., start:stop, :]
+                if grad_v is not None:
+                    attention = probs if keep is None else probs * keep
+                    grad_v[rows][..., :keys, :] += xp.matmul(xp.swapaxes(attention, -1, -2), g_block)
+                dscores = xp.matmul(g_block, xp.swapaxes(v[rows][..., :keys, :], -1, -2))
+                if keep is not None:
+                    dscores *= keep
+                dscores -= xp.einsum("...ij,...ij->...i", dscores, probs)[..., None]  # no T x T temporary
+                dscores *= probs
+                if grad_q is not None:
+                    grad_q[rows][..., start:stop, :] = xp.matmul(dscores, k[rows][..., :keys, :])
+                if grad_k is not None:
+                    grad_k[rows][..., :keys, :] += xp.matmul(xp.swapaxes(dscores, -1, -2), q[rows][..., start:stop, :])
+
+        parallel_for(xp, _batch_rows(q), _row_elements(q, k.shape[-2]), attend_backward)
         if grad_q is not None:
             grad_q *= self.scale
         return grad_q, grad_k, grad_v
+
+
+def _batch_rows(array) -> int:
+    """How many blocks attention can be cut into: the first (batch) axis of a (B, ..., T, d) array."""
+    return array.shape[0] if array.ndim > 2 else 1
+
+
+def _row_elements(q, key_length: int) -> int:
+    """The size of the scores of one batch row: the work parallel_for weighs."""
+    return math.prod(q.shape[1:-1]) * key_length if q.ndim > 2 else q.shape[-2] * key_length
+
+
+def _batch_part(array, start: int, stop: int):
+    """The index of batch rows start:stop (everything for a single (T, d) sequence)."""
+    return slice(start, stop) if array.ndim > 2 else Ellipsis
 
 
 class MultiHeadAttention(ScaledDotProductAttention):
@@ -626,12 +686,16 @@ class Linear(Operation):
         return Buffer.from_array(out)
 
     def backward(self, grad: Buffer):
-        g = grad.array.reshape(-1, grad.shape[-1])
+        xp, g = grad.xp, grad.array.reshape(-1, grad.shape[-1])
+        x = self.x.reshape(-1, self.x.shape[-1])
         grads = [None] * len(self.needs_input_grad)
-        if self.needs_input_grad[0]:
-            grads[0] = Buffer.from_array((g @ self.weight.T).reshape(self.x.shape))
-        if self.needs_input_grad[1]:
-            grads[1] = Buffer.from_array(self.x.reshape(-1, self.x.shape[-1]).T @ g)
+        if self.needs_input_grad[0] and self.needs_input_grad[1]:
+            grad_x, grad_weight = side_by_side(xp, g.size * x.shape[1], lambda: g @ self.weight.T, lambda: x.T @ g)
+            grads[0], grads[1] = Buffer.from_array(grad_x.reshape(self.x.shape)), Buffer.from_array(grad_weight)
+        elif self.needs_input_grad[0]:
+            grads[0] = Buffer.from_array(matmul_rows(xp, g, self.weight.T).reshape(self.x.shape))
+        elif self.needs_input_grad[1]:
+            grads[1] = Buffer.from_array(matmul_rows(xp, x.T, g))
         if len(grads) > 2 and self.needs_input_grad[2]:
             grads[2] = Buffer.from_array(g.sum(axis=0))
         return tuple(grads)

@@ -8,6 +8,7 @@ import numpy as np
 
 from tinygpt import backend
 from tinygpt.module import Module
+from tinygpt.parallel import parallel_for
 from tinygpt.serialization import load_arrays, save_arrays
 from tinygpt.tensor import Tensor
 
@@ -214,12 +215,16 @@ class FlatParameters:
         # On the CPU, block by block: the ten passes of an Adam step over one block stay in the core's cache,
         # and each array crosses from memory once (measured 2.5x faster on 10.7M parameters than whole passes)
         block = CACHE_BLOCK if xp is np else len(self.values)
-        for start in range(0, len(self.values), block):
-            stop = start + block
-            if start < self.decayed:
-                self.values[start:min(stop, self.decayed)] *= 1.0 - learning_rate * optimizer.weight_decay
-            optimizer._adam_step(xp, self.values[start:stop], self.grads[start:stop], self.exp_avg[start:stop],
-                                 self.exp_avg_sq[start:stop], self.step_number, learning_rate)
+
+        def update(first: int, last: int) -> None:
+            for start in range(first, last, block):
+                stop = min(start + block, last)
+                if start < self.decayed:
+                    self.values[start:min(stop, self.decayed)] *= 1.0 - learning_rate * optimizer.weight_decay
+                optimizer._adam_step(xp, self.values[start:stop], self.grads[start:stop], self.exp_avg[start:stop],
+                                     self.exp_avg_sq[start:stop], self.step_number, learning_rate)
+
+        parallel_for(xp, len(self.values), 1, update)
         step = np.array(self.step_number, dtype=np.float32)
         for name in self.names:
             optimizer.state[name]["step"] = step
