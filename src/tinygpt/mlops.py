@@ -218,14 +218,16 @@ class GELU(Operation):
 
     @staticmethod
     def _backward(xp, a, t, g, slope):
-        xp.multiply(a, a, out=slope)
-        slope *= 0.134145
-        slope += 1.0
+        xp.multiply(a, a, out=slope)  # slope = a c (1 + 3*0.044715 a^2) / 2 ...
+        slope *= 0.5 * GELU_C * 0.134145
+        slope += 0.5 * GELU_C
         slope *= a
-        slope *= 0.5 * GELU_C
-        slope *= 1.0 - t * t
+        scratch = xp.multiply(t, t)  # ... * (1 - t^2) + (1 + t) / 2, with one scratch array
+        xp.subtract(1.0, scratch, out=scratch)
+        slope *= scratch
         slope += 0.5
-        slope += 0.5 * t
+        xp.multiply(t, 0.5, out=scratch)
+        slope += scratch
         slope *= g
 
 
@@ -579,13 +581,14 @@ class ScaledDotProductAttention(Operation):
         grads = self._attend_backward(grad.xp, grad.array, self.needs_input_grad)
         return tuple(None if g is None else Buffer.from_array(g) for g in grads)
 
-    def _attend(self, xp, q, k, v, dropout_p: float, device: str):
+    def _attend(self, xp, q, k, v, dropout_p: float, device: str, out=None):
+        """softmax(q k^T / sqrt(d) + causal) v into `out` (allocated when None; MultiHeadAttention passes a view)."""
         self.scale = 1.0 / math.sqrt(q.shape[-1])
         self.scaled_q, self.k, self.v = q * self.scale, k, v  # scaling q costs d/T of scaling the scores
         query_length, key_length = q.shape[-2], k.shape[-2]
         mask = causal_mask(xp, query_length, key_length, q.dtype)
         self.keep = keep = dropout_scale(device, q.shape[:-1] + (key_length,), q.dtype, dropout_p) if dropout_p > 0.0 else None
-        out = xp.empty(q.shape[:-1] + v.shape[-1:], dtype=q.dtype)
+        out = xp.empty(q.shape[:-1] + v.shape[-1:], dtype=q.dtype) if out is None else out
         # (start, stop, keys, probabilities, dropout factor or None) of each query block
         self.blocks = [(start, stop, keys, xp.empty(q.shape[:-2] + (stop - start, keys), dtype=q.dtype),
                         None if keep is None else keep[..., start:stop, :keys])
@@ -599,38 +602,53 @@ class ScaledDotProductAttention(Operation):
                 scores += mask[start:stop, :keys]
                 _softmax(scores, -1, out=scores)
                 attention = scores if block_keep is None else scores * block_keep[rows]
-                out[rows][..., start:stop, :] = xp.matmul(attention, v[rows][..., :keys, :])
+                xp.matmul(attention, v[rows][..., :keys, :], out=out[rows][..., start:stop, :])
 
         parallel_for(xp, _batch_rows(q), _row_elements(q, key_length), attend)
         return out
 
-    def _attend_backward(self, xp, g, needs_grad):
+    def _attend_backward(self, xp, g, needs_grad, grads=None):
+        """dq, dk, dv (None where not needed), written into `grads` when given (views of a packed gradient)."""
         q, k, v = self.scaled_q, self.k, self.v
-        grad_q = xp.zeros_like(q) if needs_grad[0] else None
-        grad_k = xp.zeros_like(k) if needs_grad[1] else None
-        grad_v = xp.zeros_like(v) if needs_grad[2] else None
+        if grads is None:
+            grads = [xp.empty_like(array) if needed else None for array, needed in zip((q, k, v), needs_grad)]
+        grad_q, grad_k, grad_v = grads
+        if not self.blocks:  # no queries: nothing reached the keys
+            for grad in (grad_k, grad_v):
+                if grad is not None:
+                    grad[...] = 0.0
+            return grads
 
         def attend_backward(first: int, last: int) -> None:
             rows = _batch_part(q, first, last)
-            for start, stop, keys, probs, keep in self.blocks:
+            # the last block sees every key: it writes dk and dv whole, the earlier blocks add to their part
+            for add, (start, stop, keys, probs, keep) in enumerate(reversed(self.blocks)):
                 probs, keep, g_block = probs[rows], None if keep is None else keep[rows], g[rows][..., start:stop, :]
                 if grad_v is not None:
                     attention = probs if keep is None else probs * keep
-                    grad_v[rows][..., :keys, :] += xp.matmul(xp.swapaxes(attention, -1, -2), g_block)
+                    _product_into(xp, grad_v[rows][..., :keys, :], xp.swapaxes(attention, -1, -2), g_block, add)
                 dscores = xp.matmul(g_block, xp.swapaxes(v[rows][..., :keys, :], -1, -2))
                 if keep is not None:
                     dscores *= keep
                 dscores -= xp.einsum("...ij,...ij->...i", dscores, probs)[..., None]  # no T x T temporary
                 dscores *= probs
                 if grad_q is not None:
-                    grad_q[rows][..., start:stop, :] = xp.matmul(dscores, k[rows][..., :keys, :])
+                    block_grad_q = grad_q[rows][..., start:stop, :]
+                    xp.matmul(dscores, k[rows][..., :keys, :], out=block_grad_q)
+                    block_grad_q *= self.scale
                 if grad_k is not None:
-                    grad_k[rows][..., :keys, :] += xp.matmul(xp.swapaxes(dscores, -1, -2), q[rows][..., start:stop, :])
+                    _product_into(xp, grad_k[rows][..., :keys, :], xp.swapaxes(dscores, -1, -2), q[rows][..., start:stop, :], add)
 
         parallel_for(xp, _batch_rows(q), _row_elements(q, k.shape[-2]), attend_backward)
-        if grad_q is not None:
-            grad_q *= self.scale
-        return grad_q, grad_k, grad_v
+        return grads
+
+
+def _product_into(xp, target, a, b, add: bool) -> None:
+    """target = a @ b, or target += a @ b."""
+    if add:
+        target += xp.matmul(a, b)
+    else:
+        xp.matmul(a, b, out=target)
 
 
 def _batch_rows(array) -> int:
@@ -659,17 +677,16 @@ class MultiHeadAttention(ScaledDotProductAttention):
             raise ValueError(f"attention: last dim {packed} of qkv is not 3 x num_heads ({num_heads}) x head size")
         self.layout = (batch, length, 3, num_heads, packed // (3 * num_heads))
         q, k, v = qkv.array.reshape(self.layout).transpose(2, 0, 3, 1, 4)
-        out = self._attend(qkv.xp, q, k, v, dropout_p, qkv.device)
-        return Buffer.from_array(out.transpose(0, 2, 1, 3).reshape(batch, length, packed // 3))
+        out = qkv.xp.empty((batch, length) + self.layout[3:], dtype=q.dtype)  # (B, T, H, d): merged heads, no copy
+        self._attend(qkv.xp, q, k, v, dropout_p, qkv.device, out=out.transpose(0, 2, 1, 3))
+        return Buffer.from_array(out.reshape(batch, length, packed // 3))
 
     def backward(self, grad: Buffer):
         xp = grad.xp
         batch, length, _, heads, head_dims = self.layout
         g = grad.array.reshape(batch, length, heads, head_dims).transpose(0, 2, 1, 3)
         grad_qkv = xp.empty(self.layout, dtype=g.dtype)
-        heads_view = grad_qkv.transpose(2, 0, 3, 1, 4)
-        for i, grad_part in enumerate(self._attend_backward(xp, g, (True, True, True))):
-            heads_view[i] = grad_part
+        self._attend_backward(xp, g, (True, True, True), grads=list(grad_qkv.transpose(2, 0, 3, 1, 4)))
         return Buffer.from_array(grad_qkv.reshape(batch, length, -1))
 
 
