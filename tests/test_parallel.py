@@ -1,6 +1,8 @@
 """parallel_for: blocks cover every row once, errors reach the caller, nested calls run inline; the ops
 that use it still equal torch when cut into many blocks; row-local ops give bit-identical results for any
 number of threads, matrix products equal ones up to float32 rounding; OpenBLAS yields its threads to the pool."""
+import multiprocessing
+import os
 import threading
 
 import numpy as np
@@ -171,3 +173,19 @@ def test_matmul_rows_matches_torch(threads, count, rng):
     assert_close(matmul_rows(np, a, b), torch.from_numpy(a) @ torch.from_numpy(b), 1e-5)
     strided = a.T[:, :3]  # a transposed, sliced view: the layout of x^T in Linear's weight gradient
     assert_close(matmul_rows(np, strided, b[:3]), torch.from_numpy(strided.copy()) @ torch.from_numpy(b[:3]), 1e-5)
+
+
+def _double_in_blocks(values: np.ndarray) -> np.ndarray:
+    out = np.empty_like(values)
+    parallel_for(np, len(values), 1, lambda start, stop: np.multiply(values[start:stop], 2, out=out[start:stop]))
+    return out
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_gets_a_pool_of_its_own(threads):
+    threads(2)
+    values = np.arange(8.0)
+    _double_in_blocks(values)  # the parent's pool is running now
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        doubled = pool.apply_async(_double_in_blocks, (values,)).get(timeout=60)  # hung before: dead threads
+    np.testing.assert_array_equal(doubled, 2 * values)

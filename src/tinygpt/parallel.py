@@ -74,6 +74,16 @@ def get_num_threads() -> int:
     return _threads
 
 
+def _forget_pool_in_child() -> None:
+    """A forked child has none of the parent's threads: it starts its own pool when it needs one."""
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def _start_pool() -> ThreadPoolExecutor:
     if _set_blas_threads is not None:
         _set_blas_threads(1)
