@@ -189,3 +189,13 @@ def test_a_forked_child_gets_a_pool_of_its_own(threads):
     with multiprocessing.get_context("fork").Pool(1) as pool:
         doubled = pool.apply_async(_double_in_blocks, (values,)).get(timeout=60)  # hung before: dead threads
     np.testing.assert_array_equal(doubled, 2 * values)
+
+
+@pytest.mark.parametrize("cpus, expected", [(1, 1), (2, 2), (16, 1)])
+def test_the_pool_is_the_default_only_where_it_was_measured(cpus, expected, monkeypatch):
+    monkeypatch.delenv("TINYGPT_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    monkeypatch.setattr(parallel, "_set_blas_threads", parallel._set_blas_threads or (lambda count: None))
+    assert parallel._default_threads() == expected
+    monkeypatch.setenv("TINYGPT_NUM_THREADS", "3")
+    assert parallel._default_threads() == 3

@@ -42,23 +42,29 @@ _set_blas_threads, _get_blas_threads = _openblas("set_num_threads"), _openblas("
 _blas_threads = int(_get_blas_threads()) if _get_blas_threads is not None else 1
 
 
+POOL_MAX_DEFAULT_CPUS = 2  # the pool is measured on 2 cores; with more, OpenBLAS keeps its threads by default
+
+
 def _default_threads() -> int:
+    """TINYGPT_NUM_THREADS if set; else every CPU this process may use, up to POOL_MAX_DEFAULT_CPUS (beyond,
+    one thread of TinyGPT's and OpenBLAS's own threads for the products, as the pool's row blocks of products
+    and its GIL hand-offs are untested there); 1 where numpy's BLAS is not an OpenBLAS the pool can steer."""
     if _set_blas_threads is None:
         return 1
     if "TINYGPT_NUM_THREADS" in os.environ:
         return max(1, int(os.environ["TINYGPT_NUM_THREADS"]))
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    return cpus if cpus <= POOL_MAX_DEFAULT_CPUS else 1
 
 
 _threads = _default_threads()
 
 
 def set_num_threads(threads: int) -> None:
-    """How many threads TinyGPT computes with on the CPU (default: the CPUs this process may run on, or
-    TINYGPT_NUM_THREADS; 1 where numpy's BLAS is not OpenBLAS)."""
+    """How many threads TinyGPT computes with on the CPU (the default: see _default_threads)."""
     global _threads, _pool
     if threads < 1:
         raise ValueError(f"the number of threads must be at least 1, got {threads}")
