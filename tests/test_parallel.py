@@ -199,3 +199,6 @@ def test_the_pool_is_the_default_only_where_it_was_measured(cpus, expected, monk
     assert parallel._default_threads() == expected
     monkeypatch.setenv("TINYGPT_NUM_THREADS", "3")
     assert parallel._default_threads() == 3
+    monkeypatch.setenv("TINYGPT_NUM_THREADS", "two")
+    with pytest.warns(UserWarning, match="TINYGPT_NUM_THREADS must be a whole number.*'two'"):
+        assert parallel._default_threads() == expected

@@ -145,6 +145,8 @@ def peak_rss_mb() -> float:
 
 def worker(framework: str, config_name: str, steps: int, warmup: int) -> None:
     """Train one framework alone in this process; print step times, losses and peak memory as JSON."""
+    import tinygpt
+
     config = CONFIGS[config_name]
     model, step = tinygpt_stepper(config)
     if framework == "torch":
@@ -156,8 +158,6 @@ def worker(framework: str, config_name: str, steps: int, warmup: int) -> None:
         losses.append(step(x, y))
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    import tinygpt
-
     print(json.dumps({"times": times, "losses": losses, "peak_rss_mb": peak_rss_mb(), "threads": tinygpt.get_num_threads()}))
 
 

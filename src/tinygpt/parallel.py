@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -51,8 +52,11 @@ def _default_threads() -> int:
     and its GIL hand-offs are untested there); 1 where numpy's BLAS is not an OpenBLAS the pool can steer."""
     if _set_blas_threads is None:
         return 1
-    if "TINYGPT_NUM_THREADS" in os.environ:
-        return max(1, int(os.environ["TINYGPT_NUM_THREADS"]))
+    requested = os.environ.get("TINYGPT_NUM_THREADS", "").strip()
+    if requested.isdigit() and int(requested) >= 1:
+        return int(requested)
+    if requested:
+        warnings.warn(f"TINYGPT_NUM_THREADS must be a whole number of at least 1, got {requested!r}: ignored")
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
