@@ -18,7 +18,7 @@ VOCAB, POSITIONS, LAYERS, HEADS, DIMS = 1000, 128, 2, 4, 64
 
 def hf_name(ours: str) -> str:
     """Our parameter name -> the Hugging Face GPT2LMHeadModel parameter that holds the same values."""
-    top = {"token_embedding.weights": "wte.weight", "position_embedding.weights": "wpe.weight",
+    top = {"token_embedding.embeddings": "wte.weight", "position_embedding.embeddings": "wpe.weight",
            "ln_f.weights": "ln_f.weight", "ln_f.bias": "ln_f.bias"}
     if ours in top:
         return "transformer." + top[ours]
@@ -220,13 +220,13 @@ def test_init_follows_gpt2():
         elif name.endswith("bias"):
             assert np.all(values == 0.0), name
         else:
-            std = residual if name.endswith(("attn.c_proj.weights", "mlp.layers.1.weights")) else 0.02
+            std = residual if name.endswith(("attn.c_proj.weights", "mlp.c_proj.weights")) else 0.02
             assert values.size >= 16_384, name
             assert values.std() == pytest.approx(std, rel=0.03), name
             assert abs(values.mean()) < 5 * std / math.sqrt(values.size), name
         checked.add(name)
-    assert {"token_embedding.weights", "position_embedding.weights", "blocks.3.attn.c_proj.weights",
-            "blocks.3.mlp.layers.1.weights", "blocks.0.attn.c_attn.weights", "blocks.0.mlp.layers.0.weights"} <= checked
+    assert {"token_embedding.embeddings", "position_embedding.embeddings", "blocks.3.attn.c_proj.weights",
+            "blocks.3.mlp.c_proj.weights", "blocks.0.attn.c_attn.weights", "blocks.0.mlp.c_fc.weights"} <= checked
 
 
 def test_load_gpt2_checkpoint_refuses_a_directory_without_config_or_with_another_activation(tmp_path, hf_checkpoint):
@@ -244,7 +244,7 @@ def test_load_gpt2_checkpoint_with_weights_of_another_shape_names_them(tmp_path,
     config = json.loads((directory / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "n_positions": 64}))
     (tmp_path / "model.safetensors").write_bytes((directory / "model.safetensors").read_bytes())
-    with pytest.raises(ValueError, match=r"position_embedding.weights' has shape \(128, 64\), expected \(64, 64\)"):
+    with pytest.raises(ValueError, match=r"position_embedding.embeddings' has shape \(128, 64\), expected \(64, 64\)"):
         GPT.load_gpt2_checkpoint(str(tmp_path))
 
 

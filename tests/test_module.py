@@ -77,7 +77,7 @@ def test_parameters_are_nested_dicts_and_lists_keyed_as_the_module():
     assert list(parameters) == ["embedding", "body", "norm", "head", "extra"]  # dropout has no parameters
     assert parameters["body"]["layers"][1]["bias"] is net.body.layers[1].bias
     assert parameters["extra"]["offsets"][1] is net.extra.offsets[1]
-    assert names(net) == ["embedding.weights", "body.layers.0.weights", "body.layers.0.bias", "body.layers.1.weights",
+    assert names(net) == ["embedding.embeddings", "body.layers.0.weights", "body.layers.0.bias", "body.layers.1.weights",
                           "body.layers.1.bias", "norm.weights", "norm.bias", "head.weights", "extra.scale",
                           "extra.offsets.0", "extra.offsets.1"]
 
@@ -114,10 +114,48 @@ def test_named_modules_lists_self_then_every_sub_module_depth_first():
 def test_leaf_modules_are_the_modules_without_sub_modules():
     block = TransformerBlock(8, 4, 2)
     leaves = block.leaf_modules()
-    assert leaves["attn"]["c_attn"] is block.attn.c_attn and leaves["mlp"]["layers"][1] is block.mlp.layers[1]
+    assert leaves["attn"]["c_attn"] is block.attn.c_attn and leaves["mlp"]["c_proj"] is block.mlp.c_proj
     assert set(leaves) == {"ln_1", "attn", "ln_2", "mlp", "mlp_dropout"}
     assert set(leaves["attn"]) == {"c_attn", "c_proj", "resid_dropout"}
     assert FullyConnectedLayer(2, 2).leaf_modules() == {}
+
+
+# ---- layers as the original TinyGPT documents them ---------------------------------------------------
+def test_mlp_applies_activation_after_last_layer():
+    mlp = MLP(4, [6, 3], "relu")
+    reference = []
+    for layer in mlp.layers:
+        linear = torch.nn.Linear(*layer.weights.shape)
+        with torch.no_grad():
+            linear.weight.copy_(torch.tensor(layer.weights.numpy().T))
+            linear.bias.copy_(torch.tensor(layer.bias.numpy()))
+        reference += [linear, torch.nn.ReLU()]
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    assert_close(mlp(Tensor(x)), torch.nn.Sequential(*reference)(torch.tensor(x)))
+
+
+def test_mlp_activation_functions_map_the_documented_names_to_functions():
+    x = np.linspace(-2.0, 2.0, 9, dtype=np.float32)
+    functions = MLP.activation_functions
+    assert {"linear", "relu", "gelu"} <= set(functions)
+    assert_close(functions["linear"](Tensor(x)), torch.tensor(x))
+    assert_close(functions["relu"](Tensor(x)), torch.relu(torch.tensor(x)))
+    assert_close(functions["gelu"](Tensor(x)), torch.nn.functional.gelu(torch.tensor(x), approximate="tanh"))
+
+
+def test_embedding_table_is_named_embeddings_and_weights_is_its_alias():
+    embedding = Embedding(7, 3)
+    assert names(embedding) == ["embeddings"]
+    assert embedding.weights is embedding.embeddings
+    ids = np.array([[0, 6, 6], [2, 1, 0]])
+    np.testing.assert_array_equal(embedding(Tensor(ids)).numpy(), embedding.embeddings.numpy()[ids])
+
+
+def test_transformer_block_mlp_has_gpt2_layer_names():
+    block = TransformerBlock(8, 4, 2)
+    assert [name for name in names(block) if name.startswith("mlp.")] == [
+        "mlp.c_fc.weights", "mlp.c_fc.bias", "mlp.c_proj.weights", "mlp.c_proj.bias"]
+    assert block.mlp.c_fc.weights.shape == (8, 32) and block.mlp.c_proj.weights.shape == (32, 8)
 
 
 def test_update_replaces_the_parameters_named_by_a_nested_dict():
@@ -213,7 +251,7 @@ def test_frozen_parameters_get_no_gradient():
     loss = net(Tensor([[1, 2, 3]])).sum()
     loss.backward()
     assert all(tensor.grad is None for _, tensor in net.body.named_parameters())
-    assert net.head.weights.grad is not None and net.embedding.weights.grad is not None
+    assert net.head.weights.grad is not None and net.embedding.embeddings.grad is not None
 
 
 def test_freeze_drops_existing_gradients():

@@ -28,7 +28,7 @@ def make_models(seed: int = 0):
             linear.weight.copy_(torch.tensor(layer.weights.numpy().T))
             linear.bias.copy_(torch.tensor(layer.bias.numpy()))
         layers += [linear, torch.nn.Tanh()]
-    return ours, torch.nn.Sequential(*layers[:-1])
+    return ours, torch.nn.Sequential(*layers)  # the activation follows every layer, the last included
 
 
 def batches(steps: int = STEPS):

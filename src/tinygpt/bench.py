@@ -70,13 +70,13 @@ def build_torch(config: dict, weights: dict[str, np.ndarray]):
             return self.ln_f(x) @ self.wte.weight.T
 
     model = TorchGPT()
-    ours_to_theirs = {"token_embedding.weights": "wte.weight", "position_embedding.weights": "wpe.weight",
+    ours_to_theirs = {"token_embedding.embeddings": "wte.weight", "position_embedding.embeddings": "wpe.weight",
                       "ln_f.weights": "ln_f.weight", "ln_f.bias": "ln_f.bias"}
     layer_names = {"ln_1.weights": "ln_1.weight", "ln_1.bias": "ln_1.bias", "ln_2.weights": "ln_2.weight",
                    "ln_2.bias": "ln_2.bias", "attn.c_attn.weights": "c_attn.weight", "attn.c_attn.bias": "c_attn.bias",
                    "attn.c_proj.weights": "c_proj.weight", "attn.c_proj.bias": "c_proj.bias",
-                   "mlp.layers.0.weights": "c_fc.weight", "mlp.layers.0.bias": "c_fc.bias",
-                   "mlp.layers.1.weights": "mlp_proj.weight", "mlp.layers.1.bias": "mlp_proj.bias"}
+                   "mlp.c_fc.weights": "c_fc.weight", "mlp.c_fc.bias": "c_fc.bias",
+                   "mlp.c_proj.weights": "mlp_proj.weight", "mlp.c_proj.bias": "mlp_proj.bias"}
     for i in range(config["n_layer"]):
         ours_to_theirs.update({f"blocks.{i}.{a}": f"blocks.{i}.{b}" for a, b in layer_names.items()})
     state = {}

@@ -27,43 +27,46 @@ class FullyConnectedLayer(Module):
         return apply_op(mlops.Linear, x, self.weights, self.get("bias"))
 
 
-ACTIVATIONS = {
-    "linear": lambda x: x,
-    "relu": Tensor.relu,
-    "gelu": Tensor.gelu,
-    "tanh": Tensor.tanh,
-}
-
-
 class MLP(Module):
-    """Fully connected layers of sizes input_dims -> hidden_dims[0] -> ... with activation_fn between them."""
+    """Fully connected layers of sizes input_dims -> hidden_dims[0] -> ..., activation_fn after every layer
+    (the last included, as the original TinyGPT); 'linear' makes the last layer's output the logits."""
+
+    activation_functions = {
+        "linear": lambda x: x,
+        "relu": Tensor.relu,
+        "gelu": Tensor.gelu,
+        "tanh": Tensor.tanh,
+    }
 
     def __init__(self, input_dims: int, hidden_dims: list[int], activation_fn: str = "relu", bias: bool = True) -> None:
         super().__init__()
-        if activation_fn not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation_fn!r}, expected one of {', '.join(ACTIVATIONS)}")
+        if activation_fn not in self.activation_functions:
+            raise ValueError(f"unknown activation {activation_fn!r}, expected one of {', '.join(self.activation_functions)}")
         sizes = [input_dims] + list(hidden_dims)
         self.layers = [FullyConnectedLayer(a, b, bias) for a, b in zip(sizes[:-1], sizes[1:])]
         self.activation_fn = activation_fn
 
     def forward(self, x: Tensor) -> Tensor:
-        activation = ACTIVATIONS[self.activation_fn]
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = activation(x)
+        activation = self.activation_functions[self.activation_fn]
+        for layer in self.layers:
+            x = activation(layer(x))
         return x
 
 
 class Embedding(Module):
-    """y = weights[ids], weights of shape (num_embeddings, embedding_dim) ~ N(0, 1)."""
+    """y = embeddings[ids], embeddings of shape (num_embeddings, embedding_dim) ~ N(0, 1)."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
         super().__init__()
-        self.weights = Tensor.normal((num_embeddings, embedding_dim), requires_grad=True)
+        self.embeddings = Tensor.normal((num_embeddings, embedding_dim), requires_grad=True)
+
+    @property
+    def weights(self) -> Tensor:
+        """The table under the name FullyConnectedLayer and LayerNorm use (read only; the entry is `embeddings`)."""
+        return self.embeddings
 
     def forward(self, ids: Tensor) -> Tensor:
-        return apply_op(mlops.Embedding, self.weights, _as_ids(ids))
+        return apply_op(mlops.Embedding, self.embeddings, _as_ids(ids))
 
 
 class LayerNorm(Module):
@@ -144,6 +147,18 @@ class CasualSelfAttention(Module):
 CausalSelfAttention = CasualSelfAttention
 
 
+class GPTMLP(Module):
+    """GPT-2's feed-forward: c_proj(gelu(c_fc(x))), width 4x, no activation after the output projection."""
+
+    def __init__(self, embedding_dim: int, bias: bool = True) -> None:
+        super().__init__()
+        self.c_fc = FullyConnectedLayer(embedding_dim, 4 * embedding_dim, bias)
+        self.c_proj = FullyConnectedLayer(4 * embedding_dim, embedding_dim, bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.c_proj(self.c_fc(x).gelu())
+
+
 class TransformerBlock(Module):
     """x + attn(ln_1(x)), then x + mlp(ln_2(x)): a pre-LayerNorm GPT-2 block with a GELU MLP of width 4x."""
 
@@ -152,7 +167,7 @@ class TransformerBlock(Module):
         self.ln_1 = LayerNorm(embedding_dim, bias=bias)
         self.attn = CasualSelfAttention(embedding_dim, max_seq_length, num_heads, dropout, bias)
         self.ln_2 = LayerNorm(embedding_dim, bias=bias)
-        self.mlp = MLP(embedding_dim, [4 * embedding_dim, embedding_dim], "gelu", bias)
+        self.mlp = GPTMLP(embedding_dim, bias)
         self.mlp_dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, kv_cache: dict | None = None) -> Tensor:
@@ -185,7 +200,7 @@ class GPT(Module):
                 if name.endswith("bias"):
                     tensor.assign(0.0)
                     continue
-                std = 0.02 / math.sqrt(2 * num_layers) if name.endswith(("c_proj.weights", "layers.1.weights")) else 0.02
+                std = 0.02 / math.sqrt(2 * num_layers) if name.endswith("c_proj.weights") else 0.02
                 tensor.assign(Tensor.normal(tensor.shape, std=std))
 
     def forward(self, token_ids: Tensor, kv_cache: list[dict] | None = None) -> Tensor:
@@ -201,7 +216,7 @@ class GPT(Module):
         for i, block in enumerate(self.blocks):
             x = block(x, kv_cache[i] if kv_cache is not None else None)
         x = self.ln_f(x)
-        return x @ self.token_embedding.weights.transpose(0, 1)
+        return x @ self.token_embedding.embeddings.transpose(0, 1)
 
     # ---- generation ------------------------------------------------------------------------------
     @no_grad()
@@ -283,14 +298,14 @@ GPT2_LAYER_NAMES = {  # ours -> Hugging Face's, inside block i
     "ln_1.weights": "ln_1.weight", "ln_1.bias": "ln_1.bias", "ln_2.weights": "ln_2.weight", "ln_2.bias": "ln_2.bias",
     "attn.c_attn.weights": "attn.c_attn.weight", "attn.c_attn.bias": "attn.c_attn.bias",
     "attn.c_proj.weights": "attn.c_proj.weight", "attn.c_proj.bias": "attn.c_proj.bias",
-    "mlp.layers.0.weights": "mlp.c_fc.weight", "mlp.layers.0.bias": "mlp.c_fc.bias",
-    "mlp.layers.1.weights": "mlp.c_proj.weight", "mlp.layers.1.bias": "mlp.c_proj.bias",
+    "mlp.c_fc.weights": "mlp.c_fc.weight", "mlp.c_fc.bias": "mlp.c_fc.bias",
+    "mlp.c_proj.weights": "mlp.c_proj.weight", "mlp.c_proj.bias": "mlp.c_proj.bias",
 }
 
 
 def _gpt2_names(arrays: dict[str, np.ndarray], num_layers: int) -> list[tuple[str, np.ndarray]]:
     """Rename a Hugging Face GPT-2 state dict to ours (its Conv1D weights are already (in, out))."""
-    renamed = [("token_embedding.weights", arrays["wte.weight"]), ("position_embedding.weights", arrays["wpe.weight"]),
+    renamed = [("token_embedding.embeddings", arrays["wte.weight"]), ("position_embedding.embeddings", arrays["wpe.weight"]),
                ("ln_f.weights", arrays["ln_f.weight"]), ("ln_f.bias", arrays["ln_f.bias"])]
     for i in range(num_layers):
         renamed += [(f"blocks.{i}.{ours}", arrays[f"h.{i}.{theirs}"]) for ours, theirs in GPT2_LAYER_NAMES.items()]
@@ -318,4 +333,4 @@ def _pick_next(logits: np.ndarray, temperature: float, top_k: int | None, rng: n
 
 
 __all__ = ["FullyConnectedLayer", "MLP", "Embedding", "LayerNorm", "Dropout", "CasualSelfAttention",
-           "CausalSelfAttention", "TransformerBlock", "GPT"]
+           "CausalSelfAttention", "GPTMLP", "TransformerBlock", "GPT"]
