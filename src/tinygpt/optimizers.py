@@ -1,4 +1,4 @@
-"""Optimizers (numerically those of PyTorch's of the same name), the cosine schedule and gradient clipping."""
+"""Optimizers (numerically those of PyTorch's of the same name), optimizer groups, schedules and gradient clipping."""
 from __future__ import annotations
 
 import math
@@ -51,10 +51,13 @@ class Optimizer:
         self.module.zero_grad()
 
     # ---- state on disk ---------------------------------------------------------------------------
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The per-parameter state as {"<parameter name>.<field>": array}, as save_state writes it."""
+        return {f"{name}.{key}": backend.to_numpy(value) for name, state in self.state.items() for key, value in state.items()}
+
     def save_state(self, path: str) -> None:
         """Write the per-parameter state and the step count (`.safetensors` or `.json`), atomically."""
-        arrays = {f"{name}.{key}": backend.to_numpy(value) for name, state in self.state.items() for key, value in state.items()}
-        save_arrays(path, arrays, metadata={"step_count": str(self.step_count), "optimizer": type(self).__name__})
+        save_arrays(path, self.state_arrays(), metadata={"step_count": str(self.step_count), "optimizer": type(self).__name__})
 
     def load_state(self, path_or_list, strict: bool = True) -> None:
         """Read state written by save_state; strict checks that it names only this module's parameters."""
@@ -272,4 +275,163 @@ def clip_grad_norm(module: Module, max_norm: float) -> float:
     return total
 
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "cosine_schedule", "clip_grad_norm"]
+# ---- Muon and optimizer groups -------------------------------------------------------------------
+NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic: the steepest slope at zero
+MUON_SCALINGS = ("original", "match_rms_adamw")
+
+
+def newton_schulz(xp, matrix, steps: int = 5, coefficients: tuple[float, float, float] = NEWTON_SCHULZ_COEFFICIENTS,
+                  eps: float = 1e-7):
+    """X = G / max(|G|_F, eps), then X <- a X + (b A + c A^2) X with A = X X^T, on the wide side of G:
+    about U S' V^T for G = U S V^T, S' in (0.5, 1.5) (the orthogonal factor, to within what training needs)."""
+    a, b, c = coefficients
+    tall = matrix.shape[0] > matrix.shape[1]
+    x = matrix.T if tall else matrix
+    x = x / max(float(xp.sqrt(_squared_norm(xp.ascontiguousarray(x)))), eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * (gram @ gram)) @ x
+    return x.T if tall else x
+
+
+class Muon(Optimizer):
+    """Momentum orthogonalised by Newton-Schulz, for 2-D weights, as torch.optim.Muon (in float32, not bfloat16):
+    B = mu B + (1 - mu) g;  u = (1 - mu) g + mu B (Nesterov) or B;  p *= 1 - lr wd;  p -= lr s NS(u).
+
+    s is the shape scaling: "original" (Keller Jordan's, the speedrun's) sqrt(max(1, out / in)), or
+    "match_rms_adamw" (Moonshot's) 0.2 sqrt(max(in, out)), which lets Muon reuse AdamW's learning rate.
+    Our weights are (in, out), torch's (out, in): the same matrix, so the same s."""
+
+    def __init__(self, module: Module, learning_rate: LearningRate = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95,
+                 nesterov: bool = True, ns_steps: int = 5, adjust_lr_fn: str | None = None,
+                 ns_coefficients: tuple[float, float, float] = NEWTON_SCHULZ_COEFFICIENTS, eps: float = 1e-7) -> None:
+        super().__init__(module, learning_rate)
+        if adjust_lr_fn is not None and adjust_lr_fn not in MUON_SCALINGS:
+            raise ValueError(f"Muon: adjust_lr_fn must be one of {', '.join(MUON_SCALINGS)} or None, got {adjust_lr_fn!r}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"Muon: momentum must be in [0, 1), got {momentum}")
+        if not isinstance(ns_steps, int) or not 1 <= ns_steps < 100:
+            raise ValueError(f"Muon: ns_steps must be an integer in [1, 100), got {ns_steps!r}")
+        for name, tensor in module.named_parameters():
+            if tensor.requires_grad and tensor.ndim != 2:
+                raise ValueError(f"Muon updates matrices only: {name} has shape {tensor.shape} (give it to AdamW)")
+        self.weight_decay, self.momentum, self.nesterov, self.ns_steps = weight_decay, momentum, nesterov, ns_steps
+        self.adjust_lr_fn, self.ns_coefficients, self.eps = adjust_lr_fn or "original", ns_coefficients, eps
+
+    def shape_scale(self, shape: tuple[int, int]) -> float:
+        """The learning-rate factor of an (in, out) weight."""
+        inputs, outputs = shape
+        if self.adjust_lr_fn == "match_rms_adamw":
+            return 0.2 * math.sqrt(max(inputs, outputs))
+        return math.sqrt(max(1.0, outputs / inputs))
+
+    def apply_single(self, parameter: Tensor, state: dict[str, Any]) -> None:
+        p, g = parameter.buffer.array, parameter.grad.buffer.array
+        xp, learning_rate = parameter.buffer.xp, self.step_learning_rate
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = xp.zeros_like(p)
+        momentum = state["momentum_buffer"]
+        momentum *= self.momentum
+        momentum += (1.0 - self.momentum) * g
+        direction = (1.0 - self.momentum) * g + self.momentum * momentum if self.nesterov else momentum
+        orthogonal = newton_schulz(xp, direction, self.ns_steps, self.ns_coefficients, self.eps)
+        p *= 1.0 - learning_rate * self.weight_decay
+        p -= (learning_rate * self.shape_scale(p.shape)) * orthogonal
+
+
+class ParameterGroup(Module):
+    """The parameters of `module` for which select(name, tensor) holds, under their names in `module`:
+    an optimizer built on a group updates only those (read afresh each step, so load_weights is seen)."""
+
+    def __init__(self, module: Module, select: Callable[[str, Tensor], bool]) -> None:
+        super().__init__()
+        self.__dict__["source"], self.__dict__["select"] = module, select
+
+    def named_parameters(self) -> list[tuple[str, Tensor]]:
+        return [(name, tensor) for name, tensor in self.source.named_parameters() if self.select(name, tensor)]
+
+
+class OptimizerGroups:
+    """Several optimizers over disjoint parameter groups of one model, stepped together by one update():
+    e.g. Muon for the hidden matrices and AdamW for embeddings, head, gains and biases (the speedrun's split)."""
+
+    def __init__(self, *optimizers: Optimizer) -> None:
+        seen: dict[int, str] = {}
+        for optimizer in optimizers:
+            for name, tensor in optimizer.module.named_parameters():
+                if id(tensor) in seen:
+                    raise ValueError(f"optimizer groups overlap: {name} is in two of them")
+                seen[id(tensor)] = name
+        self.optimizers = list(optimizers)
+
+    @property
+    def step_count(self) -> int:
+        return self.optimizers[0].step_count
+
+    @property
+    def current_learning_rate(self) -> float:
+        """The first group's learning rate of the next update (each group follows its own schedule)."""
+        return self.optimizers[0].current_learning_rate
+
+    @property
+    def state(self) -> dict[str, dict[str, Any]]:
+        """Every group's per-parameter state (the same dicts), keyed by parameter name."""
+        return {name: state for optimizer in self.optimizers for name, state in optimizer.state.items()}
+
+    def update(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.update()
+
+    def step(self) -> None:
+        self.update()
+
+    def zero_grad(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad()
+
+    def _kind(self) -> str:
+        return f"OptimizerGroups({', '.join(type(optimizer).__name__ for optimizer in self.optimizers)})"
+
+    def save_state(self, path: str) -> None:
+        """One file: group i's arrays under "i.<parameter name>.<field>", and the step count."""
+        arrays = {f"{index}.{key}": array for index, optimizer in enumerate(self.optimizers)
+                  for key, array in optimizer.state_arrays().items()}
+        save_arrays(path, arrays, metadata={"step_count": str(self.step_count), "optimizer": self._kind()})
+
+    def load_state(self, path: str, strict: bool = True) -> None:
+        """Read state written by save_state of groups of the same optimizers in the same order."""
+        arrays, metadata = load_arrays(path, with_metadata=True)
+        if strict and metadata.get("optimizer", self._kind()) != self._kind():
+            raise ValueError(f"optimizer state of {metadata['optimizer']} cannot be loaded into {self._kind()}")
+        parts: list[list[tuple[str, np.ndarray]]] = [[] for _ in self.optimizers]
+        for key, array in arrays.items():
+            index, _, rest = key.partition(".")
+            if not index.isdigit() or int(index) >= len(parts):
+                raise ValueError(f"optimizer state {key!r} names no group of {self._kind()}")
+            parts[int(index)].append((rest, array))
+        step_count = int(metadata.get("step_count", self.step_count))
+        for optimizer, part in zip(self.optimizers, parts):
+            optimizer.load_state(part, strict)
+            optimizer.step_count = step_count
+
+
+def wsd_schedule(max_learning_rate: float, min_learning_rate: float, warmup_steps: int, total_steps: int,
+                 decay_fraction: float) -> Callable[[int], float]:
+    """Warmup-stable-decay (trapezoidal): nanoGPT's linear warmup, max until the last decay_fraction of
+    total_steps, then linear to min at total_steps (modded-nanogpt's cooldown), then min."""
+    if not 0.0 < decay_fraction <= 1.0:
+        raise ValueError(f"wsd_schedule: decay_fraction must be in (0, 1], got {decay_fraction}")
+
+    def learning_rate(step: int) -> float:
+        if step < warmup_steps:
+            return max_learning_rate * (step + 1) / (warmup_steps + 1)
+        progress = min(step / max(total_steps, 1), 1.0)
+        if progress < 1.0 - decay_fraction:
+            return max_learning_rate
+        remaining = (1.0 - progress) / decay_fraction
+        return remaining * max_learning_rate + (1.0 - remaining) * min_learning_rate
+    return learning_rate
+
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "cosine_schedule", "clip_grad_norm", "NEWTON_SCHULZ_COEFFICIENTS",
+           "newton_schulz", "Muon", "ParameterGroup", "OptimizerGroups", "wsd_schedule"]
