@@ -92,6 +92,8 @@ class Buffer:
                 data = data.to(device).astype(dtype or data.dtype)
             self._set_view(data.data, data.shape, data.stride, data.offset, data.dtype, data.device, data._array)
             return
+        if _is_foreign_array(data):
+            data = Buffer.from_dlpack(data).array
         device = backend.normalize_device(device)
         xp = backend.array_module(device)
         if isinstance(data, (list, tuple)):
@@ -120,6 +122,32 @@ class Buffer:
         buffer._set_view(array.reshape(-1), array.shape, contiguous_stride(array.shape), 0,
                          DType.from_numpy(array.dtype), backend.device_of(array), array)
         return buffer
+
+    @classmethod
+    def from_dlpack(cls, source: Any) -> "Buffer":
+        """A Buffer over another library's array (torch, numpy, CuPy, JAX...) through DLPack. It shares the
+        memory, strides included, when TinyGPT has the dtype; otherwise it copies into the nearest dtype."""
+        device = "cuda" if source.__dlpack_device__()[0] == DLPACK_CUDA else "cpu"
+        array = backend.array_module(device).from_dlpack(source)
+        dtype = DType.from_numpy(array.dtype)
+        if array.dtype != dtype.numpy or any(step < 0 for step in array.strides):
+            array = array.astype(dtype.numpy, order="C")
+        if array.size == 0 or array.flags.c_contiguous:
+            return cls.from_array(array)
+        itemsize = array.itemsize
+        stride = tuple(step // itemsize for step in array.strides)
+        span = 1 + sum((size - 1) * step for size, step in zip(array.shape, stride))
+        storage = backend.array_module(device).lib.stride_tricks.as_strided(array, (span,), (itemsize,))
+        buffer = cls.__new__(cls)
+        buffer._set_view(storage, array.shape, stride, 0, dtype, device, array)
+        return buffer
+
+    def dlpack_array(self):
+        """The backend array to hand over through DLPack: this view itself, or a copy when its strides run
+        backwards (DLPack allows them, but PyTorch refuses them)."""
+        if any(step < 0 for step in self.stride):
+            return self.xp.ascontiguousarray(self.array)
+        return self.array
 
     def rehome(self, storage, offset: int) -> None:
         """Make this (contiguous) buffer a view into `storage` at `offset`; the caller copied the values there."""
@@ -383,6 +411,14 @@ def matmul(xp, a, b):
     if b.ndim == 2 and a.ndim >= 2:
         return matmul_rows(xp, a.reshape(math.prod(a.shape[:-1]), a.shape[-1]), b).reshape(a.shape[:-1] + b.shape[-1:])
     return xp.matmul(a, b)
+
+
+DLPACK_CUDA = 2  # DLPack's device type of a CUDA GPU (1 is the CPU)
+
+
+def _is_foreign_array(data: Any) -> bool:
+    """An array of another library (a torch tensor...) that TinyGPT reads through DLPack."""
+    return hasattr(data, "__dlpack__") and not isinstance(data, (np.ndarray, Buffer)) and not backend.is_cupy_array(data)
 
 
 def _raw(value):

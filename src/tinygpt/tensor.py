@@ -162,6 +162,31 @@ class Tensor:
     def item(self) -> Any:
         return self.buffer.item()
 
+    # ---- the array world: numpy's __array__, DLPack (torch.from_dlpack, np.from_dlpack, CuPy, JAX) ------
+    def __array__(self, dtype=None, copy: bool | None = None) -> np.ndarray:
+        """np.asarray(tensor): a view of the values on the CPU (np.array copies); the graph is not followed."""
+        if self.device != "cpu" and copy is False:
+            raise ValueError(f"a {self.device} tensor cannot be seen by numpy without a copy to the host")
+        array = self.buffer.array if self.device == "cpu" else self.buffer.numpy()
+        if dtype is not None and np.dtype(dtype) != array.dtype:
+            if copy is False:
+                raise ValueError(f"a {self.dtype.name} tensor cannot be seen as {np.dtype(dtype)} without a copy")
+            return array.astype(dtype)
+        return array.copy() if copy and self.device == "cpu" else array
+
+    def __dlpack__(self, **kwargs):
+        """The DLPack capsule of the values (shared memory, no graph), for torch.from_dlpack and the like."""
+        return self.buffer.dlpack_array().__dlpack__(**kwargs)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return self.buffer.array.__dlpack_device__()
+
+    @staticmethod
+    def from_dlpack(source: Any, requires_grad: bool = False) -> "Tensor":
+        """A tensor sharing another library's array through DLPack (a copy only where the dtype or a
+        backwards stride forces one)."""
+        return Tensor(Buffer.from_dlpack(source), requires_grad=requires_grad)
+
     def to(self, device: str) -> "Tensor":
         """A copy on another device (a new leaf that keeps requires_grad); self when already there."""
         if backend.normalize_device(device) == self.device:
