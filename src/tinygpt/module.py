@@ -58,7 +58,45 @@ class Module(dict):
         raise NotImplementedError(f"{type(self).__name__} does not define forward")
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(self.keys())})"
+        """The layer tree, as PyTorch prints it: own parameters' shapes, then each sub-module indented."""
+        own = ", ".join(f"{name}={tensor.shape}" for name, tensor in self._own_parameters())
+        lines = [f"({name}): {repr(child)}".replace("\n", "\n  ") for name, child in self._submodules()]
+        if not lines:
+            return f"{type(self).__name__}({own})"
+        return "\n  ".join([f"{type(self).__name__}({own}"] + lines) + "\n)"
+
+    def summary(self) -> str:
+        """A table of the layer tree (torchinfo's): each module, its own parameters' shapes, the count under
+        it; then the total (with nanoGPT's "M" figure), trainable and frozen counts."""
+        rows = [(f"{'  ' * depth}{name} ({type(module).__name__})" if name else type(module).__name__,
+                 ", ".join(f"{key} {tensor.shape}" for key, tensor in module._own_parameters()),
+                 f"{module.num_parameters():,}") for depth, name, module in self._walk()]
+        header = ("Layer (type)", "Parameters", "Count")
+        widths = [max(len(row[column]) for row in rows + [header]) for column in range(3)]
+        line = lambda row: f"{row[0]:<{widths[0]}}   {row[1]:<{widths[1]}}   {row[2]:>{widths[2]}}"
+        rule = "=" * len(line(header))
+        total = self.num_parameters()
+        trainable = sum(tensor.numel for _, tensor in tree_flatten(self.trainable_parameters(), is_leaf=_is_tensor))
+        return "\n".join([line(header), rule] + [line(row) for row in rows] + [
+            rule, f"Total parameters: {total:,} ({total / 1e6:.2f}M)",
+            f"Trainable parameters: {trainable:,}", f"Frozen parameters: {total - trainable:,}"])
+
+    def _own_parameters(self) -> list[tuple[str, Tensor]]:
+        """The Tensors held by this module's own entries (not by its sub-modules)."""
+        return [(name, tensor) for key, value in self.items() if not _modules_in(value)
+                for name, tensor in tree_flatten(value, prefix=key, is_leaf=_is_tensor) if _is_tensor(tensor)]
+
+    def _submodules(self) -> list[tuple[str, "Module"]]:
+        """The direct sub-modules with their keys ("layers.0" for the items of a list entry)."""
+        return [(name, module) for key, value in self.items()
+                for name, module in tree_flatten(value, prefix=key, is_leaf=_is_module) if _is_module(module)]
+
+    def _walk(self, depth: int = 0, name: str = "") -> list[tuple[int, str, "Module"]]:
+        """(depth, key, module) for this module and every sub-module, depth first."""
+        walked = [(depth, name, self)]
+        for key, child in self._submodules():
+            walked.extend(child._walk(depth + 1, key))
+        return walked
 
     __hash__ = object.__hash__  # modules are compared by identity, not by content
     __eq__ = object.__eq__  # type: ignore[assignment]
