@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -219,34 +220,47 @@ class GPT(Module):
         return x @ self.token_embedding.embeddings.transpose(0, 1)
 
     # ---- generation ------------------------------------------------------------------------------
-    @no_grad()
     def generate(self, token_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 rng: np.random.Generator | None = None) -> Tensor:
-        """Append max_new_tokens sampled tokens (greedy when temperature == 0) using a KV cache:
-        each new token costs one position's work; a context longer than max_seq_length is cropped and recomputed."""
+                 rng: np.random.Generator | None = None, top_p: float | None = None) -> Tensor:
+        """Append max_new_tokens sampled tokens (greedy when temperature == 0; top_k, then the top_p nucleus) using
+        a KV cache: each new token costs one position's work; a context longer than max_seq_length is cropped."""
+        steps = [step.numpy()[:, None] for step in self.stream(token_ids, max_new_tokens, temperature, top_k, rng, top_p)]
+        return Tensor(np.concatenate([_as_ids(token_ids).numpy()] + steps, axis=1).astype(np.int32))
+
+    def stream(self, token_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+               rng: np.random.Generator | None = None, top_p: float | None = None) -> Iterator[Tensor]:
+        """The tokens of generate one step at a time: yields each sequence's next token, shape (batch,), as it is
+        sampled. The arguments are checked (and the seed drawn) at the call, the work is done as it is iterated."""
         ids = _as_ids(token_ids).numpy()
         if ids.ndim != 2 or ids.shape[1] == 0:
             raise ValueError(f"generate: token ids must have shape (batch, length >= 1), got {ids.shape}")
         if temperature < 0 or (top_k is not None and top_k < 1):
             raise ValueError(f"generate: needs temperature >= 0 and top_k >= 1, got {temperature} and {top_k}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"generate: needs 0 < top_p <= 1, got {top_p}")
         rng = rng or np.random.default_rng(int(Tensor.uniform((), 0, 2**31 - 1).item()))
-        was_training = self.training
-        self.eval()
+        return self._sampled_tokens(ids, max_new_tokens, lambda logits: _pick_next(logits, temperature, top_k, top_p, rng))
+
+    def _sampled_tokens(self, ids: np.ndarray, max_new_tokens: int, pick) -> Iterator[Tensor]:
+        """The loop of stream: feed only the tokens the KV cache has not seen; restart it on the cropped window
+        once the context outgrows max_seq_length. Each step runs in eval mode without a graph."""
         kv_cache, fed = None, 0
         for _ in range(max_new_tokens):
-            if kv_cache is None or ids.shape[1] > self.max_seq_length:
-                kv_cache = [{} for _ in self.blocks]
-                window = ids[:, -self.max_seq_length:]
-                logits = self(Tensor(window), kv_cache)
-            else:
-                logits = self(Tensor(ids[:, fed:]), kv_cache)
+            if kv_cache is None:
+                kv_cache, fed = [{} for _ in self.blocks], max(0, ids.shape[1] - self.max_seq_length)
+            was_training = self.training
+            try:
+                self.eval()
+                with no_grad():
+                    logits = self(Tensor(ids[:, fed:]), kv_cache)
+            finally:
+                self.train(was_training)
             fed = ids.shape[1]
-            next_ids = _pick_next(logits.numpy()[:, -1, :], temperature, top_k, rng)
+            next_ids = pick(logits.numpy()[:, -1, :])
             ids = np.concatenate([ids, next_ids[:, None]], axis=1)
             if ids.shape[1] > self.max_seq_length:
                 kv_cache = None
-        self.train(was_training)
-        return Tensor(ids.astype(np.int32))
+            yield Tensor(next_ids.astype(np.int32))
 
     def generate_greedy(self, token_ids: Tensor, max_new_tokens: int) -> Tensor:
         return self.generate(token_ids, max_new_tokens, temperature=0.0)
@@ -319,8 +333,10 @@ def _as_ids(ids) -> Tensor:
     return ids
 
 
-def _pick_next(logits: np.ndarray, temperature: float, top_k: int | None, rng: np.random.Generator) -> np.ndarray:
-    """Greedy when temperature == 0, else sample from softmax(logits / temperature) restricted to the top k."""
+def _pick_next(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,
+               rng: np.random.Generator) -> np.ndarray:
+    """Greedy when temperature == 0, else sample from softmax(logits / temperature) restricted to the top k,
+    then to the top_p nucleus."""
     if temperature == 0.0:
         return logits.argmax(axis=-1)
     logits = logits.astype(np.float64) / temperature
@@ -329,7 +345,21 @@ def _pick_next(logits: np.ndarray, temperature: float, top_k: int | None, rng: n
         logits = np.where(logits < kth, -np.inf, logits)
     probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
     probs /= probs.sum(axis=-1, keepdims=True)
+    if top_p is not None and top_p < 1.0:
+        probs = _nucleus(probs, top_p)
     return np.array([rng.choice(len(row), p=row) for row in probs])
+
+
+def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
+    """Nucleus sampling (Holtzman et al. 2019): keep the smallest set of the likeliest tokens whose probabilities
+    sum to top_p or more (a token stays while the mass of the likelier ones is below top_p), renormalised."""
+    order = np.argsort(-probs, axis=-1, kind="stable")
+    sorted_probs = np.take_along_axis(probs, order, axis=-1)
+    likelier_mass = np.cumsum(sorted_probs, axis=-1) - sorted_probs
+    keep = np.zeros(probs.shape, dtype=bool)
+    np.put_along_axis(keep, order, likelier_mass < top_p, axis=-1)
+    kept = np.where(keep, probs, 0.0)
+    return kept / kept.sum(axis=-1, keepdims=True)
 
 
 __all__ = ["FullyConnectedLayer", "MLP", "Embedding", "LayerNorm", "Dropout", "CasualSelfAttention",
