@@ -136,16 +136,17 @@ def test_tokenize_corpus_errors_are_clear(tmp_path, tokenizer):
 
 # ---- TextDataset ---------------------------------------------------------------------------------
 
-def test_text_dataset_items_are_shifted_consecutive_windows(corpus_file, tokenizer):
+def test_text_dataset_yields_every_window(corpus_file, tokenizer):
     dataset = TextDataset(corpus_file, tokenizer, max_seq_length=16)
     tokens = np.array(tokenizer.encode(corpus_file.read_text(encoding="utf-8")))
     assert isinstance(dataset, Dataset)
-    assert len(dataset) == (len(tokens) - 1) // 16
-    for index in (0, 1, len(dataset) - 1):
+    assert len(dataset) == len(tokens) - 16
+    for index in (0, 1, 2, 17, len(dataset) - 1):
         input_ids, target_ids = dataset[index]
         assert input_ids.dtype == target_ids.dtype == np.int32
-        assert input_ids.tolist() == tokens[index * 16:index * 16 + 16].tolist()
-        assert target_ids.tolist() == tokens[index * 16 + 1:index * 16 + 17].tolist()
+        assert input_ids.tolist() == tokens[index:index + 16].tolist()
+        assert target_ids.tolist() == tokens[index + 1:index + 17].tolist()
+    assert dataset[len(dataset) - 1][1][-1] == tokens[-1]  # the last window ends on the last token
     assert [array.tolist() for array in dataset[-1]] == [array.tolist() for array in dataset[len(dataset) - 1]]
     with pytest.raises(IndexError, match="out of range"):
         dataset[len(dataset)]
@@ -166,7 +167,7 @@ def test_text_dataset_errors_are_clear(tmp_path, tokenizer):
 
 def test_text_dataset_on_the_embedded_corpus_at_byte_level():
     dataset = TextDataset(default_corpus_path(), BPETokenizer(), max_seq_length=256)
-    assert len(dataset) == (1_115_394 - 1) // 256
+    assert len(dataset) == 1_115_394 - 256
     input_ids, target_ids = dataset[0]
     assert bytes(input_ids.tolist()).startswith(b"First Citizen:\nBefore we proceed")
     assert input_ids[1:].tolist() == target_ids[:-1].tolist()
@@ -238,6 +239,22 @@ def test_handler_over_a_text_dataset(corpus_file, tokenizer):
     inputs, targets = handler[0]
     assert inputs.shape == targets.shape == (5, 8)
     assert inputs.numpy()[:, 1:].tolist() == targets.numpy()[:, :-1].tolist()
+
+
+def test_handler_is_an_iterator_that_next_walks_through_the_batches():
+    handler = DatasetHandler(RangeDataset(10), 4)
+    assert iter(handler) is handler
+    assert [next(handler)[0].numpy().tolist() for _ in range(3)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    with pytest.raises(StopIteration):
+        next(handler)
+    assert handler.epoch == 1
+    assert next(iter(handler))[0].numpy().tolist() == [0, 1, 2, 3]  # iter() starts the next epoch
+
+
+def test_handler_next_without_iter_starts_the_current_epoch():
+    handler = DatasetHandler(RangeDataset(10), 5, shuffle=True, seed=1)
+    expected = [handler[index][0].numpy().tolist() for index in range(len(handler))]
+    assert [next(handler)[0].numpy().tolist(), next(handler)[0].numpy().tolist()] == expected
 
 
 def test_handler_rejects_a_bad_batch_size():

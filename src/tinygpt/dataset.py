@@ -161,10 +161,10 @@ class Dataset(ABC):
 
 
 class TextDataset(Dataset):
-    """Consecutive windows of a tokenised text file: item i is (input_ids, target_ids), int32.
+    """Every window of a tokenised text file: item i is (tokens[i:i+T], tokens[i+1:i+T+1]), int32.
 
-    Window i covers tokens [i*T, i*T + T + 1) with T = max_seq_length; the targets are the inputs
-    shifted by one token. The tokens come from `tokenize_corpus` (cached, memory-mapped).
+    T = max_seq_length; the targets are the inputs shifted by one token, and there are
+    len(tokens) - T items (as the original TinyGPT). The tokens come from `tokenize_corpus`.
     """
 
     def __init__(self, data_file_path: str | Path, tokenizer: BPETokenizer, max_seq_length: int,
@@ -178,18 +178,19 @@ class TextDataset(Dataset):
                              f"max_seq_length + 1 = {max_seq_length + 1}")
 
     def __len__(self) -> int:
-        return (len(self.tokens) - 1) // self.max_seq_length
+        return len(self.tokens) - self.max_seq_length
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a TextDataset of {len(self)} items")
-        start = (index % len(self)) * self.max_seq_length
+        start = index % len(self)
         window = np.asarray(self.tokens[start:start + self.max_seq_length + 1], dtype=np.int32)
         return window[:-1], window[1:]
 
 
 class DatasetHandler:
-    """Batches of a Dataset: iterate over them, take `len()`, or index `handler[i]`.
+    """Batches of a Dataset: an iterator (`iter()` starts an epoch, `next()` gives its next batch),
+    with `len()` and `handler[i]`.
 
     A batch is a tuple with one Tensor per item field (an item that is not a tuple is one field),
     the items stacked along a new first axis (integers as int32, floats as float32). With `shuffle`, epoch e visits the items in the
@@ -206,6 +207,7 @@ class DatasetHandler:
         self.shuffle = shuffle
         self.seed = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
         self.epoch = 0
+        self._epoch_batches: Iterator[tuple[Tensor, ...]] | None = None
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -226,7 +228,18 @@ class DatasetHandler:
         order = self.item_order(self.epoch)
         return self._collate(order[index * self.batch_size:(index + 1) * self.batch_size])
 
-    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+    def __iter__(self) -> "DatasetHandler":
+        """Start a pass over the current epoch's batches."""
+        self._epoch_batches = self._batches_of_epoch()
+        return self
+
+    def __next__(self) -> tuple[Tensor, ...]:
+        """The next batch of the pass in progress (one starts if none has); StopIteration at its end."""
+        if self._epoch_batches is None:
+            iter(self)
+        return next(self._epoch_batches)
+
+    def _batches_of_epoch(self) -> Iterator[tuple[Tensor, ...]]:
         order = self.item_order(self.epoch)
         for index in range(len(self)):
             yield self._collate(order[index * self.batch_size:(index + 1) * self.batch_size])
