@@ -366,6 +366,13 @@ def test_reshape_infers_one_minus_one_and_rejects_two():
         buffer.reshape((5, -1))
 
 
+def test_reshape_and_expand_take_new_shape_as_keyword():
+    values = distinct_values((1, 6))
+    buffer = Buffer(values)
+    np.testing.assert_array_equal(buffer.reshape(new_shape=(2, 3)).numpy(), values.reshape(2, 3))
+    np.testing.assert_array_equal(buffer.expand(new_shape=(4, 6)).numpy(), np.broadcast_to(values, (4, 6)))
+
+
 def test_out_of_range_and_unsupported_indices_raise_clearly():
     buffer = Buffer(distinct_values((2, 3)))
     with pytest.raises(IndexError, match=r"index 5 .* dim 1 of size 3 \(shape \(2, 3\)\)"):

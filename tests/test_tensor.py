@@ -261,6 +261,12 @@ def test_serialize_deserialize_round_trip(tensor):
 def test_deserialize_rejects_what_is_not_a_serialized_tensor(text):
     with pytest.raises(ValueError, match="not a serialized tensor"):
         Tensor.deserialize_tensor(text)
+    assert Tensor.validate_serialized_tensor(text) is False
+
+
+def test_validate_serialized_tensor_accepts_what_serialize_tensor_writes():
+    for tensor in (Tensor([[1.5, -2.0]], requires_grad=True), Tensor(7), Tensor([[True], [False]])):
+        assert Tensor.validate_serialized_tensor(tensor.serialize_tensor()) is True
 
 
 def test_print_dag_shows_each_op_with_its_inputs_indented():
@@ -298,7 +304,7 @@ def _saved_by_mul():
     return w, x, (w * x).sum()
 
 
-@pytest.mark.parametrize("change", ["+=", "-=", "*=", "assign", "setitem"])
+@pytest.mark.parametrize("change", ["+=", "-=", "*=", "/=", "**=", "assign", "setitem"])
 def test_backward_after_an_in_place_change_of_a_saved_input_raises(change):
     w, x, loss = _saved_by_mul()
     if change == "+=":
@@ -307,6 +313,10 @@ def test_backward_after_an_in_place_change_of_a_saved_input_raises(change):
         x -= 1.0
     elif change == "*=":
         x *= 2.0
+    elif change == "/=":
+        x /= 2.0
+    elif change == "**=":
+        x **= 2.0
     elif change == "assign":
         x.assign(Tensor([[5.0, 5.0], [5.0, 5.0]]))
     else:
@@ -342,6 +352,37 @@ def test_in_place_change_of_a_tensor_that_requires_grad_outside_no_grad_raises()
     w = Tensor([1.0, 2.0], requires_grad=True)
     with pytest.raises(RuntimeError, match="no_grad"):
         w += 1.0
+
+
+@pytest.mark.parametrize("change", ["/=", "**="])
+def test_true_divide_and_power_in_place_act_on_the_same_tensor(change, rng):
+    values, other = random_values(rng, (3, 4), 0.5, 2.0), random_values(rng, (4,), 0.5, 2.0)
+    x, reference = Tensor(values), torch.tensor(values)
+    before, storage = x, x.buffer
+    if change == "/=":
+        x /= Tensor(other)
+        reference /= torch.tensor(other)
+    else:
+        x **= Tensor(other)
+        reference **= torch.tensor(other)
+    assert x is before and x.buffer is storage
+    assert_close(x, reference)
+
+
+@pytest.mark.parametrize("change", ["/=", "**="])
+def test_true_divide_and_power_in_place_on_a_leaf_that_requires_grad_raise(change):
+    w = Tensor([1.0, 2.0], requires_grad=True)
+    with pytest.raises(RuntimeError, match="no_grad"):
+        if change == "/=":
+            w /= 2.0
+        else:
+            w **= 2.0
+    with no_grad():
+        if change == "/=":
+            w /= 2.0
+        else:
+            w **= 2.0
+    assert w.to_python() == ([0.5, 1.0] if change == "/=" else [1.0, 4.0])
 
 
 def test_in_place_change_after_backward_is_fine_and_changes_the_values():
@@ -393,12 +434,18 @@ def test_backward_of_a_non_scalar_without_a_gradient_raises():
 
 
 def test_dtype_misuse_raises_type_error():
-    with pytest.raises(TypeError, match="log needs a float buffer, got int32"):
-        Tensor([1, 2]).log()
     with pytest.raises(TypeError, match="only float tensors can require gradients, got int32"):
         Tensor([1, 2], requires_grad=True)
     with pytest.raises(TypeError, match="bool"):
         Tensor([True, False], requires_grad=True)
+
+
+@pytest.mark.parametrize("function", ["exp", "log"])
+@pytest.mark.parametrize("values", [[1, 2, 3], [[0, 5], [7, 1]], [True, False]], ids=["int", "int2d", "bool"])
+def test_int_tensors_exp_and_log_give_float_results(function, values):
+    ours, theirs = getattr(Tensor(values), function)(), getattr(torch.tensor(values), function)()
+    assert ours.dtype == DType.float32 and theirs.dtype == torch.float32
+    assert_close(ours, theirs)
 
 
 def test_int_tensors_compute_and_mix_with_floats():

@@ -225,15 +225,17 @@ class Buffer:
         return self if self.is_contiguous() else Buffer.from_array(self.xp.ascontiguousarray(self.array))
 
     # ---- movement: views that never copy -------------------------------------------------------
-    def reshape(self, shape: Sequence[int]) -> "Buffer":
-        shape = _infer_shape(_check_shape(shape, allow_inferred=True), self.numel, self.shape)
+    def reshape(self, new_shape: Sequence[int]) -> "Buffer":
+        """A view of shape `new_shape` (one -1 is inferred); a copy only when the layout forbids a view."""
+        shape = _infer_shape(_check_shape(new_shape, allow_inferred=True), self.numel, self.shape)
         stride = view_stride(self.shape, self.stride, shape)
         if stride is None:
             return self.contiguous().reshape(shape)
         return self._view(shape, stride, self.offset)
 
-    def expand(self, shape: Sequence[int]) -> "Buffer":
-        shape = _check_shape(shape)
+    def expand(self, new_shape: Sequence[int]) -> "Buffer":
+        """A view of shape `new_shape` whose size-1 dims repeat (stride 0)."""
+        shape = _check_shape(new_shape)
         if len(shape) != self.ndim:
             raise ValueError(f"expand: shape {shape} must have {self.ndim} dims like {self.shape} (reshape first)")
         stride = []

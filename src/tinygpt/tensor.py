@@ -204,6 +204,10 @@ class Tensor:
         return self.astype(DType.float32)
 
     # ---- autograd -------------------------------------------------------------------------------
+    def _as_floating(self) -> "Tensor":
+        """Itself if float, else cast to float32: exp and log of integers are floats, as in PyTorch."""
+        return self if self.dtype.is_float else self.float()
+
     def retain_grad(self) -> None:
         """Keep .grad on this non-leaf tensor after backward."""
         self._retains_grad = True
@@ -337,8 +341,8 @@ class Tensor:
     def __ne__(self, other): return self._compare(other, Buffer.__ne__)  # type: ignore[override]
     __hash__ = object.__hash__
 
-    def exp(self): return apply_op(mlops.Exp, self)
-    def log(self): return apply_op(mlops.Log, self)
+    def exp(self): return apply_op(mlops.Exp, self._as_floating())
+    def log(self): return apply_op(mlops.Log, self._as_floating())
     def relu(self): return apply_op(mlops.Relu, self)
     def gelu(self): return apply_op(mlops.GELU, self)
     def tanh(self): return apply_op(mlops.Tanh, self)
@@ -417,6 +421,8 @@ class Tensor:
     def __iadd__(self, other): return self._inplace(self.buffer.xp.add, other)
     def __isub__(self, other): return self._inplace(self.buffer.xp.subtract, other)
     def __imul__(self, other): return self._inplace(self.buffer.xp.multiply, other)
+    def __itruediv__(self, other): return self._inplace(self.buffer.xp.true_divide, other)
+    def __ipow__(self, other): return self._inplace(self.buffer.xp.power, other)
 
     # ---- factories -----------------------------------------------------------------------------
     @staticmethod
@@ -444,6 +450,15 @@ class Tensor:
         """A JSON string with shape, dtype, requires_grad and the values."""
         return json.dumps({"shape": list(self.shape), "dtype": self.dtype.value,
                            "requires_grad": self.requires_grad, "data": self.to_python()})
+
+    @staticmethod
+    def validate_serialized_tensor(text: str) -> bool:
+        """Whether `text` is a tensor as `serialize_tensor` writes it."""
+        try:
+            Tensor.deserialize_tensor(text)
+        except ValueError:
+            return False
+        return True
 
     @staticmethod
     def deserialize_tensor(text: str) -> "Tensor":
