@@ -82,6 +82,26 @@ def test_parameters_are_nested_dicts_and_lists_keyed_as_the_module():
                           "extra.offsets.0", "extra.offsets.1"]
 
 
+class WithPrivateEntries(Module):
+    """A public weight, a private tensor and a private sub-module: only the public one is a parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weights = Tensor.ones((2,), requires_grad=True)
+        self._running_mean = Tensor.zeros((2,))
+        self._helper = FullyConnectedLayer(2, 2)
+
+
+def test_parameters_leave_out_names_starting_with_underscore():
+    module = WithPrivateEntries()
+    assert "_running_mean" in module and module._helper is module["_helper"]  # still entries
+    assert list(module.parameters()) == list(module.trainable_parameters()) == ["weights"]
+    assert names(module) == ["weights"] and module.num_parameters() == 2
+    outer = Module()
+    outer.inner = module
+    assert names(outer) == ["inner.weights"]
+
+
 def test_trainable_parameters_leave_out_frozen_ones_but_keep_list_positions():
     net = Net()
     net.body.layers[0].freeze()

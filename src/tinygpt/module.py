@@ -104,19 +104,21 @@ class Module(dict):
     # ---- traversal -----------------------------------------------------------------------------
     def _tree(self, keep: Callable[[Tensor], bool]) -> dict:
         """Nested dicts/lists of the Tensors for which keep(tensor) holds; emptied dict entries are dropped,
-        emptied list items stay as {} so that list indices keep their meaning."""
+        emptied list items stay as {} so that list indices keep their meaning. A module's entries whose
+        names start with `_` are private, not parameters (as MLX and the original TinyGPT)."""
         def visit(value):
             if isinstance(value, Tensor):
                 return value if keep(value) else {}
             if isinstance(value, dict):
-                children = {key: visit(child) for key, child in value.items()}
+                children = {key: visit(child) for key, child in value.items()
+                            if not (isinstance(value, Module) and key.startswith("_"))}
                 return {key: child for key, child in children.items() if isinstance(child, Tensor) or child}
             children = [visit(child) for child in value]
             return children if any(isinstance(child, Tensor) or child for child in children) else []
         return visit(self)
 
     def parameters(self) -> dict:
-        """Every Tensor entry, as nested dicts and lists (keys as in `self`)."""
+        """Every Tensor entry but the private ones (`_name`), as nested dicts and lists (keys as in `self`)."""
         return self._tree(lambda tensor: True)
 
     def trainable_parameters(self) -> dict:

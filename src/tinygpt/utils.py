@@ -93,15 +93,30 @@ def tree_unflatten(flat: list[tuple[str, Any]]) -> Any:
     return {head: tree_unflatten(sub) for head, sub in children.items()}
 
 
-def tree_map(fn: Callable[[Any], Any], tree: Any, is_leaf: Callable[[Any], bool] | None = None) -> Any:
-    """Apply fn to every leaf, keeping the structure of dicts and lists."""
-    if is_leaf is not None and is_leaf(tree):
-        return fn(tree)
+def tree_map(fn: Callable[..., Any], tree: Any, *rest: Any, is_leaf: Callable[[Any], bool] | None = None) -> Any:
+    """Apply fn to every leaf of `tree`, keeping its structure of dicts, lists and tuples; with more trees
+    (as MLX), fn(leaf, *their_leaves_at_the_same_place), the first tree deciding where the leaves are."""
+    return _map_leaves(fn, tree, rest, is_leaf, "")
+
+
+def _map_leaves(fn: Callable[..., Any], tree: Any, rest: tuple, is_leaf: Callable[[Any], bool] | None, path: str) -> Any:
+    if (is_leaf is not None and is_leaf(tree)) or not isinstance(tree, (dict, list, tuple)):
+        return fn(tree, *rest)
     if isinstance(tree, dict):
-        return {key: tree_map(fn, value, is_leaf) for key, value in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(tree_map(fn, value, is_leaf) for value in tree)
-    return fn(tree)
+        if not all(isinstance(other, dict) and tree.keys() <= other.keys() for other in rest):
+            raise ValueError(f"tree_map: at {path or 'the root'} the trees differ: a dict with keys {list(tree)} "
+                             f"against {[list(other) if isinstance(other, dict) else type(other).__name__ for other in rest]}")
+        return {key: _map_leaves(fn, value, tuple(other[key] for other in rest), is_leaf, _child(path, key))
+                for key, value in tree.items()}
+    if not all(isinstance(other, (list, tuple)) and len(other) == len(tree) for other in rest):
+        raise ValueError(f"tree_map: at {path or 'the root'} the trees differ: a sequence of {len(tree)} against "
+                         f"{[len(other) if isinstance(other, (list, tuple)) else type(other).__name__ for other in rest]}")
+    return type(tree)(_map_leaves(fn, value, tuple(other[index] for other in rest), is_leaf, _child(path, index))
+                      for index, value in enumerate(tree))
+
+
+def _child(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
 
 
 def normalize_axes(axes: int | tuple[int, ...] | list[int] | None, shape: tuple[int, ...]) -> tuple[int, ...]:
