@@ -48,7 +48,7 @@ def nanogpt_trainer(model: torch.nn.Module, config):
 
 @torch.no_grad()
 def nanogpt_split_loss(model: torch.nn.Module, tokens: np.ndarray, config, max_tokens: int) -> float:
-    inputs, targets = split_windows(tokens, config.block_size, max_tokens)
+    inputs, targets = split_windows(tokens, config.model.max_seq_length, max_tokens)
     total = 0.0
     for start in range(0, len(inputs), config.batch_size):
         logits = model(torch.from_numpy(inputs[start:start + config.batch_size].astype(np.int64)))
@@ -71,19 +71,20 @@ def main() -> None:
     torch.set_num_threads(1)  # the two alternate step by step: each gets the other core's BLAS threads out of its way
 
     path = corpus_path(config)
-    train_tokens, val = load_tokens(path, train_tokenizer(path, config.vocab_size), config)
+    train_tokens, val = load_tokens(path, train_tokenizer(path, config.model.vocab_size), config)
     backend.manual_seed(config.seed)
     ours = build_model(config)
     our_optimizer = build_optimizer(ours, config)
-    torch_config = dict(n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd, block_size=config.block_size,
-                        vocab_size=config.vocab_size, bias=config.bias, gelu="none" if args.gelu == "erf" else "tanh")
+    settings = config.settings()
+    torch_config = {key: settings[key] for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")}
+    torch_config["gelu"] = "none" if args.gelu == "erf" else "tanh"
     theirs = build_torch(torch_config, {name: p.numpy() for name, p in ours.named_parameters()})
     their_step = nanogpt_trainer(theirs, config)
 
     print(f"seed {args.seed}, nanoGPT's GELU {args.gelu}, {iterations} iterations of shakespeare-char-cpu")
     rng, started = np.random.default_rng(args.seed), time.perf_counter()
     for iteration in range(iterations):
-        x, y = get_batch(train_tokens, config.block_size, config.batch_size, rng)
+        x, y = get_batch(train_tokens, config.model.max_seq_length, config.batch_size, rng)
         our_loss, their_loss = train_step(ours, our_optimizer, x, y, config), their_step(iteration, x, y)
         if iteration % args.log_interval == 0 or iteration == iterations - 1:
             print(f"iter {iteration:5d}: training loss tinygpt {our_loss:.4f}  nanoGPT {their_loss:.4f}  "

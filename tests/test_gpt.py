@@ -8,7 +8,7 @@ import pytest
 import tinygpt
 from tinygpt import Tensor
 from tinygpt.losses import CrossEntropyLoss
-from tinygpt.nn import GPT, GPT2_LAYER_NAMES
+from tinygpt.nn import GPT, GPT2_LAYER_NAMES, GPTConfig
 
 torch = pytest.importorskip("torch", reason="torch is the oracle for GPT-2")
 transformers = pytest.importorskip("transformers", reason="transformers provides the reference GPT-2")
@@ -55,7 +55,7 @@ def batch():
 def test_load_gpt2_checkpoint_builds_the_configured_architecture(hf_checkpoint):
     directory, reference = hf_checkpoint
     model = GPT.load_gpt2_checkpoint(str(directory))
-    assert model.config == dict(max_seq_length=POSITIONS, vocab_size=VOCAB, num_layers=LAYERS, num_heads=HEADS,
+    assert model.config == GPTConfig(max_seq_length=POSITIONS, vocab_size=VOCAB, num_layers=LAYERS, num_heads=HEADS,
                                 embedding_dim=DIMS, dropout=0.0, bias=True)
     assert model.num_parameters() == sum(p.numel() for p in reference.parameters())
 
@@ -263,3 +263,21 @@ def test_a_config_without_gpt2_settings_names_them(tmp_path):
     (tmp_path / "config.json").write_text('{"vocab_size": 10}')
     with pytest.raises(ValueError, match="lacks the GPT-2 settings"):
         GPT.load_gpt2_checkpoint(tmp_path)
+
+
+def test_gpt_built_from_a_gpt_config_equals_one_built_from_its_arguments():
+    config = GPTConfig(max_seq_length=8, vocab_size=40, num_layers=2, num_heads=2, embedding_dim=16, bias=False)
+    tinygpt.manual_seed(3)
+    from_arguments = GPT(8, 40, 2, 2, 16, bias=False)
+    tinygpt.manual_seed(3)
+    from_config = GPT(config)
+    assert from_config.config == from_arguments.config == config
+    for (name, ours), (_, theirs) in zip(from_config.named_parameters(), from_arguments.named_parameters()):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=name)
+
+
+def test_gpt_refuses_a_config_mixed_with_sizes_and_missing_sizes():
+    with pytest.raises(TypeError, match="either a GPTConfig or the sizes, got a GPTConfig and num_layers"):
+        GPT(GPTConfig(), num_layers=2)
+    with pytest.raises(TypeError, match="missing num_heads, embedding_dim"):
+        GPT(8, 40, 2)

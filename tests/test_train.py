@@ -3,6 +3,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ def token_cache(tmp_path_factory, monkeypatch):
 def tiny_config(out_dir: Path, corpus: Path, **changes) -> TrainConfig:
     settings = dict(data=str(corpus), out_dir=str(out_dir), n_layer=1, n_head=2, n_embd=16, block_size=8, batch_size=4,
                     max_iters=8, lr_decay_iters=8, warmup_iters=2, eval_interval=2, eval_iters=2, sample_tokens=0)
-    return TrainConfig(**(settings | changes))
+    return TrainConfig.from_settings(settings | changes)
 
 
 def saved_weights(out_dir: Path) -> dict[str, np.ndarray]:
@@ -85,7 +86,7 @@ def test_checkpoint_holds_model_optimizer_tokenizer_config_and_state(tmp_path, c
     assert {path.name for path in directory.iterdir()} == {"model.safetensors", "optimizer.safetensors", "config.json",
                                                            "state.json", "tokenizer.model", "tokenizer.vocab"}
     saved = json.loads((directory / "config.json").read_text())
-    assert saved["model"] == result.model.config and saved["train"]["max_iters"] == 3
+    assert saved["model"] == asdict(result.model.config) and saved["train"] == config.settings()
     state = json.loads((directory / "state.json").read_text())
     assert state["iteration"] == 3 and state["data_rng"]["bit_generator"] == "PCG64"
     assert [record["iteration"] for record in state["history"]["evals"]] == [0, 2, 3]
@@ -148,8 +149,8 @@ def test_a_run_killed_while_saving_leaves_a_complete_checkpoint(tmp_path, corpus
 
 
 def test_weight_decay_touches_matrices_and_embeddings_only():
-    config = TrainConfig(n_layer=1, n_head=2, n_embd=8, block_size=4, bias=True, learning_rate=0.1, min_lr=0.1,
-                         warmup_iters=0, weight_decay=0.5)
+    config = TrainConfig.from_settings(dict(n_layer=1, n_head=2, n_embd=8, block_size=4, bias=True, learning_rate=0.1,
+                                            min_lr=0.1, warmup_iters=0, weight_decay=0.5))
     model = build_model(config)
     optimizer = build_optimizer(model, config)
     before = {name: tensor.numpy().copy() for name, tensor in model.named_parameters()}
@@ -164,9 +165,9 @@ def test_weight_decay_touches_matrices_and_embeddings_only():
 
 def test_resolve_config_layers_defaults_preset_and_flags():
     config = resolve_config({"max_iters": 10}, "shakespeare-char-gpu")
-    assert (config.n_layer, config.n_embd, config.dropout, config.max_iters) == (6, 384, 0.2, 10)
+    assert (config.model.num_layers, config.model.embedding_dim, config.model.dropout, config.max_iters) == (6, 384, 0.2, 10)
     assert resolve_config({}) == TrainConfig()
-    assert {key: getattr(TrainConfig(), key) for key in PRESETS["shakespeare-char-cpu"]} == PRESETS["shakespeare-char-cpu"]
+    assert {key: TrainConfig().settings()[key] for key in PRESETS["shakespeare-char-cpu"]} == PRESETS["shakespeare-char-cpu"]
     with pytest.raises(ConfigError, match="unknown preset 'tiny'"):
         resolve_config({}, "tiny")
 
@@ -174,7 +175,7 @@ def test_resolve_config_layers_defaults_preset_and_flags():
 def test_resume_takes_the_checkpoint_settings_and_refuses_another_architecture(tmp_path, corpus):
     train(tiny_config(tmp_path, corpus, max_iters=2), verbose=False)
     config = resolve_config({"out_dir": str(tmp_path), "resume": True, "max_iters": 4})
-    assert (config.n_layer, config.n_embd, config.data, config.max_iters) == (1, 16, str(corpus), 4)
+    assert (config.model.num_layers, config.model.embedding_dim, config.data, config.max_iters) == (1, 16, str(corpus), 4)
     with pytest.raises(ConfigError, match="n_embd=16 but this run asks for n_embd=32"):
         train(tiny_config(tmp_path, corpus, n_embd=32, resume=True), verbose=False)
 

@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from tinygpt.flags import OneLineParser
+
 CONFIGS = {
     "shakespeare-char-cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, vocab_size=65),
     "large": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=8, vocab_size=65),
@@ -208,8 +210,6 @@ def report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tinygpt.cli import OneLineParser
-
     parser = OneLineParser(prog="tinygpt bench", description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), action="append",
                         help="configuration(s) to run (default: shakespeare-char-cpu and large)")

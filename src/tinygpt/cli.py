@@ -15,22 +15,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from tinygpt import bench
 from tinygpt.dataset import default_corpus_path, read_corpus_text
+from tinygpt.flags import OneLineParser
 from tinygpt.tokenizer import BPETokenizer, RegexPatterns
 from tinygpt.train import PRESETS, ConfigError, TrainConfig, check_device, load_checkpoint, resolve_config, sample_text, train
 
 PATTERNS = {"gpt2": RegexPatterns.GPT2, "gpt4": RegexPatterns.GPT4}
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (and exit 2), like every other error of the command."""
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def add_train_parser(subparsers) -> None:
-    defaults = TrainConfig()
+    defaults = TrainConfig().settings()
     parser = subparsers.add_parser("train", help="train a GPT on a text file (default: the embedded Tiny Shakespeare)",
                                    description="Train a GPT. Defaults are the shakespeare-char-cpu preset; a preset "
                                    "sets its values, explicit flags override both. With --resume, settings not given "
@@ -39,9 +34,9 @@ def add_train_parser(subparsers) -> None:
     knob = dict(default=argparse.SUPPRESS)
     parser.add_argument("--preset", help=f"a known configuration: {', '.join(PRESETS)}")
     parser.add_argument("--data", metavar="PATH", help="UTF-8 text file (default: the embedded Tiny Shakespeare)", **knob)
-    parser.add_argument("--out-dir", metavar="DIR", help=f"where checkpoints go (default: {defaults.out_dir})", **knob)
+    parser.add_argument("--out-dir", metavar="DIR", help=f"where checkpoints go (default: {defaults['out_dir']})", **knob)
     parser.add_argument("--vocab-size", type=int, metavar="N", help="256 is byte level; more trains a BPE tokenizer first "
-                        f"(default: {defaults.vocab_size})", **knob)
+                        f"(default: {defaults['vocab_size']})", **knob)
     for name, kind, text in [
         ("n-layer", int, "transformer blocks"), ("n-head", int, "attention heads"), ("n-embd", int, "embedding width"),
         ("block-size", int, "context length in tokens"), ("batch-size", int, "sequences per step"),
@@ -54,12 +49,12 @@ def add_train_parser(subparsers) -> None:
         ("eval-iters", int, "batches per evaluation"), ("seed", int, "random seed"),
         ("sample-tokens", int, "length of the sample printed at the end (0: none)"),
     ]:
-        default = getattr(defaults, name.replace("-", "_"))
+        default = defaults[name.replace("-", "_")]
         shown = "the same as --max-iters" if default is None else default
         parser.add_argument(f"--{name}", type=kind, metavar="N" if kind is int else "X",
                             help=f"{text} (default: {shown})", **knob)
     parser.add_argument("--bias", action=argparse.BooleanOptionalAction, help="biases in linear layers and LayerNorms "
-                        f"(default: {defaults.bias})", **knob)
+                        f"(default: {defaults['bias']})", **knob)
     parser.add_argument("--device", choices=("cpu", "cuda"), help="cuda needs CuPy (default: cpu)", **knob)
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out-dir", **knob)
     parser.set_defaults(handler=run_train)
@@ -201,8 +196,6 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line `argv` (default: sys.argv[1:]); returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
-        from tinygpt import bench
-
         return bench.main(argv[1:])
     parser = build_parser()
     if not argv:

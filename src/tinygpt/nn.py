@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -176,21 +177,39 @@ class TransformerBlock(Module):
         return x + self.mlp_dropout(self.mlp(self.ln_2(x)))
 
 
-class GPT(Module):
-    """GPT-2: token + position embeddings, pre-LN blocks, final LayerNorm, LM head tied to the token embedding."""
+@dataclass
+class GPTConfig:
+    """The shape of a GPT, named as GPT's arguments (nanoGPT's GPTConfig); the defaults are GPT-2 small's."""
 
-    def __init__(self, max_seq_length: int, vocab_size: int, num_layers: int, num_heads: int, embedding_dim: int,
-                 dropout: float = 0.0, bias: bool = True) -> None:
+    max_seq_length: int = field(default=1024, metadata={"help": "context length in tokens"})
+    vocab_size: int = field(default=50257, metadata={"help": "256 is byte level; more trains a BPE tokenizer first"})
+    num_layers: int = field(default=12, metadata={"help": "transformer blocks"})
+    num_heads: int = field(default=12, metadata={"help": "attention heads"})
+    embedding_dim: int = field(default=768, metadata={"help": "embedding width"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout rate"})
+    bias: bool = field(default=True, metadata={"help": "biases in linear layers and LayerNorms"})
+
+
+class GPT(Module):
+    """GPT-2: token + position embeddings, pre-LN blocks, final LayerNorm, LM head tied to the token embedding.
+
+    Built from its arguments, `GPT(max_seq_length, vocab_size, num_layers, num_heads, embedding_dim)`, or from
+    one GPTConfig, `GPT(config)`; either way `model.config` is the GPTConfig."""
+
+    def __init__(self, max_seq_length: int | GPTConfig, vocab_size: int | None = None, num_layers: int | None = None,
+                 num_heads: int | None = None, embedding_dim: int | None = None, dropout: float = 0.0,
+                 bias: bool = True) -> None:
         super().__init__()
-        self.config = dict(max_seq_length=max_seq_length, vocab_size=vocab_size, num_layers=num_layers,
-                           num_heads=num_heads, embedding_dim=embedding_dim, dropout=dropout, bias=bias)
-        self.max_seq_length = max_seq_length
-        self.token_embedding = Embedding(vocab_size, embedding_dim)
-        self.position_embedding = Embedding(max_seq_length, embedding_dim)
-        self.embedding_dropout = Dropout(dropout)
-        self.blocks = [TransformerBlock(embedding_dim, max_seq_length, num_heads, dropout, bias) for _ in range(num_layers)]
-        self.ln_f = LayerNorm(embedding_dim, bias=bias)
-        self._init_weights(num_layers)
+        config = _as_config(max_seq_length, vocab_size, num_layers, num_heads, embedding_dim, dropout, bias)
+        self.config = config
+        self.max_seq_length = config.max_seq_length
+        self.token_embedding = Embedding(config.vocab_size, config.embedding_dim)
+        self.position_embedding = Embedding(config.max_seq_length, config.embedding_dim)
+        self.embedding_dropout = Dropout(config.dropout)
+        self.blocks = [TransformerBlock(config.embedding_dim, config.max_seq_length, config.num_heads, config.dropout,
+                                        config.bias) for _ in range(config.num_layers)]
+        self.ln_f = LayerNorm(config.embedding_dim, bias=config.bias)
+        self._init_weights(config.num_layers)
 
     def _init_weights(self, num_layers: int) -> None:
         """GPT-2 / nanoGPT: N(0, 0.02) weights, zero biases, residual projections scaled by 1/sqrt(2 * n_layer)."""
@@ -317,6 +336,22 @@ GPT2_LAYER_NAMES = {  # ours -> Hugging Face's, inside block i
 }
 
 
+def _as_config(max_seq_length: int | GPTConfig, vocab_size: int | None, num_layers: int | None, num_heads: int | None,
+               embedding_dim: int | None, dropout: float, bias: bool) -> GPTConfig:
+    """GPT's arguments as a GPTConfig: the config itself when one is given, else the five sizes (all required)."""
+    sizes = dict(vocab_size=vocab_size, num_layers=num_layers, num_heads=num_heads, embedding_dim=embedding_dim)
+    if isinstance(max_seq_length, GPTConfig):
+        given = [name for name, value in sizes.items() if value is not None]
+        given += ["dropout"] * (dropout != 0.0) + ["bias"] * (bias is not True)
+        if given:
+            raise TypeError(f"GPT: give either a GPTConfig or the sizes, got a GPTConfig and {', '.join(given)}")
+        return max_seq_length
+    missing = [name for name, value in sizes.items() if value is None]
+    if missing:
+        raise TypeError(f"GPT: missing {', '.join(missing)} (or give one GPTConfig)")
+    return GPTConfig(max_seq_length, vocab_size, num_layers, num_heads, embedding_dim, dropout, bias)
+
+
 def _gpt2_names(arrays: dict[str, np.ndarray], num_layers: int) -> list[tuple[str, np.ndarray]]:
     """Rename a Hugging Face GPT-2 state dict to ours (its Conv1D weights are already (in, out))."""
     renamed = [("token_embedding.embeddings", arrays["wte.weight"]), ("position_embedding.embeddings", arrays["wpe.weight"]),
@@ -363,4 +398,4 @@ def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
 
 
 __all__ = ["FullyConnectedLayer", "MLP", "Embedding", "LayerNorm", "Dropout", "CasualSelfAttention",
-           "CausalSelfAttention", "GPTMLP", "TransformerBlock", "GPT"]
+           "CausalSelfAttention", "GPTMLP", "TransformerBlock", "GPT", "GPTConfig"]

@@ -1,0 +1,179 @@
+"""Checkpoints: written atomically, read back validated, and restored into a run that resumes exactly.
+
+A checkpoint is the directory `<out_dir>/ckpt` (model.safetensors, optimizer.safetensors, config.json,
+tokenizer.model/.vocab, state.json with the iteration, the RNG states and the loss history). It is
+written into a fresh `ckpt.tmp-*` directory first; then the previous `ckpt` is renamed to `ckpt.old`,
+the new one renamed to `ckpt`, and `ckpt.old` deleted. Whatever instant a run is killed at, one
+complete checkpoint is left: `ckpt` when it exists (only ever created whole, by a rename), otherwise
+`ckpt.old`, which the loader falls back to and the next save puts back in place.
+
+config.json holds {"format", "model": the GPTConfig, "train": the run's flat settings (tinygpt.config)}.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinygpt import backend
+from tinygpt.config import NANOGPT_NAMES, ConfigError, TrainConfig
+from tinygpt.nn import GPT, GPTConfig
+from tinygpt.optimizers import Optimizer
+from tinygpt.tokenizer import BPETokenizer
+
+CHECKPOINT_FORMAT = "tinygpt-checkpoint v1"
+CHECKPOINT_DIR, PREVIOUS_CHECKPOINT_DIR, STAGING_PREFIX = "ckpt", "ckpt.old", "ckpt.tmp-"
+MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "config.json", "state.json"
+TOKENIZER_PREFIX = "tokenizer"
+
+
+def find_checkpoint(out_dir: str | os.PathLike) -> Path:
+    """The directory of the latest complete checkpoint in out_dir (see the module docstring)."""
+    out_dir = Path(out_dir)
+    for name in (CHECKPOINT_DIR, PREVIOUS_CHECKPOINT_DIR):
+        if (out_dir / name).is_dir():
+            return out_dir / name
+    raise ConfigError(f"no checkpoint in {out_dir} (train one with: tinygpt train --out-dir {out_dir})")
+
+
+def read_checkpoint_config(directory: Path) -> dict[str, Any]:
+    """config.json of a checkpoint: {"format", "model": GPTConfig as a dict, "train": flat settings}."""
+    try:
+        config = json.loads((directory / CONFIG_FILE).read_text())
+        if config.get("format") != CHECKPOINT_FORMAT or not isinstance(config["model"], dict):
+            raise ValueError(f"format {config.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+        config["train"] = dict(config["train"])
+        return config
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ConfigError(f"corrupt checkpoint {directory}: cannot read {CONFIG_FILE} ({error})") from None
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read back from disk: its directory, config.json, state.json, and tokenizer."""
+
+    directory: Path
+    config: dict[str, Any]
+    state: dict[str, Any]
+    tokenizer: BPETokenizer
+
+    @property
+    def model_config(self) -> GPTConfig:
+        """The GPTConfig of config.json."""
+        try:
+            return GPTConfig(**self.config["model"])
+        except TypeError as error:
+            raise ConfigError(f"corrupt checkpoint {self.directory}: {CONFIG_FILE} model: {error}") from None
+
+    def load_model(self, device: str = "cpu") -> GPT:
+        """The GPT of config.json with the saved weights, on `device`."""
+        model_config = self.model_config
+        try:
+            model = GPT(model_config)
+            model.load_weights(str(self.directory / MODEL_FILE))
+        except (OSError, ValueError, TypeError) as error:
+            raise ConfigError(f"corrupt checkpoint {self.directory}: {error}") from None
+        return model.to(device) if device != "cpu" else model
+
+
+def load_checkpoint(out_dir: str | os.PathLike) -> Checkpoint:
+    """Read the latest complete checkpoint of out_dir; anything missing or malformed raises ConfigError."""
+    directory = find_checkpoint(out_dir)
+    config = read_checkpoint_config(directory)
+    try:
+        state = json.loads((directory / STATE_FILE).read_text())
+        int(state["iteration"]), dict(state["history"]), state["data_rng"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"corrupt checkpoint {directory}: cannot read {STATE_FILE} ({error})") from None
+    tokenizer = BPETokenizer()
+    try:
+        tokenizer.load(directory / f"{TOKENIZER_PREFIX}.model")
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"corrupt checkpoint {directory}: {error}") from None
+    return Checkpoint(directory, config, state, tokenizer)
+
+
+def save_checkpoint(out_dir: Path, model: GPT, optimizer: Optimizer, tokenizer: BPETokenizer,
+                    config: TrainConfig, state: dict[str, Any]) -> Path:
+    """Write a complete checkpoint next to the current one, then swap it in (see the module docstring)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    current, previous = out_dir / CHECKPOINT_DIR, out_dir / PREVIOUS_CHECKPOINT_DIR
+    if not current.exists() and previous.is_dir():
+        os.rename(previous, current)  # an earlier save was killed between its two renames
+    for stale in out_dir.glob(f"{STAGING_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
+    staging.chmod(0o755)  # mkdtemp makes it private; a checkpoint is an ordinary directory
+    model.save_weights(str(staging / MODEL_FILE))
+    optimizer.save_state(str(staging / OPTIMIZER_FILE))
+    tokenizer.save(staging / TOKENIZER_PREFIX)
+    (staging / CONFIG_FILE).write_text(json.dumps(
+        {"format": CHECKPOINT_FORMAT, "model": asdict(model.config), "train": config.settings()}, indent=2) + "\n")
+    (staging / STATE_FILE).write_text(json.dumps(state) + "\n")
+    for path in [*staging.iterdir(), staging]:
+        _fsync(path)
+    if current.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        os.rename(current, previous)
+    os.rename(staging, current)
+    _fsync(out_dir)
+    shutil.rmtree(previous, ignore_errors=True)
+    return current
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or a directory entry to disk, so that a rename never publishes unwritten data."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def check_architecture(checkpoint: Checkpoint, config: TrainConfig) -> None:
+    """Refuse to resume a checkpoint into a model of another shape (dropout may change; it holds no weights)."""
+    saved, asked = asdict(checkpoint.model_config), asdict(config.model)
+    differing = [item.name for item in fields(GPTConfig) if item.name != "dropout" and saved[item.name] != asked[item.name]]
+    if differing:
+        have = ", ".join(f"{NANOGPT_NAMES.get(name, name)}={saved[name]}" for name in differing)
+        wanted = ", ".join(f"{NANOGPT_NAMES.get(name, name)}={asked[name]}" for name in differing)
+        raise ConfigError(f"checkpoint {checkpoint.directory} has {have} but this run asks for {wanted}; "
+                          "use the checkpoint's architecture or drop --resume")
+
+
+def restore_training_state(checkpoint: Checkpoint, optimizer: Optimizer, data_rng: np.random.Generator,
+                           device: str) -> tuple[int, dict[str, list]]:
+    """Put the optimizer and both random generators back as they were at the checkpoint; return its iteration
+    and history. (The model weights were loaded by Checkpoint.load_model.)"""
+    iteration = int(checkpoint.state["iteration"])
+    try:
+        optimizer.load_state(str(checkpoint.directory / OPTIMIZER_FILE))
+        if optimizer.step_count != iteration:
+            raise ValueError(f"optimizer took {optimizer.step_count} steps but state.json says iteration {iteration}")
+        data_rng.bit_generator.state = checkpoint.state["data_rng"]
+        if checkpoint.state.get("dropout_rng") is not None and device == "cpu":
+            backend.generator("cpu").bit_generator.state = checkpoint.state["dropout_rng"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"corrupt checkpoint {checkpoint.directory}: {error}") from None
+    if device != "cpu":
+        xp = backend.array_module(device)
+        for state in optimizer.state.values():
+            for key, value in state.items():
+                if np.ndim(value):
+                    state[key] = xp.asarray(value)
+    return iteration, checkpoint.state["history"]
+
+
+def random_state(device: str) -> dict | None:
+    """The dropout generator's state as JSON-able data (CPU only: CuPy's generator exposes none)."""
+    return backend.generator(device).bit_generator.state if device == "cpu" else None
+
+
+__all__ = ["Checkpoint", "CHECKPOINT_DIR", "CHECKPOINT_FORMAT", "TOKENIZER_PREFIX", "find_checkpoint", "load_checkpoint",
+           "read_checkpoint_config", "save_checkpoint", "check_architecture", "restore_training_state", "random_state"]

@@ -1,0 +1,126 @@
+"""The settings of a training run: TrainConfig, which holds the model's GPTConfig, and the presets.
+
+Presets, checkpoints and the command line speak the *flat settings*: one dict with every TrainConfig
+field and every GPTConfig field, the latter under nanoGPT's names (n_layer, n_head, n_embd, block_size;
+vocab_size, dropout and bias keep theirs). `TrainConfig.from_settings` and `TrainConfig.settings` convert.
+
+    from tinygpt.config import TrainConfig
+    config = TrainConfig.from_settings({"n_layer": 2, "max_iters": 100})
+    assert config.model.num_layers == 2 and config.settings()["n_layer"] == 2
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from tinygpt import backend
+from tinygpt.nn import GPTConfig
+
+NANOGPT_NAMES = {"max_seq_length": "block_size", "num_layers": "n_layer", "num_heads": "n_head", "embedding_dim": "n_embd"}
+MODEL_SETTINGS = {NANOGPT_NAMES.get(item.name, item.name): item.name for item in fields(GPTConfig)}  # flat -> GPTConfig
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # nanoGPT's README command for a CPU (config/train_shakespeare_char.py shrunk), at byte level.
+    # lr_decay_iters is left to follow max_iters, as both nanoGPT configurations have it.
+    # Evaluation: 50 batches every 250 iterations (nanoGPT's README uses 20) keeps it under ~15% of the run.
+    "shakespeare-char-cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0, bias=False,
+                                 max_iters=2000, learning_rate=1e-3, min_lr=1e-4, warmup_iters=100,
+                                 beta2=0.99, weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=50),
+    # nanoGPT's config/train_shakespeare_char.py as it is (a GPU run).
+    "shakespeare-char-gpu": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, dropout=0.2, bias=False,
+                                 max_iters=5000, learning_rate=1e-3, min_lr=1e-4, warmup_iters=100,
+                                 beta2=0.99, weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=200,
+                                 device="cuda"),
+}
+
+
+class ConfigError(ValueError):
+    """A problem with the settings, the data or a checkpoint, told in one line (the CLI prints just that)."""
+
+
+def default_model() -> GPTConfig:
+    """The model of the `shakespeare-char-cpu` preset, at byte level."""
+    return GPTConfig(max_seq_length=64, vocab_size=256, num_layers=4, num_heads=4, embedding_dim=128, dropout=0.0,
+                     bias=False)
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a run, named as nanoGPT's; the defaults are the `shakespeare-char-cpu` preset."""
+
+    data: str | None = _setting(None, "UTF-8 text file (default: the embedded Tiny Shakespeare)")
+    out_dir: str = _setting("out", "where checkpoints go")
+    model: GPTConfig = field(default_factory=default_model, metadata={"help": "the GPT's shape"})
+    batch_size: int = _setting(12, "sequences per step")
+    max_iters: int = _setting(2000, "total training iterations")
+    learning_rate: float = _setting(1e-3, "peak learning rate")
+    min_lr: float = _setting(1e-4, "learning rate at the end of the cosine decay")
+    warmup_iters: int = _setting(100, "linear warmup")
+    lr_decay_iters: int | None = _setting(None, "iteration where the cosine decay ends (default: --max-iters)")
+    weight_decay: float = _setting(0.1, "AdamW weight decay on matrices and embeddings")
+    beta1: float = _setting(0.9, "AdamW beta1")
+    beta2: float = _setting(0.99, "AdamW beta2")
+    grad_clip: float = _setting(1.0, "clip the global gradient norm to this (0: off)")
+    eval_interval: int = _setting(250, "evaluate and save a checkpoint every this many iterations")
+    eval_iters: int = _setting(50, "batches per evaluation")
+    val_fraction: float = _setting(0.1, "share of the data held out for validation (its end)")
+    sample_tokens: int = _setting(300, "length of the sample printed at the end (0: none)")
+    device: str = _setting("cpu", "cpu, or cuda (needs CuPy)")
+    seed: int = _setting(1337, "random seed")
+    resume: bool = _setting(False, "continue from the checkpoint in --out-dir")
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> TrainConfig:
+        """A TrainConfig from flat settings (see the module docstring); those not given take the defaults."""
+        known = set(MODEL_SETTINGS) | {item.name for item in fields(cls) if item.name != "model"}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ConfigError(f"unknown training settings {unknown}")
+        model = asdict(default_model()) | {MODEL_SETTINGS[key]: value for key, value in settings.items()
+                                           if key in MODEL_SETTINGS}
+        run = {key: value for key, value in settings.items() if key not in MODEL_SETTINGS}
+        return cls(model=GPTConfig(**model), **run)
+
+    def settings(self) -> dict[str, Any]:
+        """This config as flat settings (see the module docstring)."""
+        model = asdict(self.model)
+        run = {key: value for key, value in asdict(self).items() if key != "model"}
+        return {flat: model[name] for flat, name in MODEL_SETTINGS.items()} | run
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first setting that cannot work."""
+        settings = self.settings()
+        positive = ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "batch_size", "eval_interval", "eval_iters")
+        for name in positive:
+            if not isinstance(settings[name], int) or settings[name] < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {settings[name]!r}")
+        for name in ("max_iters", "warmup_iters", "sample_tokens"):
+            if settings[name] < 0:
+                raise ConfigError(f"{name} must be >= 0, got {settings[name]}")
+        if self.model.vocab_size < 256:
+            raise ConfigError(f"vocab_size must be >= 256 (the byte tokens), got {self.model.vocab_size}")
+        if self.model.embedding_dim % self.model.num_heads:
+            raise ConfigError(f"n_embd {self.model.embedding_dim} is not divisible by n_head {self.model.num_heads}")
+        for name in ("learning_rate", "weight_decay", "grad_clip"):
+            if not settings[name] >= 0.0:
+                raise ConfigError(f"{name} must be >= 0, got {settings[name]}")
+        if not 0.0 <= self.min_lr <= self.learning_rate:
+            raise ConfigError(f"min_lr must be in [0, learning_rate {self.learning_rate}], got {self.min_lr}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= settings[name] < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {settings[name]}")
+        if not 0.0 <= self.model.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.model.dropout}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.lr_decay_iters is not None and self.lr_decay_iters < self.warmup_iters:
+            raise ConfigError(f"lr_decay_iters {self.lr_decay_iters} is shorter than warmup_iters {self.warmup_iters}")
+        if self.device not in backend.DEVICES:
+            raise ConfigError(f"unknown device {self.device!r}, expected one of {', '.join(backend.DEVICES)}")
+
+
+__all__ = ["TrainConfig", "ConfigError", "PRESETS", "MODEL_SETTINGS", "NANOGPT_NAMES", "default_model"]
