@@ -165,3 +165,28 @@ def check_against_torch(ours_fn: Callable[..., Tensor], torch_fn: Callable[..., 
         assert mine.grad.shape == mine.shape
         assert_close(mine.grad, expected, grad_rtol or rtol, f"gradient of input {i}")
     return out, ours_inputs
+
+
+MEMORY_CAP_BYTES = 2 << 30  # address space of a capped subprocess: imports need ~0.6 GiB, a runaway asks for far more
+
+
+def run_capped(args: Sequence[str], timeout: float = 120, memory: int = MEMORY_CAP_BYTES, **kwargs):
+    """Run `python -m tinygpt *args` (or any argv starting with a path) under an address-space cap and a timeout."""
+    import resource
+    import subprocess
+    import sys
+
+    def cap_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    argv = list(args) if str(args[0]).startswith(("/", sys.executable)) else [sys.executable, "-m", "tinygpt", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, preexec_fn=cap_memory, **kwargs)
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    """The command failed with exit status 1, no traceback, and one `tinygpt: error:` line holding every fragment."""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tinygpt: error: ")]
+    assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr, \
+        f"status {result.returncode}, stderr:\n{result.stderr[-3000:]}"
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]

@@ -21,6 +21,8 @@ from tqdm import tqdm
 
 from tinygpt.serialization import atomic_write
 from tinygpt.tensor import Tensor
+from tinygpt.tokenizer_checks import (MAX_TOKEN_ID, MAX_VOCAB_BYTES, check_merge_count, check_merges,
+                                      check_special_tokens, check_token_id, compile_pattern, split_with_timeout)
 
 MODEL_FORMAT_VERSION = "tinygpt-bpe v1"
 REPLACEMENT_CHARACTER = "\ufffd".encode("utf-8")
@@ -129,12 +131,13 @@ class PairStatistics:
             heapq.heappush(self.heap, (-counts[new_pair], new_pair))
 
 
+CONTROL_CHARACTER = regex.compile(r"\p{C}")
+
+
 def render_token(token: bytes) -> str:
     """Printable form of a token: invalid UTF-8 replaced, control characters escaped."""
     text = token.decode("utf-8", errors="replace")
-    return "".join(
-        f"\\u{ord(char):04x}" if regex.match(r"\p{C}", char) else char for char in text
-    )
+    return CONTROL_CHARACTER.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 class BPETokenizer:
@@ -152,15 +155,15 @@ class BPETokenizer:
 
     @pattern.setter
     def pattern(self, pattern: str) -> None:
-        self._compiled_pattern = regex.compile(pattern)
+        self._compiled_pattern = compile_pattern(pattern)
         self._ascii_splitter = ASCII_SPLITTERS.get(pattern)
         self._pattern = pattern
 
     def split_into_chunks(self, text: str) -> list[str]:
-        """The chunks of `text`: every match of the pattern, in order."""
+        """The chunks of `text`: every match of the pattern, in order (see tokenizer_checks for the timeout)."""
         if self._ascii_splitter is not None and text.isascii():
             return self._ascii_splitter.findall(text)
-        return self._compiled_pattern.findall(text)
+        return split_with_timeout(self._compiled_pattern, text)
 
     @property
     def merges(self) -> dict[tuple[int, int], int]:
@@ -181,9 +184,12 @@ class BPETokenizer:
         Each step merges the most frequent adjacent pair; ties go to the smallest `(id_a, id_b)`.
         A pair that spells the bytes of an existing token is skipped (a guard: two different
         pairs would make two ids for one byte string, and encoding by rank needs them unique).
+        Training stops early if the tokens would add up to more than MAX_VOCAB_BYTES.
         """
         if not isinstance(vocab_size, int) or vocab_size < 256:
             raise ValueError(f"vocab_size must be an integer >= 256 (the byte tokens), got {vocab_size!r}")
+        if vocab_size > MAX_TOKEN_ID + 1:
+            raise ValueError(f"vocab_size must be at most {MAX_TOKEN_ID + 1:,}, got {vocab_size:,}")
         if not text_corpus:
             raise ValueError("cannot train a tokenizer on an empty corpus")
         clashing = {token: id_ for token, id_ in self.special_tokens.items() if id_ < vocab_size}
@@ -194,6 +200,7 @@ class BPETokenizer:
         statistics = PairStatistics(chunk_counts)
         vocab = {index: bytes([index]) for index in range(256)}
         known_tokens = set(vocab.values())
+        vocab_bytes = 256
         merges: dict[tuple[int, int], int] = {}
         num_merges = vocab_size - 256
 
@@ -206,6 +213,9 @@ class BPETokenizer:
             token = vocab[pair[0]] + vocab[pair[1]]
             if token in known_tokens:
                 continue  # never seen on real text, but it would break encoding by rank
+            vocab_bytes += len(token)
+            if vocab_bytes > MAX_VOCAB_BYTES:
+                break
             new_id = 256 + len(merges)
             statistics.merge(pair, new_id)
             merges[pair] = new_id
@@ -217,7 +227,8 @@ class BPETokenizer:
                                f"[{render_token(token)}] ({count} occurrences)")
         progress.close()
         if verbose and len(merges) < num_merges:
-            print(f"stopped after {len(merges)} merges: no pair of tokens is left to merge")
+            print(f"stopped after {len(merges)} merges: no pair of tokens is left to merge, or the tokens "
+                  f"reached the bound of {MAX_VOCAB_BYTES:,} bytes")
 
         self.merges = merges
 
@@ -231,7 +242,7 @@ class BPETokenizer:
             vocab[index] = token.encode("utf-8")
         self.vocab = vocab
         self._chunk_cache: dict[str, list[int]] = {}
-        self._pair_ranks: tuple[np.ndarray, np.ndarray] | None = None
+        self._pair_ranks: tuple[np.ndarray, np.ndarray] | None = None  # built on first use by _pair_table
         self._special_pattern = (
             regex.compile("|".join(regex.escape(token) for token in
                                    sorted(self.special_tokens, key=len, reverse=True)))
@@ -240,16 +251,8 @@ class BPETokenizer:
 
     def register_special_tokens(self, special_tokens: dict[str, int]) -> None:
         """Add special tokens `{text: id}`; their ids must lie above the learnt vocabulary."""
-        first_free_id = 256 + len(self.merges)
-        for token, index in special_tokens.items():
-            if not isinstance(token, str) or not token:
-                raise ValueError(f"a special token must be a non-empty string, got {token!r}")
-            if not isinstance(index, int) or index < first_free_id:
-                raise ValueError(f"special token {token!r} needs an id >= {first_free_id} "
-                                 f"(the first id after the merges), got {index!r}")
         merged = {**self.special_tokens, **special_tokens}
-        if len(set(merged.values())) != len(merged):
-            raise ValueError(f"special tokens must have distinct ids, got {merged}")
+        check_special_tokens(merged, 256 + len(self.merges))
         self.special_tokens = merged
         self._rebuild_vocab()
 
@@ -259,43 +262,38 @@ class BPETokenizer:
     def _encode_chunk(self, chunk: bytes) -> list[int]:
         """BPE of one pre-split chunk: repeatedly merge the adjacent pair of lowest rank.
 
-        Like tiktoken, a pair's rank is the id of its two parts' bytes joined (pairs that join
-        into no token never merge) and the leftmost pair wins a tie. The parts form a linked list
-        keyed by start offset (`end[start]`, `before[start]`; a merged-away part gets end -1) and
-        the pairs wait in a heap of (rank, left start, right end), so a chunk of n bytes costs
-        O(n log n). An entry whose parts have changed since it was pushed is skipped.
+        A pair of parts (a, b) merges into `merges[a, b]`, whose id is its rank; the leftmost pair wins
+        a tie (on a trained vocabulary this is tiktoken's rule: the rank of the joined bytes). The parts
+        form a linked list over start offsets (`following`, `preceding`; a merged-away part gets id -1)
+        and the pairs wait in a heap of (rank, left start), so a chunk of n bytes costs O(n log n) and
+        never slices the bytes. An entry whose parts have changed since it was pushed is skipped.
         """
-        ranks = self._ranks
-        whole = ranks.get(chunk)
+        whole = self._ranks.get(chunk)
         if whole is not None:  # the whole chunk is a token, as tiktoken checks first
             return [whole]
-        length = len(chunk)
-        end = list(range(1, length + 1))
-        before = list(range(-1, length - 1))
-        heap = [(rank, start, start + 2) for start in range(length - 1)
-                if (rank := ranks.get(chunk[start:start + 2])) is not None]
+        merges, ids, length = self._merges, list(chunk), len(chunk)
+        following = list(range(1, length + 1))
+        preceding = list(range(-1, length - 1))
+        heap = [(rank, start) for start, pair in enumerate(zip(ids, ids[1:])) if (rank := merges.get(pair)) is not None]
         heapq.heapify(heap)
         while heap:
-            _, left, pair_end = heapq.heappop(heap)
-            right = end[left]
-            if right == -1 or right == length or end[right] != pair_end:
+            rank, left = heapq.heappop(heap)
+            right = following[left]
+            if ids[left] == -1 or right == length or merges.get((ids[left], ids[right])) != rank:
                 continue
-            end[left], end[right] = pair_end, -1
-            if pair_end < length:
-                before[pair_end] = left
-                self._push_pair(heap, chunk, left, end[pair_end])
+            ids[left], ids[right] = rank, -1
+            following[left] = following[right]
+            if following[left] < length:
+                preceding[following[left]] = left
+                self._push_pair(heap, ids, left, following[left])
             if left > 0:
-                self._push_pair(heap, chunk, before[left], pair_end)
-        ids, start = [], 0
-        while start < length:
-            ids.append(ranks[chunk[start:end[start]]])
-            start = end[start]
-        return ids
+                self._push_pair(heap, ids, preceding[left], left)
+        return [index for index in ids if index != -1]
 
-    def _push_pair(self, heap: list, chunk: bytes, start: int, pair_end: int) -> None:
-        rank = self._ranks.get(chunk[start:pair_end])
+    def _push_pair(self, heap: list, ids: list[int], left: int, right: int) -> None:
+        rank = self._merges.get((ids[left], ids[right]))
         if rank is not None:
-            heapq.heappush(heap, (rank, start, pair_end))
+            heapq.heappush(heap, (rank, left))
 
     def _encode_chunks(self, chunks: list[bytes]) -> list[list[int]]:
         """`_encode_chunk` for many chunks at once, vectorised with numpy; the same ids.
@@ -350,21 +348,19 @@ class BPETokenizer:
         return encoded
 
     def _pair_table(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every pair of tokens whose bytes join into a token, as sorted keys `a * V + b`, and its rank."""
+        """Every merge as a sorted key `a * V + b` (V: the number of learnt tokens) and its rank."""
         if self._pair_ranks is None:
             size = len(self._ranks)
-            pairs = {}
-            for token, rank in self._ranks.items():
-                for split in range(1, len(token)):
-                    first, second = self._ranks.get(token[:split]), self._ranks.get(token[split:])
-                    if first is not None and second is not None:
-                        pairs[first * size + second] = rank
-            keys = np.array(sorted(pairs), dtype=np.int64)
-            self._pair_ranks = (keys, np.array([pairs[key] for key in keys.tolist()], dtype=np.int64))
+            keys = np.array([first * size + second for first, second in self._merges], dtype=np.int64)
+            ranks = np.fromiter(self._merges.values(), dtype=np.int64, count=len(self._merges))
+            order = np.argsort(keys)
+            self._pair_ranks = (keys[order], ranks[order])
         return self._pair_ranks
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode `text` ignoring special tokens."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode needs a str, got {type(text).__name__} (decode bytes to text first)")
         if not self.merges:
             return list(text.encode("utf-8"))
         chunks = self.split_into_chunks(text)
@@ -428,8 +424,13 @@ class BPETokenizer:
             ids = ids.numpy()
         if isinstance(ids, np.ndarray):
             ids = ids.tolist()
-        token_bytes = map(self.vocab.get, ids, repeat(REPLACEMENT_CHARACTER))
-        return b"".join(token_bytes).decode("utf-8", errors="replace")
+        try:
+            token_bytes = b"".join(map(self.vocab.get, ids, repeat(REPLACEMENT_CHARACTER)))
+        except TypeError:
+            wrong = next((index for index in ids if not isinstance(index, int)), ids)
+            raise TypeError(f"decode needs a 1-D sequence of int ids, got an element of type "
+                            f"{type(wrong).__name__}") from None
+        return token_bytes.decode("utf-8", errors="replace")
 
     def visualise_tokens(self, ids: Iterable[int], colour: bool = True) -> str:
         """The text of `ids` with token boundaries shown: ANSI background colours, or `|`."""
@@ -551,7 +552,7 @@ class BPETokenizer:
         pattern = json.loads(lines[0])
         if not isinstance(pattern, str):
             raise ValueError("the pattern line is not a JSON string")
-        regex.compile(pattern)
+        compile_pattern(pattern)
 
         def section_size(line: str, name: str) -> int:
             label, _, size = line.partition(" ")
@@ -560,34 +561,25 @@ class BPETokenizer:
             return int(size)
 
         num_special = section_size(lines[1], "special_tokens")
+        check_merge_count(num_special)
         special_tokens = {}
         for line in lines[2:2 + num_special]:
             token, _, index = line.rpartition(" ")
             token = json.loads(token)
             if not isinstance(token, str) or not token or token in special_tokens:
                 raise ValueError(f"bad special token line {line[:40]!r}")
-            special_tokens[token] = int(index)
+            special_tokens[token] = check_token_id(int(index), f"special token {token!r}")
 
         merges_start = 2 + num_special
         num_merges = section_size(lines[merges_start], "merges")
+        check_merge_count(num_merges)
         merge_lines = lines[merges_start + 1:merges_start + 1 + num_merges]
         if len(merge_lines) != num_merges or lines[merges_start + 1 + num_merges:] != [""]:
             raise ValueError(f"expected {num_merges} merge lines and a final newline")
-        merges = {}
-        vocab = {index: bytes([index]) for index in range(256)}
-        known_tokens = set(vocab.values())
+        pairs = []
         for line in merge_lines:
             first, second = (int(field) for field in line.split(" "))
-            new_id = 256 + len(merges)
-            if not (0 <= first < new_id and 0 <= second < new_id):
-                raise ValueError(f"merge {new_id} refers to unknown ids {first} {second}")
-            token = vocab[first] + vocab[second]
-            if token in known_tokens:
-                raise ValueError(f"merge {new_id} ({first} {second}) repeats an existing token")
-            merges[(first, second)] = new_id
-            vocab[new_id] = token
-            known_tokens.add(token)
-        special_ids = list(special_tokens.values())
-        if any(index < 256 + num_merges for index in special_ids) or len(set(special_ids)) < len(special_ids):
-            raise ValueError(f"special token ids {special_tokens} must be distinct and >= {256 + num_merges}")
+            pairs.append((first, second))
+        merges = check_merges(pairs)
+        check_special_tokens(special_tokens, 256 + num_merges)
         return pattern, special_tokens, merges
