@@ -6,15 +6,24 @@ merges (same pattern), in MB/s, asserting identical ids. Ours is timed with an e
 ("cold", the first pass over a text) and with the cache filled ("warm", every later pass).
 Each time is the best of --repeats runs.
 
+With --baseline-src DIR (the src/ of an earlier checkout), training, encoding and the two pathological
+vocabularies (24 doubling merges `a`+`a`, ...; a tokenizer trained on an `abab...` line) are also timed
+for that source tree and for this one, each in its own subprocess, in the same run.
+
     python benchmarks/bench_tokenizer.py            # the full run
     python benchmarks/bench_tokenizer.py --quick    # a smoke run on 100 kB, vocab 300 and 512
+    git worktree add /tmp/baseline HEAD~1 && python benchmarks/bench_tokenizer.py --baseline-src /tmp/baseline/src
 """
 
 import argparse
+import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import tiktoken
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
@@ -54,11 +63,109 @@ def train_ours(text: str, vocab_size: int) -> BPETokenizer:
     return tokenizer
 
 
+def pathological_models(directory: Path, quick: bool) -> dict[str, tuple[Path, str]]:
+    """The two vocabularies of very long tokens as .model files, each with 2,000 characters to encode."""
+    doubling = directory / "doubling.model"
+    merges = ["97 97"] + [f"{255 + index} {255 + index}" for index in range(1, 24)]
+    doubling.write_text("\n".join(["tinygpt-bpe v1", json.dumps(RegexPatterns.GPT4), "special_tokens 0",
+                                   f"merges {len(merges)}", *merges]) + "\n", encoding="utf-8")
+    abab = BPETokenizer(RegexPatterns.GPT4)
+    abab.train("ab" * ((1 << 15) if quick else 3_000_000), 300)  # a 64 kB (quick) or 6 MB line
+    abab.save(directory / "abab")
+    return {"24 doubling merges": (doubling, many_distinct_chunks("a")),
+            "abab tokenizer": (directory / "abab.model", many_distinct_chunks("ab"))}
+
+
+def many_distinct_chunks(unit: str) -> str:
+    """2,000 characters of ~250 distinct chunks ` <unit * k><letter>`: enough to take the batched encode path."""
+    letters = "cdefghijklmnopqrstuvwxyz"
+    return "".join(f" {unit * (index % 13 + 1)}{letters[index % len(letters)]}" for index in range(400))[:2000]
+
+
+def measure(text: str, vocab_sizes: tuple[int, ...], repeats: int, models: dict[str, list[str]]) -> dict[str, float]:
+    """Seconds of training, of cold and warm encoding at each vocab size, and of encoding with each model."""
+    seconds = {}
+    for vocab_size in vocab_sizes:
+        trained = {}
+        seconds[f"train vocab {vocab_size}"] = best_time(lambda: trained.setdefault(0, train_ours(text, vocab_size)),
+                                                         repeats)
+        tokenizer = trained[0]
+        seconds[f"encode vocab {vocab_size} cold"] = best_time(lambda: tokenizer.encode(text), repeats,
+                                                               before_each=lambda: tokenizer._chunk_cache.clear())
+        seconds[f"encode vocab {vocab_size} warm"] = best_time(lambda: tokenizer.encode(text), repeats)
+    for name, (model_file, sample) in models.items():
+        tokenizer = BPETokenizer()
+        tokenizer.load(model_file)
+        seconds[f"encode 2,000 characters, {name}"] = best_time(lambda: tokenizer.encode(sample), repeats,
+                                                                 before_each=lambda: tokenizer._chunk_cache.clear())
+    return seconds
+
+
+def measure_in_subprocess(src: str, args: argparse.Namespace, models: dict, timeout: float) -> dict[str, float | None]:
+    """`measure` with the tinygpt of `src`, in a fresh interpreter; None for what did not finish in time."""
+    request = json.dumps({"quick": args.quick, "repeats": args.repeats,
+                          "models": {name: [str(path), sample] for name, (path, sample) in models.items()}})
+    names = {}
+    for subset in ("corpus", *models):
+        try:
+            result = subprocess.run([sys.executable, __file__, "--worker", subset], input=request, text=True,
+                                    capture_output=True, timeout=timeout, env=os.environ | {"PYTHONPATH": src})
+        except subprocess.TimeoutExpired:
+            names[subset] = None
+            continue
+        if result.returncode:
+            raise SystemExit(f"the worker for {src} failed:\n{result.stderr}")
+        names.update(json.loads(result.stdout))
+    return names
+
+
+def worker(subset: str) -> None:
+    """Run one part of `measure` as a JSON request on stdin asks; print the seconds as JSON."""
+    request = json.loads(sys.stdin.read())
+    text, vocab_sizes = corpus(request["quick"])
+    if subset == "corpus":
+        seconds = measure(text, vocab_sizes, request["repeats"], {})
+    else:
+        path, sample = request["models"][subset]
+        seconds = measure(text, (), request["repeats"], {subset: (Path(path), sample)})
+    print(json.dumps(seconds))
+
+
+def corpus(quick: bool) -> tuple[str, tuple[int, ...]]:
+    text = default_corpus_path().read_text(encoding="utf-8")
+    return (text[:100_000], (300, 512)) if quick else (text, (1024, 4096))
+
+
+def compare_with_baseline(args: argparse.Namespace) -> None:
+    """Time the baseline source tree and this one in the same run and print both with their ratio."""
+    current_src = str(Path(__file__).resolve().parents[1] / "src")
+    with tempfile.TemporaryDirectory() as directory:
+        models = pathological_models(Path(directory), args.quick)
+        baseline = measure_in_subprocess(args.baseline_src, args, models, args.baseline_timeout)
+        current = measure_in_subprocess(current_src, args, models, args.baseline_timeout)
+    print(f"\nagainst the baseline {args.baseline_src} (seconds, best of {args.repeats})")
+    print(f"  {'measurement':<48} {'baseline':>10} {'current':>10}   current / baseline")
+    for name in current:
+        if name in models or name == "corpus":
+            continue
+        old = baseline.get(name)
+        shown = f"{old:10.4f}" if old is not None else f"> {args.baseline_timeout:.0f} s".rjust(10)
+        ratio = f"{current[name] / old:9.2f}x" if old else "       -"
+        print(f"  {name:<48} {shown} {current[name]:10.4f}   {ratio}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run on 100 kB of text")
     parser.add_argument("--repeats", type=int, default=3, help="runs per measurement (best is kept)")
+    parser.add_argument("--baseline-src", metavar="DIR", help="also time the tinygpt of this src/ directory")
+    parser.add_argument("--baseline-timeout", type=float, default=600, metavar="S",
+                        help="seconds each baseline part may take before it is reported as timed out")
+    parser.add_argument("--worker", metavar="PART", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        worker(args.worker)
+        return
 
     text = default_corpus_path().read_text(encoding="utf-8")
     vocab_sizes = (1024, 4096)
@@ -91,6 +198,8 @@ def main() -> None:
         print(f"  vocab {vocab_size:>5} ({len(expected):>7} ids)   {megabytes / cold:14.2f}   "
               f"{megabytes / warm:14.2f}   {megabytes / peer:13.2f}   {peer / cold:14.2f}x   {peer / warm:14.2f}x")
     print("\nids identical to tiktoken's: yes")
+    if args.baseline_src:
+        compare_with_baseline(args)
 
 
 if __name__ == "__main__":

@@ -37,3 +37,13 @@ def test_tinygpt_bench_command_runs_quick():
     done = subprocess.run([sys.executable, "-m", "tinygpt", "bench", "--quick"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "throughput ratio tinygpt/torch" in done.stdout
+
+
+def test_bench_tokenizer_times_a_baseline_source_tree_beside_this_one():
+    src = Path(__file__).parent.parent / "src"
+    done = subprocess.run([sys.executable, str(BENCHMARKS[0].parent / "bench_tokenizer.py"), "--quick", "--repeats", "1",
+                           "--baseline-src", str(src)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for name in ("train vocab 512", "encode vocab 512 cold", "encode 2,000 characters, 24 doubling merges",
+                 "encode 2,000 characters, abab tokenizer"):
+        assert re.search(rf"^  {name}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x$", done.stdout, re.MULTILINE), done.stdout
