@@ -1,0 +1,172 @@
+"""Data-parallel training over MPI (mpi4py): the same program on every rank, gradients averaged in one
+all-reduce per step, so every rank takes the same optimizer step and holds the same parameters.
+
+    mpiexec -n 2 tinygpt train          # two ranks on this machine; see docs/distributed.md
+
+`get_world()` is an `MPIWorld` when the process was started by an MPI launcher (MPICH's or Intel's hydra,
+Open MPI's mpirun, Slurm's srun through PMIx) and a single-process `World`, whose collectives do nothing,
+otherwise. mpi4py is imported only in the first case: it stays the optional `dist` extra.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, NoReturn
+
+import numpy as np
+
+from tinygpt.module import Module
+from tinygpt.parallel import get_num_threads, set_num_threads
+from tinygpt.tensor import Tensor
+
+# Each launcher tells its processes their rank in one of these (hydra: PMI_RANK; Slurm and Open MPI 5: PMIX_RANK).
+LAUNCHER_RANK_VARIABLES = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK")
+
+
+def launched_by_mpi() -> bool:
+    """Whether an MPI launcher started this process (it set one of LAUNCHER_RANK_VARIABLES)."""
+    return any(name in os.environ for name in LAUNCHER_RANK_VARIABLES)
+
+
+class World:
+    """One process: rank 0 of a world of 1, where every collective leaves its data as it is."""
+
+    rank = 0
+    world_size = 1
+    local_size = 1  # ranks on this machine
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is rank 0, the one that writes checkpoints, metrics and the plot, and prints."""
+        return self.rank == 0
+
+    def all_reduce(self, array: np.ndarray) -> np.ndarray:
+        """Sum `array` over the ranks, in place; returns it."""
+        return array
+
+    def broadcast(self, array: np.ndarray, root: int = 0) -> np.ndarray:
+        """Overwrite `array` with root's, in place; returns it."""
+        return array
+
+    def gather(self, value: Any) -> list[Any] | None:
+        """Every rank's `value` (any picklable object), in rank order, on rank 0; None on the others."""
+        return [value]
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+
+    def abort(self, message: str, status: int = 1) -> NoReturn:
+        """Print `message` (one line, naming this rank) to stderr and stop every rank with `status`."""
+        print(message, file=sys.stderr, flush=True)
+        raise SystemExit(status)
+
+    def sum_floats(self, values: list[float]) -> list[float]:
+        """Each of `values` summed over the ranks (float64), in one all-reduce."""
+        return self.all_reduce(np.array(values, dtype=np.float64)).tolist()
+
+    def average_gradients(self, module: Module, loss: float) -> float:
+        """Replace every gradient of `module` by its mean over the ranks, and return the mean `loss`, in one
+        all-reduce of one flat buffer (the gradients, then the loss)."""
+        if self.world_size == 1:
+            return loss
+        tensors = [tensor for _, tensor in module.named_parameters() if tensor.grad is not None]
+        sizes = [tensor.numel for tensor in tensors]
+        xp, dtype = (tensors[0].grad.buffer.xp, tensors[0].grad.buffer.array.dtype) if tensors else (np, np.float32)
+        flat = self._flat_buffer(xp, sum(sizes) + 1, dtype)
+        offsets = np.cumsum([0, *sizes]).tolist()
+        for tensor, start, end in zip(tensors, offsets, offsets[1:]):
+            flat[start:end] = tensor.grad.buffer.array.reshape(-1)
+        flat[-1] = loss
+        self.all_reduce(flat)
+        flat /= self.world_size
+        for tensor, start, end in zip(tensors, offsets, offsets[1:]):
+            mean = flat[start:end].reshape(tensor.shape)
+            if tensor.grad.buffer.is_contiguous():
+                tensor.grad.buffer.array[...] = mean
+            else:  # a broadcast view, which cannot hold a value per element
+                tensor.grad = Tensor(mean.copy(), device=tensor.device)
+        return float(flat[-1])
+
+    def broadcast_parameters(self, module: Module, root: int = 0) -> None:
+        """Give every rank root's parameter values (after each rank initialised its own), in one broadcast."""
+        if self.world_size == 1:
+            return
+        buffers = [tensor.buffer for _, tensor in module.named_parameters()]
+        sizes = [buffer.numel for buffer in buffers]
+        flat = buffers[0].xp.empty(sum(sizes), dtype=buffers[0].array.dtype)
+        offsets = np.cumsum([0, *sizes]).tolist()
+        for buffer, start, end in zip(buffers, offsets, offsets[1:]):
+            flat[start:end] = buffer.array.reshape(-1)
+        self.broadcast(flat, root)
+        for buffer, start, end in zip(buffers, offsets, offsets[1:]):
+            buffer.array[...] = flat[start:end].reshape(buffer.shape)
+
+    def _flat_buffer(self, xp, size: int, dtype):
+        """A reused 1-D array of `size` elements (gradients keep their shapes from step to step)."""
+        flat = getattr(self, "_flat", None)
+        if flat is None or flat.size != size or flat.dtype != dtype or not isinstance(flat, xp.ndarray):
+            flat = self._flat = xp.empty(size, dtype=dtype)
+        return flat
+
+
+class MPIWorld(World):
+    """The ranks of MPI's COMM_WORLD. Arrays go to MPI as buffers (no copies, no pickling); on a GPU that
+    needs a CUDA-aware MPI build (untested here)."""
+
+    def __init__(self) -> None:
+        from mpi4py import MPI
+
+        self._mpi = MPI
+        self.comm = MPI.COMM_WORLD
+        self.rank, self.world_size = self.comm.Get_rank(), self.comm.Get_size()
+        self.local_size = self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
+        share_cores(self.local_size)
+
+    def all_reduce(self, array: np.ndarray) -> np.ndarray:
+        self.comm.Allreduce(self._mpi.IN_PLACE, array, op=self._mpi.SUM)
+        return array
+
+    def broadcast(self, array: np.ndarray, root: int = 0) -> np.ndarray:
+        self.comm.Bcast(array, root=root)
+        return array
+
+    def gather(self, value: Any) -> list[Any] | None:
+        return self.comm.gather(value, root=0)
+
+    def barrier(self) -> None:
+        self.comm.Barrier()
+
+    def abort(self, message: str, status: int = 1) -> NoReturn:
+        print(message, file=sys.stderr, flush=True)
+        self.comm.Abort(status)
+        raise SystemExit(status)  # not reached: Abort ends this process too
+
+
+def share_cores(ranks_here: int) -> None:
+    """Split this machine's cores among its ranks (cores / ranks threads each, at least 1), unless
+    TINYGPT_NUM_THREADS chose; numpy's BLAS threads are held to the same number."""
+    if "TINYGPT_NUM_THREADS" in os.environ:
+        return
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    threads = max(1, cores // ranks_here)
+    set_num_threads(min(get_num_threads(), threads))
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads, user_api="blas")
+
+
+_world: World | None = None
+
+
+def get_world() -> World:
+    """This process's world: MPI's when an MPI launcher started it, else a single process (created once)."""
+    global _world
+    if _world is None:
+        _world = MPIWorld() if launched_by_mpi() else World()
+    return _world
+
+
+__all__ = ["World", "MPIWorld", "get_world", "launched_by_mpi", "share_cores", "LAUNCHER_RANK_VARIABLES"]

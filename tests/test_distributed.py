@@ -1,0 +1,128 @@
+"""tinygpt.distributed: the single-process world, and MPI's collectives under `mpiexec -n 2` (skipped, with
+the reason, where MPI cannot start)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinygpt.distributed import LAUNCHER_RANK_VARIABLES, World, get_world, launched_by_mpi
+from tinygpt.nn import FullyConnectedLayer
+from tinygpt.tensor import Tensor
+
+
+def mpiexec() -> str | None:
+    """The mpiexec of this environment (pip's mpich puts it beside python), else the first on PATH."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    return str(beside) if beside.exists() else shutil.which("mpiexec")
+
+
+def without_launcher(env: dict[str, str]) -> dict[str, str]:
+    return {key: value for key, value in env.items() if key not in LAUNCHER_RANK_VARIABLES}
+
+
+def run_ranks(ranks: int, args: list[str], timeout: float = 60, **env) -> subprocess.CompletedProcess:
+    """`mpiexec -n ranks python args...` with `env` added; its output as text."""
+    return subprocess.run([mpiexec(), "-n", str(ranks), sys.executable, *args], capture_output=True, text=True,
+                          timeout=timeout, env=without_launcher(os.environ) | env)
+
+
+@pytest.fixture(scope="session")
+def mpi() -> None:
+    """Skip unless `mpiexec -n 2` starts two ranks of mpi4py here."""
+    if mpiexec() is None:
+        pytest.skip("no mpiexec (pip install mpi4py mpich)")
+    try:
+        result = run_ranks(2, ["-c", "from mpi4py import MPI; c = MPI.COMM_WORLD; print(c.allreduce(c.Get_rank()))"],
+                           timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.skip("mpiexec -n 2 did not start within 30 s")
+    if result.returncode != 0 or "".join(result.stdout.split()) != "11":
+        pytest.skip(f"mpiexec -n 2 cannot start mpi4py here: {(result.stderr or result.stdout).strip()[:200]}")
+
+
+def test_a_plain_process_is_a_world_of_one_without_mpi4py():
+    code = ("import sys, numpy as np; from tinygpt.distributed import get_world; w = get_world(); "
+            "a = np.arange(3.0); w.all_reduce(a); w.broadcast(a); w.barrier(); "
+            "print(w.rank, w.world_size, w.is_main, a.tolist(), w.gather('x'), 'mpi4py' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env=without_launcher(os.environ))
+    assert result.stdout.split(None, 3)[:3] == ["0", "1", "True"]
+    assert result.stdout.strip().endswith("[0.0, 1.0, 2.0] ['x'] False")
+
+
+def test_the_launcher_is_detected_from_its_environment(monkeypatch):
+    for name in LAUNCHER_RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert not launched_by_mpi()
+    for name in LAUNCHER_RANK_VARIABLES:
+        monkeypatch.setenv(name, "0")
+        assert launched_by_mpi()
+        monkeypatch.delenv(name)
+
+
+def test_a_world_of_one_leaves_gradients_and_the_loss_alone():
+    layer = FullyConnectedLayer(3, 2)
+    (layer(Tensor(np.ones((4, 3), dtype=np.float32))) ** 2).sum().backward()
+    before = {name: tensor.grad.numpy().copy() for name, tensor in layer.named_parameters()}
+    assert World().average_gradients(layer, 1.5) == 1.5
+    for name, tensor in layer.named_parameters():
+        np.testing.assert_array_equal(tensor.grad.numpy(), before[name])
+    assert isinstance(get_world(), World)
+
+
+COLLECTIVES = """
+import json, sys
+import numpy as np
+from tinygpt import backend, get_num_threads
+from tinygpt.distributed import get_world
+from tinygpt.nn import FullyConnectedLayer
+from tinygpt.tensor import Tensor
+world = get_world()
+summed = world.all_reduce(np.full(3, world.rank + 1.0))
+sent = world.broadcast(np.full(2, 10.0 * world.rank + 7.0), root=1)
+backend.manual_seed(world.rank)  # each rank initialises its own weights, then takes rank 0's
+layer = FullyConnectedLayer(3, 2)
+world.broadcast_parameters(layer)
+x = np.arange(12, dtype=np.float32).reshape(4, 3) * (world.rank + 1)  # each rank its own inputs
+(layer(Tensor(x)) ** 2).sum().backward()
+own = {name: tensor.grad.numpy().tolist() for name, tensor in layer.named_parameters()}
+loss = world.average_gradients(layer, float(world.rank + 1))
+report = dict(rank=world.rank, size=world.world_size, local=world.local_size, threads=get_num_threads(),
+              summed=summed.tolist(), sent=sent.tolist(), loss=loss, own=own,
+              weights={name: tensor.numpy().tolist() for name, tensor in layer.named_parameters()},
+              mean={name: tensor.grad.numpy().tolist() for name, tensor in layer.named_parameters()})
+gathered = world.gather(report)
+if world.is_main:
+    print(json.dumps(gathered))
+"""
+
+
+def test_collectives_over_two_ranks(mpi):
+    result = run_ranks(2, ["-c", COLLECTIVES])
+    assert result.returncode == 0, result.stderr
+    first, second = json.loads(result.stdout)
+    assert [first["rank"], second["rank"]] == [0, 1] and first["size"] == first["local"] == 2
+    assert first["summed"] == second["summed"] == [3.0, 3.0, 3.0]
+    assert first["sent"] == second["sent"] == [17.0, 17.0]
+    assert first["loss"] == second["loss"] == 1.5
+    assert first["weights"] == second["weights"]
+    for name, own in first["own"].items():
+        expected = (np.array(own, dtype=np.float32) + np.array(second["own"][name], dtype=np.float32)) / 2
+        np.testing.assert_array_equal(np.array(first["mean"][name], dtype=np.float32), expected, err_msg=name)
+        assert first["mean"][name] == second["mean"][name]
+
+
+def test_ranks_share_the_cores_unless_told(mpi):
+    code = ("from tinygpt import get_num_threads; from tinygpt.distributed import get_world; w = get_world(); "
+            "threads = w.gather(get_num_threads()); print(*(threads or []))")
+    cores = len(os.sched_getaffinity(0))
+    shared = run_ranks(2, ["-c", code])
+    assert shared.returncode == 0, shared.stderr
+    assert all(int(threads) <= max(1, cores // 2) for threads in shared.stdout.split())
+    told = run_ranks(2, ["-c", code], TINYGPT_NUM_THREADS="2")
+    assert told.stdout.split() == ["2", "2"]
