@@ -2,6 +2,7 @@
 the reason, where MPI cannot start)."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -126,3 +127,104 @@ def test_ranks_share_the_cores_unless_told(mpi):
     assert all(int(threads) <= max(1, cores // 2) for threads in shared.stdout.split())
     told = run_ranks(2, ["-c", code], TINYGPT_NUM_THREADS="2")
     assert told.stdout.split() == ["2", "2"]
+
+
+# ---- training under mpiexec ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """The first 20,000 characters of Tiny Shakespeare: enough for a tiny model, quick to tokenise."""
+    from tinygpt.dataset import default_corpus_path
+
+    path = tmp_path_factory.mktemp("corpus") / "shakespeare-head.txt"
+    path.write_text(default_corpus_path().read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    return path
+
+
+def tiny_run(out_dir: Path, corpus: Path, **changes) -> dict:
+    settings = dict(data=str(corpus), out_dir=str(out_dir), n_layer=1, n_head=2, n_embd=16, block_size=8, batch_size=4,
+                    max_iters=6, lr_decay_iters=6, warmup_iters=2, eval_interval=3, eval_iters=2, sample_tokens=0)
+    return settings | changes
+
+
+def cli_args(settings: dict) -> list[str]:
+    return [f"--{key.replace('_', '-')}={value}" if value is not True else f"--{key.replace('_', '-')}"
+            for key, value in settings.items()]
+
+
+# `tinygpt train ARGS` on every rank (the CLI's main), then rank 0 prints the run's history and whether every
+# rank ended with the same parameters, bit for bit.
+TRAIN_AND_COMPARE = """
+import json, sys
+import numpy as np
+import tinygpt.cli as cli, tinygpt.train as training
+from tinygpt.distributed import get_world
+runs = []
+cli.train = lambda config: runs.append(training.train(config)) or runs[-1]
+status = cli.main(["train", *sys.argv[1:]])
+weights = {name: tensor.numpy() for name, tensor in runs[0].model.named_parameters()}
+every = get_world().gather(weights)
+if get_world().is_main:
+    same = all(np.array_equal(other[name], array) for other in every[1:] for name, array in weights.items())
+    print(json.dumps(dict(status=status, same=same, history=runs[0].history)))
+"""
+
+
+def train_ranks(ranks: int, settings: dict, **env) -> dict:
+    result = run_ranks(ranks, ["-c", TRAIN_AND_COMPARE, *cli_args(settings)], TINYGPT_CACHE_DIR=env.pop("cache"), **env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_two_ranks_train_as_one_process_with_the_global_batch(mpi, tmp_path, corpus, monkeypatch):
+    from tinygpt.train import TrainConfig, load_checkpoint, train
+
+    monkeypatch.setenv("TINYGPT_CACHE_DIR", str(tmp_path / "cache"))
+    two = train_ranks(2, tiny_run(tmp_path / "two", corpus, batch_size=4), cache=str(tmp_path / "cache"))
+    one = train(TrainConfig(**tiny_run(tmp_path / "one", corpus, batch_size=8)), verbose=False)
+
+    assert two["status"] == 0 and two["same"], "the ranks ended with different parameters"
+    assert len(two["history"]["losses"]) == 6
+    np.testing.assert_allclose(two["history"]["losses"], one.history["losses"], rtol=1e-5)
+    for shared, alone in zip(two["history"]["evals"], one.history["evals"]):
+        assert shared.keys() == alone.keys()
+        np.testing.assert_allclose(list(shared.values()), list(alone.values()), rtol=1e-5)
+    assert sorted(path.name for path in (tmp_path / "two").iterdir()) == ["ckpt", "loss.png"]
+    assert load_checkpoint(tmp_path / "two").state["history"] == two["history"]
+
+
+def test_resume_under_mpiexec_continues_as_an_uninterrupted_run(mpi, tmp_path, corpus):
+    cache = str(tmp_path / "cache")
+    whole = train_ranks(2, tiny_run(tmp_path / "whole", corpus, dropout=0.1), cache=cache)
+    train_ranks(2, tiny_run(tmp_path / "split", corpus, dropout=0.1, max_iters=3), cache=cache)
+    resumed = train_ranks(2, dict(out_dir=str(tmp_path / "split"), max_iters=6, resume=True), cache=cache)
+    assert resumed["same"] and len(resumed["history"]["losses"]) == 6
+    assert resumed["history"] == whole["history"]
+
+
+# Rank 1 fails at its fifth step (iteration 4), while rank 0 may be writing the checkpoint of iteration 4;
+# rank 0 would wait for it in the next all-reduce.
+FAIL_ON_RANK_1 = """
+import sys
+import tinygpt.cli as cli, tinygpt.train as training
+from tinygpt.distributed import get_world
+step, steps = training.train_step, []
+def failing_step(*args, **kwargs):
+    steps.append(1)
+    if get_world().rank == 1 and len(steps) == 5:
+        raise RuntimeError("injected failure")
+    return step(*args, **kwargs)
+training.train_step = failing_step
+sys.exit(cli.main(["train", *sys.argv[1:]]))
+"""
+
+
+def test_one_rank_failing_stops_both_with_one_line(mpi, tmp_path, corpus):
+    from tinygpt.train import load_checkpoint
+
+    settings = tiny_run(tmp_path / "out", corpus, max_iters=1000, eval_interval=2)
+    result = run_ranks(2, ["-c", FAIL_ON_RANK_1, *cli_args(settings)], timeout=30, TINYGPT_CACHE_DIR=str(tmp_path / "cache"))
+    assert result.returncode != 0
+    ours = re.findall(r"tinygpt: .*", result.stderr)  # rank 0's progress bar may precede it on its line
+    assert ours == ["tinygpt: error: rank 1 of 2: RuntimeError: injected failure"], result.stderr
+    assert "Traceback" not in result.stderr
+    assert load_checkpoint(tmp_path / "out").state["iteration"] in (2, 4)  # the last complete checkpoint

@@ -148,17 +148,18 @@ def check_architecture(checkpoint: Checkpoint, config: TrainConfig) -> None:
 
 
 def restore_training_state(checkpoint: Checkpoint, optimizer: Optimizer, data_rng: np.random.Generator,
-                           device: str) -> tuple[int, dict[str, list]]:
-    """Put the optimizer and both random generators back as they were at the checkpoint; return its iteration
-    and history. (The model weights were loaded by Checkpoint.load_model.)"""
+                           device: str, rank: int = 0, ranks: int = 1) -> tuple[int, dict[str, list]]:
+    """Put the optimizer and the random generators (the sampler's, and rank `rank` of `ranks`'s dropout one) back
+    as they were at the checkpoint; return its iteration and history. (Checkpoint.load_model loaded the weights.)"""
     iteration = int(checkpoint.state["iteration"])
     try:
         optimizer.load_state(str(checkpoint.directory / OPTIMIZER_FILE))
         if optimizer.step_count != iteration:
             raise ValueError(f"optimizer took {optimizer.step_count} steps but state.json says iteration {iteration}")
         data_rng.bit_generator.state = checkpoint.state["data_rng"]
-        if checkpoint.state.get("dropout_rng") is not None and device == "cpu":
-            backend.generator("cpu").bit_generator.state = checkpoint.state["dropout_rng"]
+        dropout_rng = saved_dropout_state(checkpoint.state, rank, ranks)
+        if dropout_rng is not None and device == "cpu":
+            backend.generator("cpu").bit_generator.state = dropout_rng
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ConfigError(f"corrupt checkpoint {checkpoint.directory}: {error}") from None
     if device != "cpu":
@@ -168,6 +169,15 @@ def restore_training_state(checkpoint: Checkpoint, optimizer: Optimizer, data_rn
                 if np.ndim(value):
                     state[key] = xp.asarray(value)
     return iteration, checkpoint.state["history"]
+
+
+def saved_dropout_state(state: dict[str, Any], rank: int, ranks: int) -> dict | None:
+    """Rank `rank`'s dropout generator state in state.json: its own when the checkpoint was written by as many
+    ranks; else (another number of ranks) rank 0's for rank 0 and none (its fresh stream) for the others."""
+    saved = state.get("dropout_rngs") or [state.get("dropout_rng")]
+    if len(saved) == ranks:
+        return saved[rank]
+    return saved[0] if rank == 0 else None
 
 
 def random_state(device: str) -> dict | None:

@@ -7,7 +7,8 @@
 
 Bad input (a missing or empty file, a block size larger than the data, an unknown preset, a checkpoint
 of another architecture or a corrupt one, `--device cuda` without CuPy) ends with one line on stderr
-and exit status 1; a malformed command line with one line and status 2.
+and exit status 1; a malformed command line with one line and status 2. Under mpiexec, any error on a
+rank stops every rank (MPI abort) with one line that names the rank.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from tinygpt import bench
 from tinygpt.dataset import default_corpus_path, read_corpus_text
+from tinygpt.distributed import get_world, launched_by_mpi
 from tinygpt.flags import OneLineParser
 from tinygpt.tokenizer import BPETokenizer, RegexPatterns
 from tinygpt.train import PRESETS, ConfigError, TrainConfig, check_device, load_checkpoint, resolve_config, sample_text, train
@@ -39,7 +41,8 @@ def add_train_parser(subparsers) -> None:
                         f"(default: {defaults['vocab_size']})", **knob)
     for name, kind, text in [
         ("n-layer", int, "transformer blocks"), ("n-head", int, "attention heads"), ("n-embd", int, "embedding width"),
-        ("block-size", int, "context length in tokens"), ("batch-size", int, "sequences per step"),
+        ("block-size", int, "context length in tokens"),
+        ("batch-size", int, "sequences per step (per rank under mpiexec: the global batch is this x ranks)"),
         ("max-iters", int, "total training iterations"), ("learning-rate", float, "peak learning rate"),
         ("min-lr", float, "learning rate at the end of the cosine decay"), ("warmup-iters", int, "linear warmup"),
         ("lr-decay-iters", int, "iteration where the cosine decay ends"),
@@ -192,6 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def fail(message: str) -> int:
+    """Print the error as one line on stderr and return status 1; under mpiexec, name the rank and stop
+    every rank (MPI abort), as the others would wait forever for this one."""
+    message = message.replace("\n", " ")
+    world = get_world() if launched_by_mpi() else None
+    if world is not None and world.world_size > 1:
+        world.abort(f"tinygpt: error: rank {world.rank} of {world.world_size}: {message}")
+    print(f"tinygpt: error: {message}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line `argv` (default: sys.argv[1:]); returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -205,9 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (ConfigError, OSError) as error:
-        message = str(error).replace("\n", " ")
-        print(f"tinygpt: error: {message}", file=sys.stderr)
-        return 1
+        return fail(str(error))
+    except Exception as error:
+        if not launched_by_mpi():
+            raise
+        return fail(f"{type(error).__name__}: {error}")  # the other ranks must not wait for this one forever
     except KeyboardInterrupt:
         print("tinygpt: interrupted", file=sys.stderr)
         return 130

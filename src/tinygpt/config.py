@@ -55,7 +55,7 @@ class TrainConfig:
     data: str | None = _setting(None, "UTF-8 text file (default: the embedded Tiny Shakespeare)")
     out_dir: str = _setting("out", "where checkpoints go")
     model: GPTConfig = field(default_factory=default_model, metadata={"help": "the GPT's shape"})
-    batch_size: int = _setting(12, "sequences per step")
+    batch_size: int = _setting(12, "sequences per step (per rank under mpiexec: the global batch is this x ranks)")
     max_iters: int = _setting(2000, "total training iterations")
     learning_rate: float = _setting(1e-3, "peak learning rate")
     min_lr: float = _setting(1e-4, "learning rate at the end of the cosine decay")

@@ -25,6 +25,7 @@ from tinygpt.checkpoint import (CHECKPOINT_DIR, TOKENIZER_PREFIX, Checkpoint, ch
 from tinygpt.config import PRESETS, ConfigError, TrainConfig
 from tinygpt.dataset import (check_corpus_file, default_corpus_path, get_batch, read_corpus_text, tokenize_corpus,
                              train_val_split)
+from tinygpt.distributed import World, get_world
 from tinygpt.losses import CrossEntropyLoss
 from tinygpt.nn import GPT
 from tinygpt.optimizers import AdamW, clip_grad_norm, cosine_schedule
@@ -123,18 +124,29 @@ def bytes_per_token(tokens: np.ndarray, tokenizer: BPETokenizer, chunk: int = 1 
 
 
 # ---- evaluation ----------------------------------------------------------------------------------
+def rank_batch(tokens: np.ndarray, config: TrainConfig, rng: np.random.Generator, world: World) -> tuple[np.ndarray, np.ndarray]:
+    """This rank's share of a global batch: every rank draws the same batch_size x ranks windows from the same
+    generator and takes its own batch_size of them, so the ranks together see one process's batch."""
+    x, y = get_batch(tokens, config.model.max_seq_length, config.batch_size * world.world_size, rng)
+    share = slice(world.rank * config.batch_size, (world.rank + 1) * config.batch_size)
+    return x[share], y[share]
+
+
 @no_grad()
-def estimate_loss(model: GPT, tokens: np.ndarray, config: TrainConfig, rng: np.random.Generator) -> float:
-    """Mean cross-entropy (nats per token) over eval_iters random batches, in eval mode (no dropout)."""
+def estimate_loss(model: GPT, tokens: np.ndarray, config: TrainConfig, rng: np.random.Generator,
+                  world: World | None = None) -> float:
+    """Mean cross-entropy (nats per token) over eval_iters random batches, in eval mode (no dropout); each
+    rank computes its share of every batch."""
+    world = world or get_world()
     loss_fn = CrossEntropyLoss()
     model.eval()
-    losses = []
+    total = 0.0
     for _ in range(config.eval_iters):
-        x, y = get_batch(tokens, config.model.max_seq_length, config.batch_size, rng)
+        x, y = rank_batch(tokens, config, rng, world)
         logits = model(Tensor(x, device=config.device))
-        losses.append(loss_fn(logits, Tensor(y, device=config.device), reduction="mean").item())
+        total += loss_fn(logits, Tensor(y, device=config.device), reduction="mean").item()
     model.train()
-    return float(np.mean(losses))
+    return world.sum_floats([total])[0] / (config.eval_iters * world.world_size)
 
 
 def split_windows(tokens: np.ndarray, block_size: int, max_tokens: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
@@ -146,28 +158,32 @@ def split_windows(tokens: np.ndarray, block_size: int, max_tokens: int = 1 << 20
 
 
 @no_grad()
-def whole_split_loss(model: GPT, tokens: np.ndarray, config: TrainConfig, max_tokens: int = 1 << 20) -> tuple[float, int]:
+def whole_split_loss(model: GPT, tokens: np.ndarray, config: TrainConfig, max_tokens: int = 1 << 20,
+                     world: World | None = None) -> tuple[float, int]:
     """Mean cross-entropy over every non-overlapping block_size window of the split (its first max_tokens):
-    each position 0..T-1 counts equally, as in random windows, but without sampling noise.
-    Returns the loss and the number of tokens it covers."""
+    each position 0..T-1 counts equally, as in random windows, but without sampling noise; each rank
+    computes a contiguous share of the windows. Returns the loss and the number of tokens it covers."""
+    world = world or get_world()
     inputs, targets = split_windows(tokens, config.model.max_seq_length, max_tokens)
     windows = len(inputs)
+    first, last = windows * world.rank // world.world_size, windows * (world.rank + 1) // world.world_size
     loss_fn, total = CrossEntropyLoss(), 0.0
     model.eval()
-    for start in range(0, windows, config.batch_size):
-        logits = model(Tensor(inputs[start : start + config.batch_size], device=config.device))
-        total += loss_fn(logits, Tensor(targets[start : start + config.batch_size], device=config.device), reduction="sum").item()
+    for start in range(first, last, config.batch_size):
+        stop = min(start + config.batch_size, last)
+        logits = model(Tensor(inputs[start:stop], device=config.device))
+        total += loss_fn(logits, Tensor(targets[start:stop], device=config.device), reduction="sum").item()
     model.train()
-    return total / max(targets.size, 1), targets.size
+    return world.sum_floats([total])[0] / max(targets.size, 1), targets.size
 
 
 def evaluate(model: GPT, splits: dict[str, np.ndarray], byte_ratios: dict[str, float], config: TrainConfig,
-             iteration: int) -> dict[str, float]:
+             iteration: int, world: World | None = None) -> dict[str, float]:
     """Train and val loss, and each as bits per byte (loss / ln 2 / bytes per token). Every evaluation uses
     the same batches (drawn from the seed), so successive evaluations compare like with like."""
     result: dict[str, float] = {"iteration": iteration}
     for index, (name, tokens) in enumerate(splits.items()):
-        loss = estimate_loss(model, tokens, config, np.random.default_rng([config.seed, EVAL_STREAM, index]))
+        loss = estimate_loss(model, tokens, config, np.random.default_rng([config.seed, EVAL_STREAM, index]), world)
         result[f"{name}_loss"] = loss
         result[f"{name}_bpb"] = loss / math.log(2) / byte_ratios[name]
     return result
@@ -184,26 +200,32 @@ def check_device(device: str) -> None:
             raise ConfigError("device 'cuda': CuPy is installed but sees no CUDA GPU")
 
 
-def train_step(model: GPT, optimizer: AdamW, x: np.ndarray, y: np.ndarray, config: TrainConfig) -> float:
-    """One iteration: forward, cross-entropy, backward, gradient clipping, AdamW update; returns the loss."""
+def train_step(model: GPT, optimizer: AdamW, x: np.ndarray, y: np.ndarray, config: TrainConfig,
+               world: World | None = None) -> float:
+    """One iteration: forward, cross-entropy, backward, gradients averaged over the ranks, gradient clipping,
+    AdamW update; returns the loss (its mean over the ranks)."""
     logits = model(Tensor(x, device=config.device))
     loss = CrossEntropyLoss()(logits, Tensor(y, device=config.device), reduction="mean")
     optimizer.zero_grad()
     loss.backward()
+    loss_value = (world or get_world()).average_gradients(model, loss.item())
     if config.grad_clip > 0:
         clip_grad_norm(model, config.grad_clip)
     optimizer.update()
-    return loss.item()
+    return loss_value
 
 
 def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
     """Train (or, with config.resume, continue) a GPT as configured; returns a TrainResult.
 
-    Progress goes to stderr (tqdm), evaluations and the final sample to stdout, when verbose."""
+    Progress goes to stderr (tqdm), evaluations and the final sample to stdout, when verbose. Under mpiexec
+    every rank runs this, on its share of each batch (see docs/distributed.md); rank 0 alone writes and prints."""
     started = time.perf_counter()
     config.validate()
     check_device(config.device)
+    world = get_world()
     out_dir = Path(config.out_dir)
+    verbose = verbose and world.is_main
     log = tqdm.write if verbose else (lambda message: None)
 
     checkpoint = load_checkpoint(out_dir) if config.resume else None
@@ -211,29 +233,31 @@ def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
         check_architecture(checkpoint, config)
     path = corpus_path(config)
     tokenizer = checkpoint.tokenizer if checkpoint is not None else train_tokenizer(path, config.model.vocab_size)
-    if checkpoint is None and config.model.vocab_size > 256:
+    if checkpoint is None and config.model.vocab_size > 256 and world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         tokenizer.save(out_dir / TOKENIZER_PREFIX)
         log(f"trained a BPE tokenizer of {len(tokenizer.vocab)} tokens: {out_dir / TOKENIZER_PREFIX}.model")
     splits = dict(zip(("train", "val"), load_tokens(path, tokenizer, config)))
     byte_ratios = {name: bytes_per_token(tokens, tokenizer) for name, tokens in splits.items()}
 
-    backend.manual_seed(config.seed)
+    backend.manual_seed(config.seed + world.rank)  # each rank its own dropout stream; the weights are rank 0's
     model = checkpoint.load_model(config.device) if checkpoint is not None else build_model(config).to(config.device)
+    world.broadcast_parameters(model)
     model.train()
     optimizer = build_optimizer(model, config)
     data_rng = np.random.default_rng([config.seed, DATA_STREAM])
     history: dict[str, list] = {"iterations": [], "losses": [], "learning_rates": [], "evals": []}
     start = 0
     if checkpoint is not None:
-        start, history = restore_training_state(checkpoint, optimizer, data_rng, config.device)
+        start, history = restore_training_state(checkpoint, optimizer, data_rng, config.device, world.rank, world.world_size)
         if start > config.max_iters:
             raise ConfigError(f"the checkpoint in {out_dir} is at iteration {start}, beyond --max-iters "
                               f"{config.max_iters}: give a larger --max-iters to continue it")
     log(f"{model.num_parameters():,} parameters, {len(splits['train']):,} train and {len(splits['val']):,} val tokens, "
-        f"iterations {start} -> {config.max_iters} on {config.device}")
+        f"iterations {start} -> {config.max_iters} on {config.device}"
+        + (f", {world.world_size} ranks of batch {config.batch_size}" if world.world_size > 1 else ""))
 
-    tokens_per_iteration = config.batch_size * config.model.max_seq_length
+    tokens_per_iteration = config.batch_size * config.model.max_seq_length * world.world_size
     step_seconds, recent_rate = 0.0, 0.0
     evaluated = {record["iteration"] for record in history["evals"]}
     directory = checkpoint.directory if checkpoint is not None else out_dir / CHECKPOINT_DIR
@@ -243,21 +267,23 @@ def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
     while True:
         at_end = iteration >= config.max_iters
         if (at_end or iteration % config.eval_interval == 0) and iteration not in evaluated:
-            record = evaluate(model, splits, byte_ratios, config, iteration)
+            record = evaluate(model, splits, byte_ratios, config, iteration, world)
             history["evals"].append(record)
             evaluated.add(iteration)
             log(f"iter {iteration}: train loss {record['train_loss']:.4f} ({record['train_bpb']:.3f} bits/byte), "
                 f"val loss {record['val_loss']:.4f} ({record['val_bpb']:.3f} bits/byte)")
         if at_end or (iteration > start and iteration % config.eval_interval == 0):
-            state = {"iteration": iteration, "data_rng": data_rng.bit_generator.state,
-                     "dropout_rng": random_state(config.device), "history": history}
-            directory = save_checkpoint(out_dir, model, optimizer, tokenizer, config, state)
+            dropout_rngs = world.gather(random_state(config.device))
+            if world.is_main:
+                state = {"iteration": iteration, "data_rng": data_rng.bit_generator.state, "dropout_rng": dropout_rngs[0],
+                         "dropout_rngs": dropout_rngs, "history": history}
+                directory = save_checkpoint(out_dir, model, optimizer, tokenizer, config, state)
         if at_end:
             break
         step_started = time.perf_counter()
-        x, y = get_batch(splits["train"], config.model.max_seq_length, config.batch_size, data_rng)
+        x, y = rank_batch(splits["train"], config, data_rng, world)
         learning_rate = optimizer.current_learning_rate
-        loss_value = train_step(model, optimizer, x, y, config)
+        loss_value = train_step(model, optimizer, x, y, config, world)
         elapsed = time.perf_counter() - step_started
         step_seconds += elapsed
         rate = tokens_per_iteration / elapsed
@@ -272,15 +298,15 @@ def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
 
     trained = config.max_iters - start
     final_eval = dict(next(record for record in history["evals"] if record["iteration"] == iteration))
-    final_eval["whole_val_loss"], covered = whole_split_loss(model, splits["val"], config)
+    final_eval["whole_val_loss"], covered = whole_split_loss(model, splits["val"], config, world=world)
     final_eval["whole_val_bpb"] = final_eval["whole_val_loss"] / math.log(2) / byte_ratios["val"]
     log(f"final val loss over {covered:,} of the {len(splits['val']):,} validation tokens (all of its "
         f"{config.model.max_seq_length}-token windows, no sampling): {final_eval['whole_val_loss']:.4f} "
         f"({final_eval['whole_val_bpb']:.3f} bits/byte)")
     result = TrainResult(model=model, tokenizer=tokenizer, config=config, history=history, final_eval=final_eval,
                          wall_seconds=0.0, tokens_per_second=trained * tokens_per_iteration / step_seconds if trained else 0.0,
-                         checkpoint_dir=directory, plot=plot_losses(history, out_dir / "loss.png"))
-    if config.sample_tokens:
+                         checkpoint_dir=directory, plot=plot_losses(history, out_dir / "loss.png") if world.is_main else None)
+    if config.sample_tokens and world.is_main:
         result.sample = sample_text(model, tokenizer, "\n", config.sample_tokens, temperature=0.8, top_k=200,
                                     seed=config.seed, device=config.device)
     result.wall_seconds = time.perf_counter() - started
