@@ -10,6 +10,8 @@ BENCHMARKS = sorted((Path(__file__).parent.parent / "benchmarks").glob("bench_*.
 NUMBER = r"\d+(?:\.\d+)?"
 # The lines each script prints only once it has measured both sides of its comparison.
 SUMMARY_LINES = {
+    "bench_distributed": [rf"^  scaling efficiency, 2 ranks / \(2 x 1 rank\): tinygpt {NUMBER}, torch {NUMBER}$",
+                          rf"^  tinygpt/torch on 2 ranks: {NUMBER}x$", r"^command: python benchmarks/bench_distributed\.py --quick$"],
     "bench_generate": [rf"^\s+96\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x$",
                        r"^reproduce with: python benchmarks/bench_generate\.py --quick$"],
     "bench_nanogpt_loss": [rf"^val loss over 4,096 tokens: tinygpt {NUMBER}  nanoGPT {NUMBER}  difference [+-]{NUMBER}$",

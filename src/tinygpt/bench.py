@@ -11,6 +11,7 @@ import resource
 import subprocess
 import sys
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -110,11 +111,12 @@ def tinygpt_stepper(config: dict):
     return model, step
 
 
-def torch_stepper(config: dict, weights: dict[str, np.ndarray]):
+def torch_stepper(config: dict, weights: dict[str, np.ndarray], wrap: Callable = lambda model: model):
+    """A training step of build_torch's model; `wrap` may wrap the model first (DistributedDataParallel)."""
     import torch
     from torch.nn import functional as F
 
-    model = build_torch(config, weights)
+    model = wrap(build_torch(config, weights))
     optimizer = torch.optim.AdamW(model.parameters(), **ADAMW)
 
     def step(x: np.ndarray, y: np.ndarray) -> float:

@@ -119,8 +119,10 @@ class MPIWorld(World):
         self._mpi = MPI
         self.comm = MPI.COMM_WORLD
         self.rank, self.world_size = self.comm.Get_rank(), self.comm.Get_size()
-        self.local_size = self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
-        share_cores(self.local_size)
+        machine = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        self.local_size = machine.Get_size()
+        cores, masks = usable_cores(), machine.allgather(usable_cores())
+        share_cores(len(cores), masks.count(cores))  # a scheduler that pinned each rank to its own cores shares none
 
     def all_reduce(self, array: np.ndarray) -> np.ndarray:
         self.comm.Allreduce(self._mpi.IN_PLACE, array, op=self._mpi.SUM)
@@ -142,20 +144,23 @@ class MPIWorld(World):
         raise SystemExit(status)  # not reached: Abort ends this process too
 
 
-def share_cores(ranks_here: int) -> None:
-    """Split this machine's cores among its ranks (cores / ranks threads each, at least 1), unless
-    TINYGPT_NUM_THREADS chose; numpy's BLAS threads are held to the same number."""
-    if "TINYGPT_NUM_THREADS" in os.environ:
-        return
+def usable_cores() -> list[int]:
+    """The CPUs this process may run on."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return sorted(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    threads = max(1, cores // ranks_here)
-    set_num_threads(min(get_num_threads(), threads))
+        return list(range(os.cpu_count() or 1))
+
+
+def share_cores(cores: int, ranks: int) -> None:
+    """Split `cores` among the `ranks` that may all run on them: cores / ranks threads each (at least 1)
+    unless TINYGPT_NUM_THREADS chose, and as many for numpy's BLAS."""
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(limits=threads, user_api="blas")
+    threads = max(1, cores // ranks)
+    if "TINYGPT_NUM_THREADS" not in os.environ:
+        set_num_threads(min(get_num_threads(), threads))
+    threadpool_limits(limits=threads, user_api="blas")  # after: set_num_threads(1) hands BLAS all its threads
 
 
 _world: World | None = None
@@ -169,4 +174,4 @@ def get_world() -> World:
     return _world
 
 
-__all__ = ["World", "MPIWorld", "get_world", "launched_by_mpi", "share_cores", "LAUNCHER_RANK_VARIABLES"]
+__all__ = ["World", "MPIWorld", "get_world", "launched_by_mpi", "share_cores", "usable_cores", "LAUNCHER_RANK_VARIABLES"]
