@@ -228,3 +228,16 @@ def test_one_rank_failing_stops_both_with_one_line(mpi, tmp_path, corpus):
     assert ours == ["tinygpt: error: rank 1 of 2: RuntimeError: injected failure"], result.stderr
     assert "Traceback" not in result.stderr
     assert load_checkpoint(tmp_path / "out").state["iteration"] in (2, 4)  # the last complete checkpoint
+
+
+def test_sharing_cores_sets_both_thread_counts():
+    code = ("from threadpoolctl import threadpool_info; from tinygpt import get_num_threads; "
+            "from tinygpt.distributed import share_cores; share_cores(4, 2); "
+            "print(get_num_threads(), {pool['num_threads'] for pool in threadpool_info() if pool['user_api'] == 'blas'})")
+    env = {key: value for key, value in without_launcher(os.environ).items() if key != "TINYGPT_NUM_THREADS"}
+    threads, blas = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                   env=env | {"TINYGPT_NUM_THREADS": "2"}).stdout.split(None, 1)
+    assert (threads, blas.strip()) == ("2", "{2}")
+    alone = subprocess.run([sys.executable, "-c", code.replace("share_cores(4, 2)", "share_cores(2, 2)")],
+                           capture_output=True, text=True, check=True, env=env).stdout.split(None, 1)
+    assert (alone[0], alone[1].strip()) == ("1", "{1}")
