@@ -180,7 +180,7 @@ def test_two_ranks_train_as_one_process_with_the_global_batch(mpi, tmp_path, cor
 
     monkeypatch.setenv("TINYGPT_CACHE_DIR", str(tmp_path / "cache"))
     two = train_ranks(2, tiny_run(tmp_path / "two", corpus, batch_size=4), cache=str(tmp_path / "cache"))
-    one = train(TrainConfig(**tiny_run(tmp_path / "one", corpus, batch_size=8)), verbose=False)
+    one = train(TrainConfig.from_settings(tiny_run(tmp_path / "one", corpus, batch_size=8)), verbose=False)
 
     assert two["status"] == 0 and two["same"], "the ranks ended with different parameters"
     assert len(two["history"]["losses"]) == 6
