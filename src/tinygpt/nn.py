@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from tinygpt import mlops
+from tinygpt import mlops, modern_ops
 from tinygpt.module import Module
 from tinygpt.serialization import load_arrays
 from tinygpt.tensor import Tensor, apply_op, no_grad
@@ -97,6 +97,31 @@ class LayerNorm(Module):
         return y if y.shape == x.shape else y.reshape(x.shape)
 
 
+class RMSNorm(Module):
+    """y = x / sqrt(mean(x^2) + eps) * weights over the last axis (no mean subtracted, no bias)."""
+
+    def __init__(self, dims: int, eps: float = 1e-6, elementwise_affine: bool = True) -> None:
+        super().__init__()
+        self.dims, self.eps = dims, eps
+        if elementwise_affine:
+            self.weights = Tensor.ones((dims,), requires_grad=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1:] != (self.dims,):
+            raise ValueError(f"RMS norm over {self.dims} values got input of shape {x.shape}")
+        return apply_op(modern_ops.RMSNorm, x, self.get("weights"), eps=self.eps)
+
+
+NORMS = ("layernorm", "rmsnorm")
+
+
+def make_norm(kind: str, dims: int, bias: bool) -> Module:
+    """GPT-2's LayerNorm or the speedrun's RMSNorm over `dims` values."""
+    if kind not in NORMS:
+        raise ValueError(f"unknown norm {kind!r}, expected one of {', '.join(NORMS)}")
+    return LayerNorm(dims, bias=bias) if kind == "layernorm" else RMSNorm(dims)
+
+
 class Dropout(Module):
     """Zero each value with probability p while training and scale the rest by 1 / (1 - p); identity in eval()."""
 
@@ -113,19 +138,29 @@ class Dropout(Module):
 
 
 class CasualSelfAttention(Module):
-    """Causal multi-head self-attention: one projection to q, k, v, fused attention, output projection."""
+    """Causal multi-head self-attention: one projection to q, k, v, fused attention, output projection.
+    Optionally q and k are RMS-normalised per head (qk_norm) and turned by rotary position embeddings."""
 
-    def __init__(self, embedding_dim: int, max_seq_length: int, num_heads: int, dropout: float = 0.0, bias: bool = True) -> None:
+    def __init__(self, embedding_dim: int, max_seq_length: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
+                 rotary: bool = False, qk_norm: bool = False) -> None:
         super().__init__()
         if embedding_dim % num_heads:
             raise ValueError(f"embedding_dim {embedding_dim} is not divisible by num_heads {num_heads}")
+        if rotary and (embedding_dim // num_heads) % 2:
+            raise ValueError(f"rotary embeddings need an even head size, got {embedding_dim // num_heads}")
         self.embedding_dim, self.max_seq_length, self.num_heads, self.dropout = embedding_dim, max_seq_length, num_heads, dropout
+        self.rotary, self.qk_norm = rotary, qk_norm
         self.c_attn = FullyConnectedLayer(embedding_dim, 3 * embedding_dim, bias)
         self.c_proj = FullyConnectedLayer(embedding_dim, embedding_dim, bias)
         self.resid_dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, kv_cache: dict | None = None) -> Tensor:
         qkv = self.c_attn(x)
+        if self.rotary or self.qk_norm:
+            start = kv_cache["k"].shape[2] if kv_cache and "k" in kv_cache else 0  # positions continue after the cache
+            angles = modern_ops.rotary_angles(np, start, x.shape[1], self.embedding_dim // self.num_heads,
+                                              dtype=np.float32) if self.rotary else None
+            qkv = apply_op(modern_ops.RotaryQKNorm, qkv, num_heads=self.num_heads, angles=angles, qk_norm=self.qk_norm)
         dropout_p = self.dropout if self.training else 0.0
         if kv_cache is None:
             y = apply_op(mlops.MultiHeadAttention, qkv, num_heads=self.num_heads, dropout_p=dropout_p)
@@ -150,26 +185,34 @@ CausalSelfAttention = CasualSelfAttention
 
 
 class GPTMLP(Module):
-    """GPT-2's feed-forward: c_proj(gelu(c_fc(x))), width 4x, no activation after the output projection."""
+    """GPT-2's feed-forward: c_proj(gelu(c_fc(x))), width 4x, no activation after the output projection;
+    activation "relu2" is the speedrun's max(x, 0)^2 instead of GELU."""
 
-    def __init__(self, embedding_dim: int, bias: bool = True) -> None:
+    activations = {"gelu": Tensor.gelu, "relu2": lambda x: apply_op(modern_ops.ReluSquared, x)}
+
+    def __init__(self, embedding_dim: int, bias: bool = True, activation: str = "gelu") -> None:
         super().__init__()
+        if activation not in self.activations:
+            raise ValueError(f"unknown MLP activation {activation!r}, expected one of {', '.join(self.activations)}")
+        self.activation = activation
         self.c_fc = FullyConnectedLayer(embedding_dim, 4 * embedding_dim, bias)
         self.c_proj = FullyConnectedLayer(4 * embedding_dim, embedding_dim, bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.c_proj(self.c_fc(x).gelu())
+        return self.c_proj(self.activations[self.activation](self.c_fc(x)))
 
 
 class TransformerBlock(Module):
-    """x + attn(ln_1(x)), then x + mlp(ln_2(x)): a pre-LayerNorm GPT-2 block with a GELU MLP of width 4x."""
+    """x + attn(ln_1(x)), then x + mlp(ln_2(x)): a pre-LayerNorm GPT-2 block with a GELU MLP of width 4x
+    (or the speedrun's options: RMSNorm, rotary, QK-norm, ReLU^2)."""
 
-    def __init__(self, embedding_dim: int, max_seq_length: int, num_heads: int, dropout: float = 0.0, bias: bool = True) -> None:
+    def __init__(self, embedding_dim: int, max_seq_length: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
+                 norm: str = "layernorm", rotary: bool = False, qk_norm: bool = False, mlp_activation: str = "gelu") -> None:
         super().__init__()
-        self.ln_1 = LayerNorm(embedding_dim, bias=bias)
-        self.attn = CasualSelfAttention(embedding_dim, max_seq_length, num_heads, dropout, bias)
-        self.ln_2 = LayerNorm(embedding_dim, bias=bias)
-        self.mlp = GPTMLP(embedding_dim, bias)
+        self.ln_1 = make_norm(norm, embedding_dim, bias)
+        self.attn = CasualSelfAttention(embedding_dim, max_seq_length, num_heads, dropout, bias, rotary, qk_norm)
+        self.ln_2 = make_norm(norm, embedding_dim, bias)
+        self.mlp = GPTMLP(embedding_dim, bias, mlp_activation)
         self.mlp_dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, kv_cache: dict | None = None) -> Tensor:
@@ -179,7 +222,8 @@ class TransformerBlock(Module):
 
 @dataclass
 class GPTConfig:
-    """The shape of a GPT, named as GPT's arguments (nanoGPT's GPTConfig); the defaults are GPT-2 small's."""
+    """The shape of a GPT, named as GPT's arguments (nanoGPT's GPTConfig); the defaults are GPT-2 small's.
+    The fields after `bias` are the speedrun's options, all off by default (GPT-2 exactly)."""
 
     max_seq_length: int = field(default=1024, metadata={"help": "context length in tokens"})
     vocab_size: int = field(default=50257, metadata={"help": "256 is byte level; more trains a BPE tokenizer first"})
@@ -188,36 +232,57 @@ class GPTConfig:
     embedding_dim: int = field(default=768, metadata={"help": "embedding width"})
     dropout: float = field(default=0.0, metadata={"help": "dropout rate"})
     bias: bool = field(default=True, metadata={"help": "biases in linear layers and LayerNorms"})
+    rotary: bool = field(default=False, metadata={"help": "rotary position embeddings instead of a learned table"})
+    qk_norm: bool = field(default=False, metadata={"help": "RMS-normalise queries and keys per head"})
+    norm: str = field(default="layernorm", metadata={"help": "layernorm, or rmsnorm"})
+    mlp_activation: str = field(default="gelu", metadata={"help": "gelu, or relu2 (max(x, 0)^2)"})
+    tied_head: bool = field(default=True, metadata={"help": "the output head is the token embedding (else lm_head)"})
+    zero_init_projections: bool = field(default=False, metadata={"help": "start the residual projections and lm_head at 0"})
+    logit_soft_cap: float = field(default=0.0, metadata={"help": "logits = cap * tanh(logits / cap) (0: off)"})
 
 
 class GPT(Module):
     """GPT-2: token + position embeddings, pre-LN blocks, final LayerNorm, LM head tied to the token embedding.
 
     Built from its arguments, `GPT(max_seq_length, vocab_size, num_layers, num_heads, embedding_dim)`, or from
-    one GPTConfig, `GPT(config)`; either way `model.config` is the GPTConfig."""
+    one GPTConfig, `GPT(config)`; either way `model.config` is the GPTConfig. The speedrun's options, all off
+    by default, are GPTConfig fields (also keywords after the sizes): rotary embeddings instead of learned
+    positions, QK-norm, RMSNorm instead of LayerNorm, a ReLU^2 MLP, an untied head (`lm_head`),
+    zero-initialised output projections (attn.c_proj, mlp.c_proj and the untied head), and a logit soft-cap."""
 
     def __init__(self, max_seq_length: int | GPTConfig, vocab_size: int | None = None, num_layers: int | None = None,
                  num_heads: int | None = None, embedding_dim: int | None = None, dropout: float = 0.0,
-                 bias: bool = True) -> None:
+                 bias: bool = True, **options) -> None:
         super().__init__()
-        config = _as_config(max_seq_length, vocab_size, num_layers, num_heads, embedding_dim, dropout, bias)
+        config = _as_config(max_seq_length, vocab_size, num_layers, num_heads, embedding_dim, dropout, bias, options)
+        if not config.logit_soft_cap >= 0.0 or math.isinf(config.logit_soft_cap):
+            raise ValueError(f"logit_soft_cap must be 0 (off) or a positive finite number, got {config.logit_soft_cap}")
         self.config = config
         self.max_seq_length = config.max_seq_length
         self.token_embedding = Embedding(config.vocab_size, config.embedding_dim)
-        self.position_embedding = Embedding(config.max_seq_length, config.embedding_dim)
+        if not config.rotary:
+            self.position_embedding = Embedding(config.max_seq_length, config.embedding_dim)
         self.embedding_dropout = Dropout(config.dropout)
         self.blocks = [TransformerBlock(config.embedding_dim, config.max_seq_length, config.num_heads, config.dropout,
-                                        config.bias) for _ in range(config.num_layers)]
-        self.ln_f = LayerNorm(config.embedding_dim, bias=config.bias)
-        self._init_weights(config.num_layers)
+                                        config.bias, config.norm, config.rotary, config.qk_norm, config.mlp_activation)
+                       for _ in range(config.num_layers)]
+        self.ln_f = make_norm(config.norm, config.embedding_dim, config.bias)
+        if not config.tied_head:
+            self.lm_head = FullyConnectedLayer(config.embedding_dim, config.vocab_size, bias=False)
+        self._init_weights(config.num_layers, config.zero_init_projections)
 
-    def _init_weights(self, num_layers: int) -> None:
-        """GPT-2 / nanoGPT: N(0, 0.02) weights, zero biases, residual projections scaled by 1/sqrt(2 * n_layer)."""
+    def _init_weights(self, num_layers: int, zero_init_projections: bool = False) -> None:
+        """GPT-2 / nanoGPT: N(0, 0.02) weights, zero biases, residual projections scaled by 1/sqrt(2 * n_layer);
+        with zero_init_projections the projections into the residual stream and the untied head start at 0."""
         with no_grad():
             for name, tensor in self.named_parameters():
                 if name.startswith("ln") or ".ln_" in name:
                     continue
                 if name.endswith("bias"):
+                    tensor.assign(0.0)
+                    continue
+                projection = name.endswith("c_proj.weights") or name == "lm_head.weights"
+                if zero_init_projections and projection:
                     tensor.assign(0.0)
                     continue
                 std = 0.02 / math.sqrt(2 * num_layers) if name.endswith("c_proj.weights") else 0.02
@@ -230,13 +295,15 @@ class GPT(Module):
         start = kv_cache[0]["k"].shape[2] if kv_cache and "k" in kv_cache[0] else 0
         if start + length > self.max_seq_length:
             raise ValueError(f"sequence of {start + length} tokens is longer than max_seq_length {self.max_seq_length}")
-        positions = Tensor.arange(start, start + length, device=token_ids.device)
-        x = self.token_embedding(token_ids) + self.position_embedding(positions)
+        x = self.token_embedding(token_ids)
+        if "position_embedding" in self:
+            x = x + self.position_embedding(Tensor.arange(start, start + length, device=token_ids.device))
         x = self.embedding_dropout(x)
         for i, block in enumerate(self.blocks):
             x = block(x, kv_cache[i] if kv_cache is not None else None)
         x = self.ln_f(x)
-        return x @ self.token_embedding.embeddings.transpose(0, 1)
+        logits = self.lm_head(x) if "lm_head" in self else x @ self.token_embedding.embeddings.transpose(0, 1)
+        return apply_op(modern_ops.SoftCap, logits, cap=self.config.logit_soft_cap) if self.config.logit_soft_cap else logits
 
     # ---- generation ------------------------------------------------------------------------------
     def generate(self, token_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
@@ -337,19 +404,23 @@ GPT2_LAYER_NAMES = {  # ours -> Hugging Face's, inside block i
 
 
 def _as_config(max_seq_length: int | GPTConfig, vocab_size: int | None, num_layers: int | None, num_heads: int | None,
-               embedding_dim: int | None, dropout: float, bias: bool) -> GPTConfig:
-    """GPT's arguments as a GPTConfig: the config itself when one is given, else the five sizes (all required)."""
+               embedding_dim: int | None, dropout: float, bias: bool, options: dict) -> GPTConfig:
+    """GPT's arguments as a GPTConfig: the config itself when one is given, else the five sizes (all required)
+    and the options (GPTConfig's other fields)."""
     sizes = dict(vocab_size=vocab_size, num_layers=num_layers, num_heads=num_heads, embedding_dim=embedding_dim)
     if isinstance(max_seq_length, GPTConfig):
         given = [name for name, value in sizes.items() if value is not None]
-        given += ["dropout"] * (dropout != 0.0) + ["bias"] * (bias is not True)
+        given += ["dropout"] * (dropout != 0.0) + ["bias"] * (bias is not True) + sorted(options)
         if given:
             raise TypeError(f"GPT: give either a GPTConfig or the sizes, got a GPTConfig and {', '.join(given)}")
         return max_seq_length
     missing = [name for name, value in sizes.items() if value is None]
     if missing:
         raise TypeError(f"GPT: missing {', '.join(missing)} (or give one GPTConfig)")
-    return GPTConfig(max_seq_length, vocab_size, num_layers, num_heads, embedding_dim, dropout, bias)
+    unknown = sorted(set(options) - {item.name for item in fields(GPTConfig)})
+    if unknown:
+        raise TypeError(f"GPT: unknown options {', '.join(unknown)}")
+    return GPTConfig(max_seq_length, vocab_size, num_layers, num_heads, embedding_dim, dropout, bias, **options)
 
 
 def _gpt2_names(arrays: dict[str, np.ndarray], num_layers: int) -> list[tuple[str, np.ndarray]]:
@@ -397,5 +468,5 @@ def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
     return kept / kept.sum(axis=-1, keepdims=True)
 
 
-__all__ = ["FullyConnectedLayer", "MLP", "Embedding", "LayerNorm", "Dropout", "CasualSelfAttention",
+__all__ = ["FullyConnectedLayer", "MLP", "Embedding", "LayerNorm", "RMSNorm", "Dropout", "CasualSelfAttention",
            "CausalSelfAttention", "GPTMLP", "TransformerBlock", "GPT", "GPTConfig"]
