@@ -14,7 +14,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from tinygpt import backend
-from tinygpt.nn import GPTConfig
+from tinygpt.nn import NORMS, GPTConfig, GPTMLP
+
+OPTIMIZERS, SCHEDULES = ("adamw", "muon"), ("cosine", "wsd")
 
 NANOGPT_NAMES = {"max_seq_length": "block_size", "num_layers": "n_layer", "num_heads": "n_head", "embedding_dim": "n_embd"}
 MODEL_SETTINGS = {NANOGPT_NAMES.get(item.name, item.name): item.name for item in fields(GPTConfig)}  # flat -> GPTConfig
@@ -26,6 +28,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "shakespeare-char-cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0, bias=False,
                                  max_iters=2000, learning_rate=1e-3, min_lr=1e-4, warmup_iters=100,
                                  beta2=0.99, weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=50),
+    # The same model size, data and split with the NanoGPT speedrun's recipe (docs/speedrun.md): Muon on the
+    # hidden matrices, AdamW on the rest, warmup-stable-decay, rotary, QK-norm, RMSNorm, ReLU^2, an untied
+    # zero-initialised head and projections, soft-capped logits. Chosen by whole-split val loss per iteration.
+    "shakespeare-speedrun-cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0, bias=False,
+                                     rotary=True, qk_norm=True, norm="rmsnorm", mlp_activation="relu2", tied_head=False,
+                                     zero_init_projections=True, logit_soft_cap=30.0, optimizer="muon",
+                                     muon_learning_rate=0.03, muon_momentum=0.95, learning_rate=3e-3, min_lr=0.0,
+                                     schedule="wsd", decay_fraction=0.5, warmup_iters=50, weight_decay=0.0, beta2=0.99,
+                                     grad_clip=1.0, max_iters=500, eval_interval=250, eval_iters=50),
     # nanoGPT's config/train_shakespeare_char.py as it is (a GPU run).
     "shakespeare-char-gpu": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, dropout=0.2, bias=False,
                                  max_iters=5000, learning_rate=1e-3, min_lr=1e-4, warmup_iters=100,
@@ -65,6 +76,11 @@ class TrainConfig:
     beta1: float = _setting(0.9, "AdamW beta1")
     beta2: float = _setting(0.99, "AdamW beta2")
     grad_clip: float = _setting(1.0, "clip the global gradient norm to this (0: off)")
+    optimizer: str = _setting("adamw", "adamw, or muon (Muon on the hidden matrices, AdamW on the rest)")
+    muon_learning_rate: float = _setting(0.03, "Muon's peak learning rate (decays as --learning-rate does)")
+    muon_momentum: float = _setting(0.95, "Muon's momentum")
+    schedule: str = _setting("cosine", "cosine, or wsd (warmup, stable, then a linear decay to --min-lr)")
+    decay_fraction: float = _setting(0.5, "wsd: the share of --max-iters spent decaying")
     eval_interval: int = _setting(250, "evaluate and save a checkpoint every this many iterations")
     eval_iters: int = _setting(50, "batches per evaluation")
     val_fraction: float = _setting(0.1, "share of the data held out for validation (its end)")
@@ -119,8 +135,26 @@ class TrainConfig:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.lr_decay_iters is not None and self.lr_decay_iters < self.warmup_iters:
             raise ConfigError(f"lr_decay_iters {self.lr_decay_iters} is shorter than warmup_iters {self.warmup_iters}")
+        self._validate_speedrun()
         if self.device not in backend.DEVICES:
             raise ConfigError(f"unknown device {self.device!r}, expected one of {', '.join(backend.DEVICES)}")
+
+
+    def _validate_speedrun(self) -> None:
+        """The optimizer, schedule and GPT options of the speedrun."""
+        choices = dict(optimizer=(self.optimizer, OPTIMIZERS), schedule=(self.schedule, SCHEDULES),
+                       norm=(self.model.norm, NORMS), mlp_activation=(self.model.mlp_activation, tuple(GPTMLP.activations)))
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ConfigError(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ConfigError(f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
+        if not self.muon_learning_rate >= 0.0:
+            raise ConfigError(f"muon_learning_rate must be >= 0, got {self.muon_learning_rate}")
+        if not 0.0 <= self.model.logit_soft_cap < float("inf"):
+            raise ConfigError(f"logit_soft_cap must be 0 (off) or a positive finite number, got {self.model.logit_soft_cap}")
 
 
 __all__ = ["TrainConfig", "ConfigError", "PRESETS", "MODEL_SETTINGS", "NANOGPT_NAMES", "default_model"]

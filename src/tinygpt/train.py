@@ -28,7 +28,8 @@ from tinygpt.dataset import (check_corpus_file, default_corpus_path, get_batch, 
 from tinygpt.distributed import World, get_world
 from tinygpt.losses import CrossEntropyLoss
 from tinygpt.nn import GPT
-from tinygpt.optimizers import AdamW, clip_grad_norm, cosine_schedule
+from tinygpt.optimizers import (AdamW, Muon, Optimizer, OptimizerGroups, ParameterGroup, clip_grad_norm, cosine_schedule,
+                                wsd_schedule)
 from tinygpt.tensor import Tensor, no_grad
 from tinygpt.tokenizer import BPETokenizer
 
@@ -68,11 +69,33 @@ class TrainResult:
     plot: Path | None = field(default=None)
 
 
-def build_optimizer(model: GPT, config: TrainConfig) -> AdamW:
-    """AdamW with nanoGPT's warmup + cosine schedule, decaying only matrices and embeddings (nanoGPT's groups)."""
+def build_optimizer(model: GPT, config: TrainConfig) -> Optimizer | OptimizerGroups:
+    """AdamW decaying only matrices and embeddings (nanoGPT's groups); with optimizer "muon", Muon for the hidden
+    matrices and that AdamW for the rest. The schedule (nanoGPT's warmup + cosine, or warmup-stable-decay) runs
+    from learning_rate to min_lr, and Muon's from muon_learning_rate down in the same proportion."""
+    adamw_schedule = build_schedule(config, config.learning_rate, config.min_lr)
+    if config.optimizer != "muon":
+        return AdamW(model, adamw_schedule, (config.beta1, config.beta2), weight_decay=config.weight_decay,
+                     decay_matrices_only=True)
+    floor = config.min_lr / config.learning_rate if config.learning_rate else 0.0
+    muon = Muon(ParameterGroup(model, is_hidden_matrix), build_schedule(config, config.muon_learning_rate,
+                config.muon_learning_rate * floor), weight_decay=config.weight_decay, momentum=config.muon_momentum)
+    adamw = AdamW(ParameterGroup(model, lambda name, tensor: not is_hidden_matrix(name, tensor)), adamw_schedule,
+                  (config.beta1, config.beta2), weight_decay=config.weight_decay, decay_matrices_only=True)
+    return OptimizerGroups(muon, adamw)
+
+
+def is_hidden_matrix(name: str, tensor) -> bool:
+    """The weights Muon trains: the blocks' matrices (not the embeddings, the head, gains or biases)."""
+    return tensor.ndim == 2 and name.startswith("blocks.")
+
+
+def build_schedule(config: TrainConfig, peak: float, floor: float):
+    """The learning rate of each iteration, from `peak` down to `floor`."""
+    if config.schedule == "wsd":
+        return wsd_schedule(peak, floor, config.warmup_iters, config.max_iters, config.decay_fraction)
     decay_iters = config.max_iters if config.lr_decay_iters is None else config.lr_decay_iters
-    schedule = cosine_schedule(config.learning_rate, config.min_lr, config.warmup_iters, decay_iters)
-    return AdamW(model, schedule, (config.beta1, config.beta2), weight_decay=config.weight_decay, decay_matrices_only=True)
+    return cosine_schedule(peak, floor, config.warmup_iters, decay_iters)
 
 
 def build_model(config: TrainConfig) -> GPT:
