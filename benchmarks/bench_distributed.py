@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -178,15 +179,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), action="append",
                         help="configuration(s) to run (default: shakespeare-char-cpu and large)")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per setup (default: 20)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per setup (default: 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
     parser.add_argument("--quick", action="store_true", help="the tiny configuration, 3 steps: a smoke run")
     args = parser.parse_args(argv)
     configs = ["tiny"] if args.quick else (args.config or ["shakespeare-char-cpu", "large"])
     steps, warmup = (3, 1) if args.quick else (args.steps, args.warmup)
     for config_name in configs:
         print(report(config_name, measure(config_name, steps, warmup)), flush=True)
-    print("command: python benchmarks/bench_distributed.py" + (" --quick" if args.quick else ""))
+    print(" ".join(["command: python benchmarks/bench_distributed.py", *map(shlex.quote, argv)]))
     return 0
 
 

@@ -241,3 +241,14 @@ def test_sharing_cores_sets_both_thread_counts():
     alone = subprocess.run([sys.executable, "-c", code.replace("share_cores(4, 2)", "share_cores(2, 2)")],
                            capture_output=True, text=True, check=True, env=env).stdout.split(None, 1)
     assert (alone[0], alone[1].strip()) == ("1", "{1}")
+
+
+def test_each_rank_finds_its_dropout_stream_in_the_checkpoint_state():
+    from tinygpt.checkpoint import saved_dropout_state
+
+    two_ranks = {"dropout_rng": {"r": 0}, "dropout_rngs": [{"r": 0}, {"r": 1}]}
+    assert [saved_dropout_state(two_ranks, rank, 2) for rank in (0, 1)] == [{"r": 0}, {"r": 1}]
+    assert [saved_dropout_state(two_ranks, rank, 3) for rank in (0, 1, 2)] == [{"r": 0}, None, None]
+    one_process = {"dropout_rng": {"r": 0}}  # written before tinygpt.distributed, or by a single process
+    assert [saved_dropout_state(one_process, rank, 2) for rank in (0, 1)] == [{"r": 0}, None]
+    assert saved_dropout_state(one_process, 0, 1) == {"r": 0}
