@@ -94,6 +94,16 @@ def test_a_changed_corpus_or_tokenizer_gets_a_new_cache_file(corpus_file, tokeni
     assert len(list(cache_dir.iterdir())) == 3
 
 
+def test_the_same_pattern_compiled_as_the_original_gets_another_fingerprint(tokenizer, tmp_path):
+    pattern = r"\w+ | \s+ | [^\w\s]+"  # verbose in the original's layout: the spaces are not part of it
+    path = tmp_path / "original.model"
+    path.write_text(repr(pattern) + "\n0\n", encoding="utf-8")
+    original = BPETokenizer()
+    original.load(path)
+    assert original.pattern == pattern and original.split_into_chunks("a b!") == ["a", " ", "b", "!"]
+    assert tokenizer_fingerprint(original) != tokenizer_fingerprint(BPETokenizer(pattern))
+
+
 def test_cache_dir_argument_overrides_the_environment(corpus_file, tokenizer, tmp_path, cache_dir):
     tokenize_corpus(corpus_file, tokenizer, cache_dir=tmp_path / "elsewhere")
     assert len(list((tmp_path / "elsewhere").iterdir())) == 1

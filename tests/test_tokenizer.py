@@ -1,5 +1,6 @@
 """BPETokenizer: training, encoding parity with tiktoken, special tokens, save/load, batching."""
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from tinygpt.dataset import default_corpus_path
 from tinygpt.tensor import Tensor
-from tinygpt.tokenizer import ASCII_SPLITTERS, BPETokenizer, RegexPatterns
+from tinygpt.tokenizer import ASCII_SPLITTERS, BPETokenizer, RegexPatterns, get_stats, merge
 
 tiktoken = pytest.importorskip("tiktoken", reason="tiktoken is the oracle for encoding")
 
@@ -51,19 +52,6 @@ def tiktoken_oracle(tokenizer: BPETokenizer, special_tokens=None) -> "tiktoken.E
         special_tokens=special_tokens or {})
 
 
-def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
-    """minbpe's merge: every non-overlapping occurrence of `pair`, left to right, becomes `new_id`."""
-    merged, position = [], 0
-    while position < len(ids):
-        if ids[position:position + 2] == list(pair):
-            merged.append(new_id)
-            position += 2
-        else:
-            merged.append(ids[position])
-            position += 1
-    return merged
-
-
 def reference_train(text: str, vocab_size: int, pattern: str) -> dict[tuple[int, int], int]:
     """minbpe-style training that recounts every pair before each merge, with our tie rule."""
     chunk_counts = Counter(BPETokenizer(pattern).split_into_chunks(text))
@@ -79,7 +67,7 @@ def reference_train(text: str, vocab_size: int, pattern: str) -> dict[tuple[int,
         best = min(pair_counts, key=lambda pair: (-pair_counts[pair], pair))
         new_id = 256 + len(merges)
         merges[best] = new_id
-        words = [(merge_pair(ids, best, new_id), count) for ids, count in words]
+        words = [(merge(ids, best, new_id), count) for ids, count in words]
     return merges
 
 
@@ -259,10 +247,16 @@ def test_decode_inverts_encode(trained, text):
     assert trained.decode(trained.encode(text)) == text
 
 
-def test_decode_replaces_invalid_utf8_and_unknown_ids(trained):
-    assert trained.decode([0xFF]) == "\ufffd"
-    assert trained.decode([104, 105, 10**9, -1]) == "hi\ufffd\ufffd"
+@given(data=st.binary(max_size=40))
+def test_decode_replaces_invalid_utf8_and_never_raises_on_it(data):
+    assert BPETokenizer().decode(list(data)) == data.decode("utf-8", errors="replace")
+
+
+def test_decode_of_an_id_outside_the_vocabulary_raises(trained):
     assert trained.decode(np.array([104, 105])) == "hi"
+    for unknown in (len(trained.vocab), 10**9, -1):
+        with pytest.raises(ValueError, match=f"id {unknown} is not in the vocabulary"):
+            trained.decode([104, unknown, 105])
 
 
 # ---- special tokens ------------------------------------------------------------------------------
@@ -311,9 +305,18 @@ def test_special_token_ids_must_not_overlap_the_vocabulary(trained):
     with pytest.raises(ValueError, match="needs an id >= 512"):
         tokenizer.register_special_tokens({"<|b|>": 300})
     with pytest.raises(ValueError, match="distinct ids"):
-        tokenizer.register_special_tokens({"<|b|>": 600})
+        tokenizer.register_special_tokens({"<|b|>": 601, "<|c|>": 601})
     with pytest.raises(ValueError, match="below vocab_size 1000"):
         tokenizer.train("some text", 1000)
+
+
+def test_register_special_tokens_replaces_the_registered_specials(with_specials):
+    with_specials.register_special_tokens({"<|sep|>": 600})
+    assert with_specials.special_tokens == {"<|sep|>": 600}
+    assert with_specials.vocab[600] == b"<|sep|>" and 601 not in with_specials.vocab
+    text = "a<|sep|>b<|pad|>"
+    assert with_specials.encode(text, allowed_special="all") == tiktoken_oracle(
+        with_specials, {"<|sep|>": 600}).encode(text, allowed_special="all")
 
 
 # ---- saving and loading --------------------------------------------------------------------------
@@ -394,6 +397,115 @@ def test_load_rejects_a_binary_file(tmp_path):
     model_file.write_bytes(bytes(range(256)) * 4)
     with pytest.raises(ValueError, match="not a TinyGPT BPE model file"):
         BPETokenizer().load(model_file)
+
+
+# ---- the original TinyGPT's module-level steps and .model layout ----------------------------------
+
+@given(ids=st.lists(st.integers(0, 4), max_size=40), more=st.lists(st.integers(0, 4), max_size=10))
+def test_get_stats_counts_consecutive_pairs_and_adds_to_given_counts(ids, more):
+    assert get_stats(ids) == Counter(zip(ids, ids[1:]))
+    counts = get_stats(ids)
+    assert get_stats(more, counts) is counts
+    assert counts == Counter(zip(ids, ids[1:])) + Counter(zip(more, more[1:]))
+
+
+@given(ids=st.lists(st.integers(0, 3), max_size=40), pair=st.tuples(st.integers(0, 3), st.integers(0, 3)))
+def test_merge_replaces_every_occurrence_left_to_right_as_str_replace(ids, pair):
+    def as_text(sequence):
+        return "".join(map(chr, sequence))
+    assert as_text(merge(ids, pair, 9)) == as_text(ids).replace(as_text(pair), chr(9))
+
+
+# A pattern in the original's style: verbose mode (whitespace and comments ignored), written for the
+# standard `re` module, whose \w and \d differ from those of `regex` (combining marks, superscripts).
+VERBOSE_PATTERN = r"""
+    (?i:'[sdmt]|'ll|'ve|'re)|  # contractions
+    [^\r\n\w\d]?+\w+|          # a word, maybe after one other character
+    [^\s\w\d]++[\r\n]*|         # punctuation runs
+    \s*[\r\n]|                  # spaces then a line break
+    \s+(?!\S)|                   # trailing spaces
+    \s+                          # other spaces
+    """
+ORIGINAL_TEXT = "It's e\u0301te\u0301, x\u00b2 + y\u00b2!\n  Ça va?  Hello world 1234\n\n" + MULTILINGUAL_TEXT
+
+
+def write_original_model(path: Path, pattern: str, special_tokens: dict[str, int], merges: dict) -> None:
+    """The original TinyGPT's tokenizer.model: repr(pattern), the number of special tokens, a
+    'token id' line for each, then an 'id_a id_b' line per merge in the order learnt."""
+    lines = [repr(pattern), str(len(special_tokens))]
+    lines += [f"{token} {index}" for token, index in special_tokens.items()]
+    lines += [f"{first} {second}" for first, second in sorted(merges, key=merges.get)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def original_ids(pattern: str, tokenizer: BPETokenizer, text: str) -> list[int]:
+    """The oracle: chunks as the original split them (`re`, verbose mode), then tiktoken's BPE of each."""
+    whole_chunk = tiktoken.Encoding(name="one-chunk", pat_str=r"[\s\S]+", special_tokens={},
+                                    mergeable_ranks={tokenizer.vocab[i]: i for i in range(256 + len(tokenizer.merges))})
+    return [index for chunk in re.findall(re.compile(pattern, re.VERBOSE), text)
+            for index in whole_chunk.encode_ordinary(chunk)]
+
+
+@pytest.fixture
+def original_model(shakespeare, tmp_path) -> tuple[Path, BPETokenizer]:
+    learnt = BPETokenizer(RegexPatterns.GPT4)
+    learnt.train(shakespeare[:20_000], 256 + 40)
+    path = tmp_path / "tokenizer.model"
+    write_original_model(path, VERBOSE_PATTERN, {"<|endoftext|>": 400}, learnt.merges)
+    return path, learnt
+
+
+def test_load_reads_the_original_layout_and_encodes_as_the_original(original_model):
+    path, learnt = original_model
+    loaded = BPETokenizer()
+    loaded.load(path)
+    assert loaded.pattern == VERBOSE_PATTERN and loaded.merges == learnt.merges
+    assert loaded.special_tokens == {"<|endoftext|>": 400}
+    ids = loaded.encode(ORIGINAL_TEXT)
+    assert ids == original_ids(VERBOSE_PATTERN, learnt, ORIGINAL_TEXT)
+    assert len(ids) < len(ORIGINAL_TEXT.encode("utf-8"))  # the merges were applied
+    assert loaded.decode(ids) == ORIGINAL_TEXT
+    with_special = loaded.encode("Hello<|endoftext|>world", allowed_special="all")
+    assert with_special.count(400) == 1 and loaded.decode(with_special) == "Hello<|endoftext|>world"
+
+
+def test_the_original_pattern_is_compiled_in_verbose_mode_with_re(original_model):
+    path, _ = original_model
+    loaded = BPETokenizer()
+    loaded.load(path)
+    chunks = loaded.split_into_chunks(ORIGINAL_TEXT)
+    assert chunks == re.findall(re.compile(VERBOSE_PATTERN, re.VERBOSE), ORIGINAL_TEXT)
+    assert chunks != regex.findall(regex.compile(VERBOSE_PATTERN, regex.VERBOSE), ORIGINAL_TEXT)
+
+
+def test_a_tokenizer_read_from_the_original_layout_saves_in_it(original_model, tmp_path):
+    path, _ = original_model
+    loaded = BPETokenizer()
+    loaded.load(path)
+    loaded.save(tmp_path / "again")
+    assert (tmp_path / "again.model").read_text(encoding="utf-8") == path.read_text(encoding="utf-8")
+    reloaded = BPETokenizer()
+    reloaded.load(tmp_path / "again.model")
+    assert reloaded.encode(ORIGINAL_TEXT) == loaded.encode(ORIGINAL_TEXT)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda lines: ["__import__('os').system('touch hacked')"] + lines[1:], "not a TinyGPT BPE model file"),
+    (lambda lines: ["'(unbalanced'"] + lines[1:], "corrupt or truncated"),
+    (lambda lines: ["'(a)|b'"] + lines[1:], "capture group"),
+    (lambda lines: ["'a* # may match nothing'"] + lines[1:], "empty string"),
+    (lambda lines: lines[:1] + ["x"] + lines[2:], "corrupt or truncated"),
+    (lambda lines: lines[:3] + ["4000 97"] + lines[4:], "unknown ids 4000 97"),
+    (lambda lines: lines[:2] + ["<|endoftext|> 200"] + lines[3:], "needs an id >= 296"),
+])
+def test_load_rejects_a_damaged_original_layout(original_model, damage, message, tmp_path, monkeypatch):
+    path, _ = original_model
+    lines = path.read_text(encoding="utf-8").split("\n")
+    path.write_text("\n".join(damage(lines)), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=message) as error:
+        BPETokenizer().load(path)
+    assert str(path) in str(error.value) and not (tmp_path / "hacked").exists()
 
 
 # ---- batches of ids as Tensors -------------------------------------------------------------------

@@ -33,9 +33,10 @@ def default_cache_dir() -> Path:
 
 
 def tokenizer_fingerprint(tokenizer: BPETokenizer) -> str:
-    """A hash of everything that decides the ids: the pattern, the merges and the special tokens."""
+    """A hash of everything that decides the ids: the pattern (and how it is compiled), the merges and the
+    special tokens."""
     description = "\n".join([
-        tokenizer.pattern,
+        tokenizer.pattern + ("\n(compiled as the original TinyGPT did)" if tokenizer.original_format else ""),
         repr(sorted(tokenizer.merges.items(), key=lambda item: item[1])),
         repr(sorted(tokenizer.special_tokens.items())),
     ])

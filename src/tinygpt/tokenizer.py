@@ -11,9 +11,9 @@ import heapq
 import json
 import re
 from collections import Counter, defaultdict
-from itertools import chain, repeat
+from itertools import chain
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import regex
@@ -23,6 +23,8 @@ from tinygpt.serialization import atomic_write
 from tinygpt.tensor import Tensor
 from tinygpt.tokenizer_checks import (MAX_TOKEN_ID, MAX_VOCAB_BYTES, check_merge_count, check_merges,
                                       check_special_tokens, check_token_id, compile_pattern, split_with_timeout)
+from tinygpt.tokenizer_original import (compile_original_pattern, is_original_layout, original_lines,
+                                        parse_original_lines, split_as_original)
 
 MODEL_FORMAT_VERSION = "tinygpt-bpe v1"
 REPLACEMENT_CHARACTER = "\ufffd".encode("utf-8")
@@ -56,6 +58,28 @@ ASCII_SPLITTERS = {
         rf"""'(?i:[sdmt]|ll|ve|re)|[^\r\nA-Za-z0-9]?[A-Za-z]+|[0-9]{{1,3}}| ?[^{_SPACE}A-Za-z0-9]+[\r\n]*"""
         rf"""|[{_SPACE}]+$|[{_SPACE}]*[\r\n]|[{_SPACE}]+(?![^{_SPACE}])|[{_SPACE}]"""),
 }
+
+
+def get_stats(ids: Sequence[int], counts: dict[tuple[int, int], int] | None = None) -> dict[tuple[int, int], int]:
+    """How often each pair of consecutive ids occurs, added to `counts` when given (which is returned)."""
+    counts = {} if counts is None else counts
+    for first, second in zip(ids, ids[1:]):
+        counts[first, second] = counts.get((first, second), 0) + 1
+    return counts
+
+
+def merge(ids: Sequence[int], pair: tuple[int, int], idx: int) -> list[int]:
+    """`ids` with each occurrence of `pair`, taken left to right without overlap, replaced by `idx`."""
+    first, second = pair
+    merged, position = [], 0
+    while position < len(ids):
+        if ids[position] == first and position + 1 < len(ids) and ids[position + 1] == second:
+            merged.append(idx)
+            position += 2
+        else:
+            merged.append(ids[position])
+            position += 1
+    return merged
 
 
 class PairStatistics:
@@ -144,6 +168,7 @@ class BPETokenizer:
     """Byte-level BPE with a regex pre-split (GPT-2 / GPT-4 style) and optional special tokens."""
 
     def __init__(self, regex_pattern: str = RegexPatterns.GPT4):
+        self.original_format = False
         self.pattern = regex_pattern
         self.special_tokens: dict[str, int] = {}
         self.merges = {}
@@ -155,14 +180,20 @@ class BPETokenizer:
 
     @pattern.setter
     def pattern(self, pattern: str) -> None:
-        self._compiled_pattern = compile_pattern(pattern)
-        self._ascii_splitter = ASCII_SPLITTERS.get(pattern)
+        if self.original_format:  # read from the original TinyGPT's file: compiled as it compiled it
+            self._compiled_pattern = compile_original_pattern(pattern)
+            self._ascii_splitter = None
+        else:
+            self._compiled_pattern = compile_pattern(pattern)
+            self._ascii_splitter = ASCII_SPLITTERS.get(pattern)
         self._pattern = pattern
 
     def split_into_chunks(self, text: str) -> list[str]:
         """The chunks of `text`: every match of the pattern, in order (see tokenizer_checks for the timeout)."""
         if self._ascii_splitter is not None and text.isascii():
             return self._ascii_splitter.findall(text)
+        if self.original_format:
+            return split_as_original(self._compiled_pattern, text)
         return split_with_timeout(self._compiled_pattern, text)
 
     @property
@@ -250,10 +281,10 @@ class BPETokenizer:
         )
 
     def register_special_tokens(self, special_tokens: dict[str, int]) -> None:
-        """Add special tokens `{text: id}`; their ids must lie above the learnt vocabulary."""
-        merged = {**self.special_tokens, **special_tokens}
-        check_special_tokens(merged, 256 + len(self.merges))
-        self.special_tokens = merged
+        """Make `special_tokens` ({text: id}) the special tokens, replacing those registered before (as the
+        original TinyGPT); their ids must be distinct and lie above the learnt vocabulary."""
+        check_special_tokens(special_tokens, 256 + len(self.merges))
+        self.special_tokens = dict(special_tokens)
         self._rebuild_vocab()
 
     # ----------------------------------------------------------------------------------------
@@ -418,19 +449,25 @@ class BPETokenizer:
                 ids.extend(self.encode_ordinary(part))
         return ids
 
-    def decode(self, ids: Iterable[int] | np.ndarray | Tensor) -> str:
-        """A 1-D sequence of ids to text. Invalid UTF-8 and unknown ids become U+FFFD."""
+    def decode(self, ids: Iterable[int] | np.ndarray | Tensor, unknown_ids: str = "raise") -> str:
+        """A 1-D sequence of ids to text; invalid UTF-8 becomes U+FFFD. An id outside the vocabulary raises
+        ValueError (as the original TinyGPT), or becomes U+FFFD too with unknown_ids="replace"."""
         if isinstance(ids, Tensor):
             ids = ids.numpy()
         if isinstance(ids, np.ndarray):
             ids = ids.tolist()
+        if unknown_ids not in ("raise", "replace"):
+            raise ValueError(f"unknown_ids must be 'raise' or 'replace', got {unknown_ids!r}")
         try:
-            token_bytes = b"".join(map(self.vocab.get, ids, repeat(REPLACEMENT_CHARACTER)))
+            token_bytes = [self.vocab.get(index, REPLACEMENT_CHARACTER) for index in ids]
+            unknown = next((index for index in ids if index not in self.vocab), None)
         except TypeError:
             wrong = next((index for index in ids if not isinstance(index, int)), ids)
             raise TypeError(f"decode needs a 1-D sequence of int ids, got an element of type "
                             f"{type(wrong).__name__}") from None
-        return token_bytes.decode("utf-8", errors="replace")
+        if unknown is not None and unknown_ids == "raise":
+            raise ValueError(f"decode: id {unknown} is not in the vocabulary of {len(self.vocab)} tokens")
+        return b"".join(token_bytes).decode("utf-8", errors="replace")
 
     def visualise_tokens(self, ids: Iterable[int], colour: bool = True) -> str:
         """The text of `ids` with token boundaries shown: ANSI background colours, or `|`."""
@@ -502,15 +539,19 @@ class BPETokenizer:
     # saving and loading
 
     def save(self, file_prefix: str | Path) -> None:
-        """Write `<prefix>.model` (read back by `load`) and `<prefix>.vocab` (for humans)."""
+        """Write `<prefix>.model` (read back by `load`; in the original TinyGPT's layout if it was read
+        from one) and `<prefix>.vocab` (for humans)."""
         file_prefix = str(file_prefix)
-        lines = [MODEL_FORMAT_VERSION, json.dumps(self.pattern),
-                 f"special_tokens {len(self.special_tokens)}"]
-        lines += [f"{json.dumps(token)} {index}" for token, index in self.special_tokens.items()]
-        lines.append(f"merges {len(self.merges)}")
-        lines += [f"{first} {second}" for (first, second), _ in
-                  sorted(self.merges.items(), key=lambda item: item[1])]
-        model_text = "\n".join(lines) + "\n"
+        if self.original_format:
+            model_text = "\n".join(original_lines(self.pattern, self.special_tokens, self.merges))
+        else:
+            lines = [MODEL_FORMAT_VERSION, json.dumps(self.pattern),
+                     f"special_tokens {len(self.special_tokens)}"]
+            lines += [f"{json.dumps(token)} {index}" for token, index in self.special_tokens.items()]
+            lines.append(f"merges {len(self.merges)}")
+            lines += [f"{first} {second}" for (first, second), _ in
+                      sorted(self.merges.items(), key=lambda item: item[1])]
+            model_text = "\n".join(lines) + "\n"
         atomic_write(file_prefix + ".model",
                      lambda temporary: Path(temporary).write_text(model_text, encoding="utf-8", newline="\n"))
 
@@ -528,20 +569,31 @@ class BPETokenizer:
                      lambda temporary: Path(temporary).write_text(vocab_text, encoding="utf-8", newline="\n"))
 
     def load(self, model_file: str | Path) -> None:
-        """Read a `.model` file written by `save`; a corrupt or foreign file raises ValueError."""
+        """Read a `.model` file written by `save`, or by the original TinyGPT (see tokenizer_original);
+        a corrupt or foreign file raises ValueError."""
         model_file = Path(model_file)
         try:
             lines = model_file.read_text(encoding="utf-8").split("\n")
         except UnicodeDecodeError as error:
             raise ValueError(f"{model_file}: not a TinyGPT BPE model file (not UTF-8 text)") from error
-        if lines[0] != MODEL_FORMAT_VERSION:
+        original = is_original_layout(lines[0])
+        if lines[0] != MODEL_FORMAT_VERSION and not original:
             raise ValueError(f"{model_file}: not a TinyGPT BPE model file: first line is "
-                             f"{lines[0][:40]!r}, expected {MODEL_FORMAT_VERSION!r}")
+                             f"{lines[0][:40]!r}, expected {MODEL_FORMAT_VERSION!r} or a quoted pattern "
+                             f"(the original TinyGPT's layout)")
         try:
-            pattern, special_tokens, merges = self._parse_model_lines(lines[1:])
+            if original:
+                pattern, special_tokens, pairs = parse_original_lines(lines)
+                compile_original_pattern(pattern)
+                merges = check_merges(pairs)
+                check_special_tokens(special_tokens, 256 + len(merges))
+            else:
+                pattern, special_tokens, merges = self._parse_model_lines(lines[1:])
         except (ValueError, IndexError, regex.error) as error:
-            raise ValueError(f"{model_file}: corrupt or truncated TinyGPT BPE model file: {error}") from error
+            layout = "the original TinyGPT's" if original else "TinyGPT"
+            raise ValueError(f"{model_file}: corrupt or truncated {layout} BPE model file: {error}") from error
 
+        self.original_format = original
         self.pattern = pattern
         self.special_tokens = special_tokens
         self.merges = merges

@@ -348,7 +348,8 @@ def sample_text(model: GPT, tokenizer: BPETokenizer, prompt: str, max_new_tokens
         raise ConfigError("the prompt is empty: give at least one character to start from")
     generated = model.generate(Tensor(np.array([ids], dtype=np.int32), device=device), max_new_tokens,
                                temperature=temperature, top_k=top_k, rng=np.random.default_rng(seed))
-    return tokenizer.decode(generated.numpy()[0].tolist())
+    # a tokenizer whose training stopped short of vocab_size has fewer ids than the model can draw
+    return tokenizer.decode(generated.numpy()[0].tolist(), unknown_ids="replace")
 
 
 def plot_losses(history: dict[str, list], path: Path) -> Path | None:
