@@ -170,14 +170,18 @@ def check_against_torch(ours_fn: Callable[..., Tensor], torch_fn: Callable[..., 
 MEMORY_CAP_BYTES = 2 << 30  # address space of a capped subprocess: imports need ~0.6 GiB, a runaway asks for far more
 
 
-def run_capped(args: Sequence[str], timeout: float = 120, memory: int = MEMORY_CAP_BYTES, **kwargs):
-    """Run `python -m tinygpt *args` (or any argv starting with a path) under an address-space cap and a timeout."""
+def run_capped(args: Sequence[str], timeout: float = 120, memory: int = MEMORY_CAP_BYTES,
+               extra_setup: Callable[[], None] | None = None, **kwargs):
+    """Run `python -m tinygpt *args` (or any argv starting with a path) under an address-space cap and a timeout;
+    `extra_setup` runs in the child before it starts (more limits)."""
     import resource
     import subprocess
     import sys
 
     def cap_memory():
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        if extra_setup is not None:
+            extra_setup()
 
     argv = list(args) if str(args[0]).startswith(("/", sys.executable)) else [sys.executable, "-m", "tinygpt", *args]
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, preexec_fn=cap_memory, **kwargs)

@@ -390,6 +390,8 @@ class Buffer:
 
     @staticmethod
     def arange(start: int, stop: int | None = None, step: int = 1, dtype: DType = DType.int32, device: str | None = None) -> "Buffer":
+        if step == 0:
+            raise ValueError("arange: step must not be zero")
         xp = backend.array_module(backend.normalize_device(device))
         return Buffer.from_array(xp.arange(start, stop, step, dtype=dtype.numpy) if stop is not None
                                  else xp.arange(start, dtype=dtype.numpy))

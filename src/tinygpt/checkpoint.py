@@ -23,6 +23,8 @@ import numpy as np
 
 from tinygpt import backend
 from tinygpt.config import NANOGPT_NAMES, ConfigError, TrainConfig
+from tinygpt.checkpoint_checks import (check_finite_weights, check_optimizer_covers_model, check_state,
+                                       check_weights_fit_config)
 from tinygpt.nn import GPT, GPTConfig
 from tinygpt.optimizers import Optimizer
 from tinygpt.tokenizer import BPETokenizer
@@ -65,18 +67,27 @@ class Checkpoint:
 
     @property
     def model_config(self) -> GPTConfig:
-        """The GPTConfig of config.json."""
+        """The GPTConfig of config.json, checked by GPTConfig.validate."""
         try:
-            return GPTConfig(**self.config["model"])
-        except TypeError as error:
+            model_config = GPTConfig(**self.config["model"])
+            model_config.validate()
+            return model_config
+        except (TypeError, ValueError) as error:
             raise ConfigError(f"corrupt checkpoint {self.directory}: {CONFIG_FILE} model: {error}") from None
 
     def load_model(self, device: str = "cpu") -> GPT:
-        """The GPT of config.json with the saved weights, on `device`."""
+        """The GPT of config.json with the saved weights, on `device`. The size config.json implies is checked
+        against the tensors model.safetensors holds before the model is built, and the weights must be finite."""
         model_config = self.model_config
+        largest_id = max(self.tokenizer.vocab)
+        if largest_id >= model_config.vocab_size:
+            raise ConfigError(f"corrupt checkpoint {self.directory}: the tokenizer has ids up to {largest_id}, beyond "
+                              f"the model's vocabulary of {model_config.vocab_size}")
         try:
+            check_weights_fit_config(self.directory / MODEL_FILE, model_config)
             model = GPT(model_config)
             model.load_weights(str(self.directory / MODEL_FILE))
+            check_finite_weights(model, MODEL_FILE)
         except (OSError, ValueError, TypeError) as error:
             raise ConfigError(f"corrupt checkpoint {self.directory}: {error}") from None
         return model.to(device) if device != "cpu" else model
@@ -88,7 +99,7 @@ def load_checkpoint(out_dir: str | os.PathLike) -> Checkpoint:
     config = read_checkpoint_config(directory)
     try:
         state = json.loads((directory / STATE_FILE).read_text())
-        int(state["iteration"]), dict(state["history"]), state["data_rng"]
+        check_state(state)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ConfigError(f"corrupt checkpoint {directory}: cannot read {STATE_FILE} ({error})") from None
     tokenizer = BPETokenizer()
@@ -110,6 +121,23 @@ def save_checkpoint(out_dir: Path, model: GPT, optimizer: Optimizer, tokenizer: 
         shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
     staging.chmod(0o755)  # mkdtemp makes it private; a checkpoint is an ordinary directory
+    try:
+        _write_checkpoint_files(staging, model, optimizer, tokenizer, config, state)
+    except OSError as error:  # a full disk, most likely: the previous checkpoint is untouched
+        shutil.rmtree(staging, ignore_errors=True)
+        kept = f"the previous checkpoint {current} is kept" if current.exists() else "no earlier checkpoint exists"
+        raise ConfigError(f"could not write a checkpoint in {out_dir} ({error}); {kept}") from None
+    if current.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        os.rename(current, previous)
+    os.rename(staging, current)
+    _fsync(out_dir)
+    shutil.rmtree(previous, ignore_errors=True)
+    return current
+
+
+def _write_checkpoint_files(staging: Path, model: GPT, optimizer: Optimizer, tokenizer: BPETokenizer,
+                            config: TrainConfig, state: dict[str, Any]) -> None:
     model.save_weights(str(staging / MODEL_FILE))
     optimizer.save_state(str(staging / OPTIMIZER_FILE))
     tokenizer.save(staging / TOKENIZER_PREFIX)
@@ -118,13 +146,6 @@ def save_checkpoint(out_dir: Path, model: GPT, optimizer: Optimizer, tokenizer: 
     (staging / STATE_FILE).write_text(json.dumps(state) + "\n")
     for path in [*staging.iterdir(), staging]:
         _fsync(path)
-    if current.exists():
-        shutil.rmtree(previous, ignore_errors=True)
-        os.rename(current, previous)
-    os.rename(staging, current)
-    _fsync(out_dir)
-    shutil.rmtree(previous, ignore_errors=True)
-    return current
 
 
 def _fsync(path: Path) -> None:
@@ -156,6 +177,7 @@ def restore_training_state(checkpoint: Checkpoint, optimizer: Optimizer, data_rn
         optimizer.load_state(str(checkpoint.directory / OPTIMIZER_FILE))
         if optimizer.step_count != iteration:
             raise ValueError(f"optimizer took {optimizer.step_count} steps but state.json says iteration {iteration}")
+        check_optimizer_covers_model(optimizer, iteration)
         data_rng.bit_generator.state = checkpoint.state["data_rng"]
         dropout_rng = saved_dropout_state(checkpoint.state, rank, ranks)
         if dropout_rng is not None and device == "cpu":

@@ -13,6 +13,7 @@ rank stops every rank (MPI abort) with one line that names the rank.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -85,8 +86,14 @@ def add_sample_parser(subparsers) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    if args.max_new_tokens < 0 or args.num_samples < 1 or args.temperature < 0 or args.top_k < 0:
+    if args.max_new_tokens < 0 or args.num_samples < 1 or not args.temperature >= 0 or args.top_k < 0:
         raise ConfigError("--max-new-tokens, --temperature and --top-k must be >= 0 and --num-samples >= 1")
+    if not math.isfinite(args.temperature) or args.seed < 0:
+        raise ConfigError(f"--temperature must be finite and --seed >= 0, got {args.temperature} and {args.seed}")
+    try:
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ConfigError(f"the prompt is not UTF-8 text (an undecodable byte at character {error.start})") from None
     check_device(args.device)
     checkpoint = load_checkpoint(args.out_dir)
     model = checkpoint.load_model(args.device)

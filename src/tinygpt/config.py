@@ -15,6 +15,8 @@ from typing import Any
 
 from tinygpt import backend
 from tinygpt.nn import NORMS, GPTConfig, GPTMLP
+from tinygpt.tokenizer_checks import MAX_TOKEN_ID
+from tinygpt.utils import check_count, check_finite
 
 OPTIMIZERS, SCHEDULES = ("adamw", "muon"), ("cosine", "wsd")
 
@@ -108,8 +110,9 @@ class TrainConfig:
         return {flat: model[name] for flat, name in MODEL_SETTINGS.items()} | run
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first setting that cannot work."""
+        """Raise ConfigError naming the first setting that cannot work (of the wrong type, out of range)."""
         settings = self.settings()
+        self._check_types(settings)
         positive = ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "batch_size", "eval_interval", "eval_iters")
         for name in positive:
             if not isinstance(settings[name], int) or settings[name] < 1:
@@ -138,6 +141,34 @@ class TrainConfig:
         self._validate_speedrun()
         if self.device not in backend.DEVICES:
             raise ConfigError(f"unknown device {self.device!r}, expected one of {', '.join(backend.DEVICES)}")
+        if self.model.vocab_size > MAX_TOKEN_ID + 1:
+            raise ConfigError(f"vocab_size must be at most {MAX_TOKEN_ID + 1:,} (the tokenizer's bound), "
+                              f"got {self.model.vocab_size:,}")
+        try:
+            self.model.validate()
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+
+    @staticmethod
+    def _check_types(settings: dict[str, Any]) -> None:
+        """Each setting of the type its default has: integers, finite numbers, strings, booleans."""
+        kinds = TrainConfig().settings()
+        try:
+            for name, value in settings.items():
+                default = kinds[name]
+                if value is None and (default is None or name == "lr_decay_iters"):
+                    continue
+                if isinstance(default, bool):
+                    if not isinstance(value, bool):
+                        raise ValueError(f"{name} must be true or false, got {value!r}")
+                elif isinstance(default, int) or name == "lr_decay_iters":  # its default is None
+                    check_count(name, value, minimum=0)
+                elif isinstance(default, float):
+                    check_finite(name, value)
+                elif isinstance(default, str) and not isinstance(value, str):
+                    raise ValueError(f"{name} must be a string, got {value!r}")
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
 
 
     def _validate_speedrun(self) -> None:

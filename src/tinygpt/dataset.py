@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
+import struct
+import warnings
 from abc import ABC, abstractmethod
 from importlib import resources
 from pathlib import Path
@@ -20,6 +23,8 @@ from tinygpt.tensor import Tensor
 from tinygpt.tokenizer import BPETokenizer, RegexPatterns
 
 TEXT_BLOCK_CHARS = 1 << 22
+CACHE_MAGIC = b"TGTOKv1\0"
+CACHE_HEADER = struct.Struct("<8sQ32s")  # magic, token count, SHA-256 of the ids
 
 
 def default_corpus_path() -> Path:
@@ -90,11 +95,21 @@ def check_corpus_file(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise FileNotFoundError(f"corpus file {path} is a directory, not a text file")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"corpus file {path} is {_file_kind(path)}, not a regular text file")
     if not path.is_file():
         raise FileNotFoundError(f"corpus file {path} does not exist")
     if path.stat().st_size == 0:
         raise ValueError(f"corpus file {path} is empty")
     return path
+
+
+def _file_kind(path: Path) -> str:
+    """What a path that exists but is no regular file is, in words."""
+    mode = path.stat().st_mode
+    kinds = [(stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISSOCK, "a socket")]
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
 def read_corpus_text(path: str | Path) -> str:
@@ -111,24 +126,60 @@ def tokenize_corpus(data_file_path: str | Path, tokenizer: BPETokenizer,
     """Token ids of a UTF-8 text file, encoded once, cached on disk and memory-mapped.
 
     The cache file is named after a hash of the file's bytes and `tokenizer_fingerprint`, so a
-    changed corpus or tokenizer gets a new file. Special tokens in the text are recognised.
+    changed corpus or tokenizer gets a new file. Special tokens in the text are recognised. The
+    file starts with a header (token count and SHA-256 of the ids); a cache that does not match
+    its header, or holds an id beyond the tokenizer's, is rebuilt with a warning.
     """
     data_file_path = check_corpus_file(data_file_path)
     largest_id = max(tokenizer.vocab)
-    dtype = np.uint16 if largest_id < 2**16 else np.uint32
+    dtype = np.dtype(np.uint16 if largest_id < 2**16 else np.uint32)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache_file = cache_dir / (f"{data_file_path.stem}-{_file_digest(data_file_path)[:16]}-"
-                              f"{tokenizer_fingerprint(tokenizer)[:16]}.{np.dtype(dtype).name}")
-    if not cache_file.exists():
-        def write_tokens(temporary: str) -> None:
-            with open(temporary, "wb") as file:
-                for text in _read_text_blocks(data_file_path, tokenizer, TEXT_BLOCK_CHARS):
-                    file.write(np.asarray(tokenizer.encode(text, allowed_special="all"), dtype=dtype).tobytes())
-        try:
-            atomic_write(cache_file, write_tokens)
-        except UnicodeDecodeError as error:
-            raise ValueError(f"corpus file {data_file_path} is not UTF-8 text: {error}") from error
-    return np.memmap(cache_file, dtype=dtype, mode="r")
+                              f"{tokenizer_fingerprint(tokenizer)[:16]}.{dtype.name}.tokens")
+    if cache_file.exists():
+        problem = _cache_problem(cache_file, dtype, largest_id)
+        if problem is None:
+            return np.memmap(cache_file, dtype=dtype, mode="r", offset=CACHE_HEADER.size)
+        warnings.warn(f"token cache {cache_file} {problem}: rebuilding it", stacklevel=2)
+
+    def write_tokens(temporary: str) -> None:
+        count, digest = 0, hashlib.sha256()
+        with open(temporary, "wb") as file:
+            file.write(bytes(CACHE_HEADER.size))
+            for text in _read_text_blocks(data_file_path, tokenizer, TEXT_BLOCK_CHARS):
+                ids = np.asarray(tokenizer.encode(text, allowed_special="all"), dtype=dtype).tobytes()
+                count += len(ids) // dtype.itemsize
+                digest.update(ids)
+                file.write(ids)
+            file.seek(0)
+            file.write(CACHE_HEADER.pack(CACHE_MAGIC, count, digest.digest()))
+    try:
+        atomic_write(cache_file, write_tokens)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"corpus file {data_file_path} is not UTF-8 text: {error}") from error
+    return np.memmap(cache_file, dtype=dtype, mode="r", offset=CACHE_HEADER.size)
+
+
+def _cache_problem(cache_file: Path, dtype: np.dtype, largest_id: int) -> str | None:
+    """Why a token cache cannot be used (its length, checksum or ids disagree with its header), or None."""
+    size = cache_file.stat().st_size
+    with open(cache_file, "rb") as file:
+        header = file.read(CACHE_HEADER.size)
+        if len(header) < CACHE_HEADER.size:
+            return "is shorter than its header"
+        magic, count, expected_digest = CACHE_HEADER.unpack(header)
+        if magic != CACHE_MAGIC:
+            return "has no TinyGPT token-cache header"
+        if size != CACHE_HEADER.size + count * dtype.itemsize:
+            return f"holds {(size - CACHE_HEADER.size) // dtype.itemsize:,} tokens, its header says {count:,}"
+        digest = hashlib.sha256()
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    if digest.digest() != expected_digest:
+        return "does not match its checksum"
+    if count and int(np.memmap(cache_file, dtype=dtype, mode="r", offset=CACHE_HEADER.size).max()) > largest_id:
+        return f"holds ids beyond the tokenizer's largest, {largest_id}"
+    return None
 
 
 def get_batch(tokens: np.ndarray, block_size: int, batch_size: int,

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
+import numpy as np
+
 from tinygpt.serialization import load_arrays, save_arrays
 from tinygpt.tensor import Tensor
 from tinygpt.utils import tree_flatten, tree_map, tree_unflatten
@@ -220,7 +222,8 @@ class Module(dict):
 
     def load_weights(self, path_or_list: str | list[tuple[str, Any]], strict: bool = True) -> "Module":
         """Load parameters from a weights file or a list of (name, array/Tensor); strict checks every key."""
-        if isinstance(path_or_list, (str, bytes)) or hasattr(path_or_list, "__fspath__"):
+        from_file = isinstance(path_or_list, (str, bytes)) or hasattr(path_or_list, "__fspath__")
+        if from_file:
             arrays = load_arrays(path_or_list)
         else:
             arrays = {name: value.numpy() if isinstance(value, Tensor) else value for name, value in path_or_list}
@@ -230,13 +233,22 @@ class Module(dict):
             problems += [f"missing key {name!r}" for name in current if name not in arrays]
             problems += [f"unexpected key {name!r}" for name in arrays if name not in current]
         for name, array in arrays.items():
-            if name in current and tuple(array.shape) != current[name].shape:
+            if name not in current:
+                continue
+            if tuple(array.shape) != current[name].shape:
                 problems.append(f"key {name!r} has shape {tuple(array.shape)}, expected {current[name].shape}")
+            if _dtype_differs(np.asarray(array).dtype, current[name].dtype.numpy, exact=from_file):
+                problems.append(f"key {name!r} is {np.asarray(array).dtype}, expected {current[name].dtype.value}")
         if problems:
             raise ValueError(f"cannot load weights into {type(self).__name__}: " + "; ".join(problems))
         loaded = [(name, Tensor(array, dtype=current[name].dtype, requires_grad=current[name].requires_grad,
                                 device=current[name].device)) for name, array in arrays.items() if name in current]
         return self.update(tree_unflatten(loaded)) if loaded else self
+
+
+def _dtype_differs(stored: np.dtype, expected: np.dtype, exact: bool) -> bool:
+    """A file must hold the parameter's dtype (its bits are never reinterpreted); given arrays only its kind."""
+    return stored != expected if exact else (stored.kind == "f") != (expected.kind == "f")
 
 
 __all__ = ["Module"]

@@ -13,6 +13,7 @@ from tinygpt import mlops, modern_ops
 from tinygpt.module import Module
 from tinygpt.serialization import load_arrays
 from tinygpt.tensor import Tensor, apply_op, no_grad
+from tinygpt.utils import check_count, check_finite, check_fraction
 
 
 class FullyConnectedLayer(Module):
@@ -220,6 +221,9 @@ class TransformerBlock(Module):
         return x + self.mlp_dropout(self.mlp(self.ln_2(x)))
 
 
+MAX_MODEL_PARAMETERS = 1 << 31  # 8 GiB of float32: GPT-2 XL (1.56 B) fits, a crafted config of 10**9 layers does not
+
+
 @dataclass
 class GPTConfig:
     """The shape of a GPT, named as GPT's arguments (nanoGPT's GPTConfig); the defaults are GPT-2 small's.
@@ -240,6 +244,25 @@ class GPTConfig:
     zero_init_projections: bool = field(default=False, metadata={"help": "start the residual projections and lm_head at 0"})
     logit_soft_cap: float = field(default=0.0, metadata={"help": "logits = cap * tanh(logits / cap) (0: off)"})
 
+    def validate(self) -> None:
+        """ValueError naming the first size that cannot make a GPT (each >= 1, heads dividing the width, at most
+        MAX_MODEL_PARAMETERS parameters)."""
+        for name in ("max_seq_length", "vocab_size", "num_layers", "num_heads", "embedding_dim"):
+            check_count(name, getattr(self, name))
+        if self.embedding_dim % self.num_heads:
+            raise ValueError(f"embedding_dim {self.embedding_dim} is not divisible by num_heads {self.num_heads}")
+        check_fraction("dropout", self.dropout)
+        if not self.logit_soft_cap >= 0.0 or math.isinf(self.logit_soft_cap):
+            raise ValueError(f"logit_soft_cap must be 0 (off) or a positive finite number, got {self.logit_soft_cap}")
+        if self.minimum_parameters() > MAX_MODEL_PARAMETERS:
+            raise ValueError(f"a GPT of {self.num_layers:,} layers of width {self.embedding_dim:,} and a vocabulary of "
+                             f"{self.vocab_size:,} has over {MAX_MODEL_PARAMETERS:,} parameters, the bound on a model")
+
+    def minimum_parameters(self) -> int:
+        """A lower bound on the parameter count, whatever the options: the token table V C and each block's
+        attention projections 4 C^2 (the MLP, norms, biases and positions only add to it)."""
+        return self.vocab_size * self.embedding_dim + self.num_layers * 4 * self.embedding_dim ** 2
+
 
 class GPT(Module):
     """GPT-2: token + position embeddings, pre-LN blocks, final LayerNorm, LM head tied to the token embedding.
@@ -255,8 +278,7 @@ class GPT(Module):
                  bias: bool = True, **options) -> None:
         super().__init__()
         config = _as_config(max_seq_length, vocab_size, num_layers, num_heads, embedding_dim, dropout, bias, options)
-        if not config.logit_soft_cap >= 0.0 or math.isinf(config.logit_soft_cap):
-            raise ValueError(f"logit_soft_cap must be 0 (off) or a positive finite number, got {config.logit_soft_cap}")
+        config.validate()
         self.config = config
         self.max_seq_length = config.max_seq_length
         self.token_embedding = Embedding(config.vocab_size, config.embedding_dim)
@@ -320,8 +342,13 @@ class GPT(Module):
         ids = _as_ids(token_ids).numpy()
         if ids.ndim != 2 or ids.shape[1] == 0:
             raise ValueError(f"generate: token ids must have shape (batch, length >= 1), got {ids.shape}")
-        if temperature < 0 or (top_k is not None and top_k < 1):
-            raise ValueError(f"generate: needs temperature >= 0 and top_k >= 1, got {temperature} and {top_k}")
+        if ids.size and not 0 <= ids.min() <= ids.max() < self.config.vocab_size:
+            raise ValueError(f"generate: token ids must lie in [0, {self.config.vocab_size}) (the model's vocabulary), "
+                             f"got ids from {ids.min()} to {ids.max()}")
+        check_count("max_new_tokens", max_new_tokens, minimum=0)
+        check_finite("temperature", temperature)
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"generate: needs top_k >= 1, got {top_k}")
         if top_p is not None and not 0.0 < top_p <= 1.0:
             raise ValueError(f"generate: needs 0 < top_p <= 1, got {top_p}")
         rng = rng or np.random.default_rng(int(Tensor.uniform((), 0, 2**31 - 1).item()))

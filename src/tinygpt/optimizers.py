@@ -11,6 +11,7 @@ from tinygpt.module import Module
 from tinygpt.parallel import parallel_for
 from tinygpt.serialization import load_arrays, save_arrays
 from tinygpt.tensor import Tensor
+from tinygpt.utils import check_finite, check_fraction, is_real
 
 LearningRate = float | Callable[[int], float]
 
@@ -18,9 +19,11 @@ LearningRate = float | Callable[[int], float]
 class Optimizer:
     """Updates a module's trainable parameters from their .grad; `state` maps parameter names to per-parameter state."""
 
+    STATE_FIELDS: tuple[str, ...] = ()  # the arrays each parameter's state holds, as save_state writes them
+
     def __init__(self, module: Module, learning_rate: LearningRate = 1e-3) -> None:
         self.module = module
-        self.learning_rate = learning_rate
+        self.learning_rate = learning_rate if callable(learning_rate) else check_finite("learning_rate", learning_rate)
         self.step_learning_rate = 0.0  # the learning rate of the step being applied, set by update()
         self.state: dict[str, dict[str, Any]] = {}
         self.step_count = 0
@@ -28,7 +31,13 @@ class Optimizer:
     @property
     def current_learning_rate(self) -> float:
         """The learning rate of the next update (a schedule is called with the number of updates done)."""
-        return float(self.learning_rate(self.step_count) if callable(self.learning_rate) else self.learning_rate)
+        if not callable(self.learning_rate):
+            return self.learning_rate
+        learning_rate = self.learning_rate(self.step_count)
+        if not is_real(learning_rate) or not math.isfinite(learning_rate) or learning_rate < 0:
+            raise ValueError(f"the learning rate of step {self.step_count} is {learning_rate}: a schedule must give "
+                             "finite numbers >= 0")
+        return float(learning_rate)
 
     def update(self) -> None:
         """Apply one step to every trainable parameter that has a gradient."""
@@ -78,16 +87,38 @@ class Optimizer:
             if array.ndim and tuple(array.shape) != shapes[name]:
                 raise ValueError(f"optimizer state {key!r} has shape {tuple(array.shape)}, expected {shapes[name]}")
             state.setdefault(name, {})[field] = np.array(array)
+        step_count = metadata.get("step_count", str(self.step_count))
+        if not step_count.isdigit():
+            raise ValueError(f"optimizer state: step_count must be an integer >= 0, got {step_count!r}")
+        for name, fields in state.items():
+            self._check_state_fields(name, fields, int(step_count))
         self.state = state
-        self.step_count = int(metadata.get("step_count", self.step_count))
+        self.step_count = int(step_count)
+
+    def _check_state_fields(self, name: str, fields: dict[str, np.ndarray], step_count: int) -> None:
+        """One parameter's loaded state: exactly STATE_FIELDS, float moments, a step that is a count <= step_count."""
+        if self.STATE_FIELDS and sorted(fields) != sorted(self.STATE_FIELDS):
+            raise ValueError(f"optimizer state of {name!r} has {sorted(fields)}, expected {sorted(self.STATE_FIELDS)}")
+        for field, array in fields.items():
+            if field == "step":
+                step = float(array) if array.ndim == 0 and array.dtype.kind in "iuf" else math.nan
+                if not (math.isfinite(step) and step == int(step) and 0 <= step <= step_count):
+                    raise ValueError(f"optimizer state {name}.step must be a whole number in [0, {step_count}] "
+                                     f"(the steps taken), got {array!r}")
+            elif array.dtype.kind != "f":
+                raise ValueError(f"optimizer state {name}.{field} is {array.dtype}, expected a float array")
 
 
 class SGD(Optimizer):
     """p -= lr * g with optional weight decay, momentum (with dampening) and Nesterov momentum, as torch.optim.SGD."""
 
+    STATE_FIELDS = ("momentum_buffer",)
+
     def __init__(self, module: Module, learning_rate: LearningRate = 1e-3, momentum: float = 0.0, weight_decay: float = 0.0,
                  dampening: float = 0.0, nesterov: bool = False) -> None:
         super().__init__(module, learning_rate)
+        momentum, weight_decay = check_finite("momentum", momentum), check_finite("weight_decay", weight_decay)
+        dampening = check_finite("dampening", dampening)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum needs momentum > 0 and zero dampening")
         self.momentum, self.weight_decay, self.dampening, self.nesterov = momentum, weight_decay, dampening, nesterov
@@ -116,9 +147,11 @@ class Adam(Optimizer):
     into flat data, so the model does not notice), and the moments live in flat arrays too.
     """
 
+    STATE_FIELDS = ("exp_avg", "exp_avg_sq", "step")
+
     def __init__(self, module: Module, learning_rate: LearningRate = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
         super().__init__(module, learning_rate)
-        self.betas, self.eps = betas, eps
+        self.betas, self.eps = _check_betas(betas), check_finite("eps", eps)
         self.weight_decay, self.decay_matrices_only = 0.0, False
         self._flat: FlatParameters | None = None
 
@@ -169,6 +202,15 @@ class Adam(Optimizer):
         self._flat.step(self, self.step_learning_rate)
         for _, parameter in parameters:
             parameter._version += 1
+
+
+def _check_betas(betas: Any) -> tuple[float, float]:
+    """Adam's (beta1, beta2), each a real number in [0, 1)."""
+    try:
+        beta1, beta2 = betas
+        return check_fraction("beta1", beta1), check_fraction("beta2", beta2)
+    except (TypeError, ValueError):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}") from None
 
 
 CACHE_BLOCK = 1 << 15  # elements: the Adam step's four arrays and temporaries of one block fit a 1 MiB L2 cache
@@ -240,7 +282,7 @@ class AdamW(Adam):
     def __init__(self, module: Module, learning_rate: LearningRate = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.01, decay_matrices_only: bool = False) -> None:
         super().__init__(module, learning_rate, betas, eps)
-        self.weight_decay, self.decay_matrices_only = weight_decay, decay_matrices_only
+        self.weight_decay, self.decay_matrices_only = check_finite("weight_decay", weight_decay), decay_matrices_only
 
 
 def cosine_schedule(max_learning_rate: float, min_learning_rate: float, warmup_steps: int, decay_steps: int) -> Callable[[int], float]:
@@ -302,6 +344,8 @@ class Muon(Optimizer):
     "match_rms_adamw" (Moonshot's) 0.2 sqrt(max(in, out)), which lets Muon reuse AdamW's learning rate.
     Our weights are (in, out), torch's (out, in): the same matrix, so the same s."""
 
+    STATE_FIELDS = ("momentum_buffer",)
+
     def __init__(self, module: Module, learning_rate: LearningRate = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95,
                  nesterov: bool = True, ns_steps: int = 5, adjust_lr_fn: str | None = None,
                  ns_coefficients: tuple[float, float, float] = NEWTON_SCHULZ_COEFFICIENTS, eps: float = 1e-7) -> None:
@@ -310,6 +354,7 @@ class Muon(Optimizer):
             raise ValueError(f"Muon: adjust_lr_fn must be one of {', '.join(MUON_SCALINGS)} or None, got {adjust_lr_fn!r}")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"Muon: momentum must be in [0, 1), got {momentum}")
+        weight_decay, eps = check_finite("weight_decay", weight_decay), check_finite("eps", eps)
         if not isinstance(ns_steps, int) or not 1 <= ns_steps < 100:
             raise ValueError(f"Muon: ns_steps must be an integer in [1, 100), got {ns_steps!r}")
         for name, tensor in module.named_parameters():

@@ -28,22 +28,37 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     os.close(handle)
     try:
         write(temporary)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; give it the mode of any new file
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
     """Write named arrays (and string metadata) to `.safetensors` or `.json`, atomically."""
     arrays = {name: np.asarray(array, order="C") for name, array in arrays.items()}  # 0-d stays 0-d
     if _format(path) == ".safetensors":
-        atomic_write(path, lambda temporary: save_file(arrays, temporary, metadata=metadata))
+        atomic_write(path, lambda temporary: _save_safetensors(arrays, temporary, metadata))
         return
     record = {"metadata": metadata or {}, "tensors": {
         name: {"dtype": str(array.dtype), "shape": list(array.shape), "data": array.reshape(-1).tolist()}
         for name, array in arrays.items()}}
     atomic_write(path, lambda temporary: Path(temporary).write_text(json.dumps(record)))
+
+
+def _save_safetensors(arrays: dict[str, np.ndarray], path: str, metadata: dict[str, str] | None) -> None:
+    """safetensors' save_file, its write errors (a full disk) raised as the OSError they are."""
+    try:
+        save_file(arrays, path, metadata=metadata)
+    except SafetensorError as error:
+        raise OSError(f"{path}: {error}") from None
 
 
 def _numeric_dtype(name: str) -> np.dtype:

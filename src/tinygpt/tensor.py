@@ -372,6 +372,9 @@ class Tensor:
         return apply_op(mlops.Permute, self, dims=tuple(dims))
 
     def transpose(self, axis1: int = -2, axis2: int = -1) -> "Tensor":
+        for axis in (axis1, axis2):
+            if not -self.ndim <= axis < self.ndim:
+                raise ValueError(f"transpose: axis {axis} is out of range for a {self.ndim}-D tensor")
         dims = list(range(self.ndim))
         dims[axis1], dims[axis2] = dims[axis2], dims[axis1]
         return self.permute(dims)

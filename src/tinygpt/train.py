@@ -10,6 +10,7 @@ loop: data, evaluation, the training step, and the run from start (or a checkpoi
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from tinygpt import backend
 from tinygpt.checkpoint import (CHECKPOINT_DIR, TOKENIZER_PREFIX, Checkpoint, check_architecture, find_checkpoint,
                                 load_checkpoint, random_state, read_checkpoint_config, restore_training_state,
                                 save_checkpoint)
+from tinygpt.checkpoint_checks import check_finite_weights
 from tinygpt.config import PRESETS, ConfigError, TrainConfig
 from tinygpt.dataset import (check_corpus_file, default_corpus_path, get_batch, read_corpus_text, tokenize_corpus,
                              train_val_split)
@@ -223,19 +225,54 @@ def check_device(device: str) -> None:
             raise ConfigError("device 'cuda': CuPy is installed but sees no CUDA GPU")
 
 
+class Diverged(ValueError):
+    """A training step whose loss or gradient norm is not finite: the update is not applied."""
+
+
 def train_step(model: GPT, optimizer: AdamW, x: np.ndarray, y: np.ndarray, config: TrainConfig,
                world: World | None = None) -> float:
     """One iteration: forward, cross-entropy, backward, gradients averaged over the ranks, gradient clipping,
-    AdamW update; returns the loss (its mean over the ranks)."""
+    AdamW update; returns the loss (its mean over the ranks).
+
+    Raises Diverged, before updating anything, when the loss or the gradient norm is NaN or infinite (the
+    same on every rank: both are of the averaged gradients)."""
     logits = model(Tensor(x, device=config.device))
     loss = CrossEntropyLoss()(logits, Tensor(y, device=config.device), reduction="mean")
     optimizer.zero_grad()
     loss.backward()
     loss_value = (world or get_world()).average_gradients(model, loss.item())
-    if config.grad_clip > 0:
-        clip_grad_norm(model, config.grad_clip)
+    norm = clip_grad_norm(model, config.grad_clip if config.grad_clip > 0 else math.inf)  # inf: measure only
+    if not (math.isfinite(loss_value) and math.isfinite(norm)):
+        raise Diverged(f"the loss is {loss_value} and the gradient norm {norm}")
     optimizer.update()
     return loss_value
+
+
+def check_out_dir_writable(out_dir: Path) -> None:
+    """Create out_dir and a file in it now, rather than find out at the first checkpoint."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as error:
+        raise ConfigError(f"--out-dir {out_dir} is not writable ({error.strerror or error})") from None
+
+
+def check_finite_before_saving(model: GPT, last_eval: dict[str, float], iteration: int, directory: Path) -> None:
+    """Never write a checkpoint of non-finite weights (or after a non-finite evaluation): stop the run instead."""
+    if not (math.isfinite(last_eval["train_loss"]) and math.isfinite(last_eval["val_loss"])):
+        raise diverged(iteration, "the evaluation loss is not finite", directory)
+    try:
+        check_finite_weights(model, "the model")
+    except ValueError:
+        raise diverged(iteration, "the weights are not finite", directory) from None
+
+
+def diverged(iteration: int, reason: str, directory: Path) -> ConfigError:
+    """The one line that stops a run whose loss, gradients or weights became non-finite."""
+    kept = f"the last good checkpoint {directory} is kept" if directory.is_dir() else "no checkpoint was written"
+    return ConfigError(f"training diverged at iteration {iteration}: {reason} (non-finite); {kept}; "
+                       "lower the learning rate (--learning-rate) or clip gradients (--grad-clip)")
 
 
 def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
@@ -250,6 +287,8 @@ def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
     out_dir = Path(config.out_dir)
     verbose = verbose and world.is_main
     log = tqdm.write if verbose else (lambda message: None)
+    if world.is_main:
+        check_out_dir_writable(out_dir)
 
     checkpoint = load_checkpoint(out_dir) if config.resume else None
     if checkpoint is not None:
@@ -287,37 +326,41 @@ def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
     progress = tqdm(total=config.max_iters, initial=start, disable=not verbose, unit="it", mininterval=0.5,
                     dynamic_ncols=True)
     iteration = start
-    while True:
-        at_end = iteration >= config.max_iters
-        if (at_end or iteration % config.eval_interval == 0) and iteration not in evaluated:
-            record = evaluate(model, splits, byte_ratios, config, iteration, world)
-            history["evals"].append(record)
-            evaluated.add(iteration)
-            log(f"iter {iteration}: train loss {record['train_loss']:.4f} ({record['train_bpb']:.3f} bits/byte), "
-                f"val loss {record['val_loss']:.4f} ({record['val_bpb']:.3f} bits/byte)")
-        if at_end or (iteration > start and iteration % config.eval_interval == 0):
-            dropout_rngs = world.gather(random_state(config.device))
-            if world.is_main:
-                state = {"iteration": iteration, "data_rng": data_rng.bit_generator.state, "dropout_rng": dropout_rngs[0],
-                         "dropout_rngs": dropout_rngs, "history": history}
-                directory = save_checkpoint(out_dir, model, optimizer, tokenizer, config, state)
-        if at_end:
-            break
-        step_started = time.perf_counter()
-        x, y = rank_batch(splits["train"], config, data_rng, world)
-        learning_rate = optimizer.current_learning_rate
-        loss_value = train_step(model, optimizer, x, y, config, world)
-        elapsed = time.perf_counter() - step_started
-        step_seconds += elapsed
-        rate = tokens_per_iteration / elapsed
-        recent_rate = 0.9 * recent_rate + 0.1 * rate if recent_rate else rate  # smoothed for the progress bar
-        history["iterations"].append(iteration)
-        history["losses"].append(loss_value)
-        history["learning_rates"].append(learning_rate)
-        progress.set_postfix_str(f"loss {loss_value:.4f}, lr {learning_rate:.2e}, {recent_rate:,.0f} tok/s", refresh=False)
-        progress.update(1)
-        iteration += 1
-    progress.close()
+    with progress:  # closed (its line ended) also when the run stops with an error
+        while True:
+            at_end = iteration >= config.max_iters
+            if (at_end or iteration % config.eval_interval == 0) and iteration not in evaluated:
+                record = evaluate(model, splits, byte_ratios, config, iteration, world)
+                history["evals"].append(record)
+                evaluated.add(iteration)
+                log(f"iter {iteration}: train loss {record['train_loss']:.4f} ({record['train_bpb']:.3f} bits/byte), "
+                    f"val loss {record['val_loss']:.4f} ({record['val_bpb']:.3f} bits/byte)")
+            if at_end or (iteration > start and iteration % config.eval_interval == 0):
+                check_finite_before_saving(model, history["evals"][-1], iteration, directory)  # the same on every rank
+                dropout_rngs = world.gather(random_state(config.device))
+                if world.is_main:
+                    state = {"iteration": iteration, "data_rng": data_rng.bit_generator.state, "dropout_rng": dropout_rngs[0],
+                             "dropout_rngs": dropout_rngs, "history": history}
+                    directory = save_checkpoint(out_dir, model, optimizer, tokenizer, config, state)
+            if at_end:
+                break
+            step_started = time.perf_counter()
+            x, y = rank_batch(splits["train"], config, data_rng, world)
+            learning_rate = optimizer.current_learning_rate
+            try:
+                loss_value = train_step(model, optimizer, x, y, config, world)
+            except Diverged as error:
+                raise diverged(iteration, str(error), directory) from None
+            elapsed = time.perf_counter() - step_started
+            step_seconds += elapsed
+            rate = tokens_per_iteration / elapsed
+            recent_rate = 0.9 * recent_rate + 0.1 * rate if recent_rate else rate  # smoothed for the progress bar
+            history["iterations"].append(iteration)
+            history["losses"].append(loss_value)
+            history["learning_rates"].append(learning_rate)
+            progress.set_postfix_str(f"loss {loss_value:.4f}, lr {learning_rate:.2e}, {recent_rate:,.0f} tok/s", refresh=False)
+            progress.update(1)
+            iteration += 1
 
     trained = config.max_iters - start
     final_eval = dict(next(record for record in history["evals"] if record["iteration"] == iteration))

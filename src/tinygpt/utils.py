@@ -134,3 +134,29 @@ def normalize_axes(axes: int | tuple[int, ...] | list[int] | None, shape: tuple[
     if len(set(normalized)) != len(normalized):
         raise ValueError(f"repeated axis in {tuple(axes)} for shape {tuple(shape)}")
     return tuple(sorted(normalized))
+
+
+def is_real(value: Any) -> bool:
+    """Whether `value` is a real number (Python or numpy, not bool)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_finite(name: str, value: Any, minimum: float = 0.0) -> float:
+    """`value` as a float if it is a finite real number >= minimum; else ValueError naming `name`."""
+    if not is_real(value) or not np.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be >= {minimum:g} and finite, got {value}")
+    return float(value)
+
+
+def check_fraction(name: str, value: Any) -> float:
+    """`value` as a float if it is a real number in [0, 1); else ValueError naming `name`."""
+    if not is_real(value) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return float(value)
+
+
+def check_count(name: str, value: Any, minimum: int = 1) -> int:
+    """`value` if it is an integer >= minimum (not a bool or a float); else ValueError naming `name`."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return int(value)
