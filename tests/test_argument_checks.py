@@ -95,8 +95,8 @@ def tiny_gpt() -> GPT:
 @pytest.mark.parametrize("arguments, message", [
     (dict(max_new_tokens=-3), "max_new_tokens must be an integer >= 0, got -3"),
     (dict(max_new_tokens=2.5), "max_new_tokens must be an integer >= 0, got 2.5"),
-    (dict(temperature=math.nan), "temperature must be >= 0 and finite, got nan"),
-    (dict(temperature=math.inf), "temperature must be >= 0 and finite, got inf"),
+    (dict(temperature=math.nan), "needs temperature >= 0 and finite, got nan"),
+    (dict(temperature=math.inf), "needs temperature >= 0 and finite, got inf"),
 ])
 def test_generate_refuses_bad_arguments(tiny_gpt, arguments, message):
     ids = Tensor(np.array([[1, 2]], dtype=np.int32))

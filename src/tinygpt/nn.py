@@ -13,7 +13,7 @@ from tinygpt import mlops, modern_ops
 from tinygpt.module import Module
 from tinygpt.serialization import load_arrays
 from tinygpt.tensor import Tensor, apply_op, no_grad
-from tinygpt.utils import check_count, check_finite, check_fraction
+from tinygpt.utils import check_count, check_fraction, is_real
 
 
 class FullyConnectedLayer(Module):
@@ -346,7 +346,8 @@ class GPT(Module):
             raise ValueError(f"generate: token ids must lie in [0, {self.config.vocab_size}) (the model's vocabulary), "
                              f"got ids from {ids.min()} to {ids.max()}")
         check_count("max_new_tokens", max_new_tokens, minimum=0)
-        check_finite("temperature", temperature)
+        if not (is_real(temperature) and math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"generate: needs temperature >= 0 and finite, got {temperature}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"generate: needs top_k >= 1, got {top_k}")
         if top_p is not None and not 0.0 < top_p <= 1.0:
