@@ -90,20 +90,21 @@ class Optimizer:
         step_count = metadata.get("step_count", str(self.step_count))
         if not step_count.isdigit():
             raise ValueError(f"optimizer state: step_count must be an integer >= 0, got {step_count!r}")
+        most_steps = int(step_count) if "step_count" in metadata else math.inf  # a list (a group's part) has none
         for name, fields in state.items():
-            self._check_state_fields(name, fields, int(step_count))
+            self._check_state_fields(name, fields, most_steps)
         self.state = state
         self.step_count = int(step_count)
 
-    def _check_state_fields(self, name: str, fields: dict[str, np.ndarray], step_count: int) -> None:
-        """One parameter's loaded state: exactly STATE_FIELDS, float moments, a step that is a count <= step_count."""
+    def _check_state_fields(self, name: str, fields: dict[str, np.ndarray], most_steps: float) -> None:
+        """One parameter's loaded state: exactly STATE_FIELDS, float moments, a step that is a count <= most_steps."""
         if self.STATE_FIELDS and sorted(fields) != sorted(self.STATE_FIELDS):
             raise ValueError(f"optimizer state of {name!r} has {sorted(fields)}, expected {sorted(self.STATE_FIELDS)}")
         for field, array in fields.items():
             if field == "step":
                 step = float(array) if array.ndim == 0 and array.dtype.kind in "iuf" else math.nan
-                if not (math.isfinite(step) and step == int(step) and 0 <= step <= step_count):
-                    raise ValueError(f"optimizer state {name}.step must be a whole number in [0, {step_count}] "
+                if not (math.isfinite(step) and step == int(step) and 0 <= step <= most_steps):
+                    raise ValueError(f"optimizer state {name}.step must be a whole number in [0, {most_steps}] "
                                      f"(the steps taken), got {array!r}")
             elif array.dtype.kind != "f":
                 raise ValueError(f"optimizer state {name}.{field} is {array.dtype}, expected a float array")
