@@ -18,6 +18,11 @@ SUMMARY_LINES = {
                            r"^reproduce: python benchmarks/bench_nanogpt_loss\.py --seed 1337 --gelu tanh --quick$"],
     "bench_ops": [rf"^  tinygpt / torch\s+{NUMBER}x$", rf"^  with grad: tinygpt / torch\s+{NUMBER}x$",
                   r"outputs and gradients checked equal$", r"^reproduce: .*python benchmarks/bench_ops\.py --quick$"],
+    "bench_speedrun": [r"^  time to 1\.88, tinygpt / nanoGPT: .+$",
+                       rf"^  in nanoGPT's {NUMBER} s of training, the preset \(\d+ iterations, {NUMBER} s\) reaches "
+                       rf"whole-split val loss {NUMBER}$",
+                       r"^goal \(tinygpt <= 0\.5x nanoGPT's time to 1\.88\): met for \d of 1 seeds$",
+                       r"^command: python benchmarks/bench_speedrun\.py --quick$"],
     "bench_tokenizer": [rf"^  vocab\s+512\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x$",
                         rf"^  vocab\s+512 \(\s*\d+ ids\)(\s+{NUMBER}){{3}}\s+{NUMBER}x\s+{NUMBER}x$",
                         r"^ids identical to tiktoken's: yes$"],
