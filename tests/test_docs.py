@@ -28,6 +28,12 @@ def test_the_docs_pages_are_found():
     assert {"buffer.md", "operation.md", "tensor.md", "gradientfunction.md"} <= {page.name for page in PAGES}
 
 
+def test_the_migration_page_is_linked_from_the_readme_and_getting_started():
+    assert (DOCS / "coming-from-tinygpt-0.md").is_file()
+    assert "(docs/coming-from-tinygpt-0.md)" in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "(coming-from-tinygpt-0.md)" in (DOCS / "getting-started.md").read_text(encoding="utf-8")
+
+
 def test_python_blocks_are_extracted_in_order(tmp_path):
     page = tmp_path / "page.md"
     page.write_text("# Title\n\n```python\nx = 1\n```\n\ntext\n\n```\nnot python\n```\n\n```python\ny = x + 1\n```\n")
