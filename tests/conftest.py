@@ -194,3 +194,17 @@ def assert_one_line_error(result, *fragments: str) -> None:
         f"status {result.returncode}, stderr:\n{result.stderr[-3000:]}"
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
+
+
+@pytest.fixture(scope="module")
+def small_gpt():
+    """A short-context GPT (16 positions, 50 tokens) with weights large enough that greedy choices are far
+    from ties and sampling distributions far from uniform."""
+    from tinygpt.nn import GPT
+
+    tinygpt.manual_seed(3)
+    model = GPT(max_seq_length=16, vocab_size=50, num_layers=2, num_heads=2, embedding_dim=32)
+    with tinygpt.no_grad():
+        for _, parameter in model.named_parameters():
+            parameter.assign(Tensor.normal(parameter.shape, std=0.3))
+    return model

@@ -8,7 +8,8 @@ import pytest
 import tinygpt
 from tinygpt import Tensor
 from tinygpt.losses import CrossEntropyLoss
-from tinygpt.nn import GPT, GPT2_LAYER_NAMES, GPTConfig
+from tinygpt import gpt2
+from tinygpt.nn import GPT, GPTConfig
 
 torch = pytest.importorskip("torch", reason="torch is the oracle for GPT-2")
 transformers = pytest.importorskip("transformers", reason="transformers provides the reference GPT-2")
@@ -18,12 +19,7 @@ VOCAB, POSITIONS, LAYERS, HEADS, DIMS = 1000, 128, 2, 4, 64
 
 def hf_name(ours: str) -> str:
     """Our parameter name -> the Hugging Face GPT2LMHeadModel parameter that holds the same values."""
-    top = {"token_embedding.embeddings": "wte.weight", "position_embedding.embeddings": "wpe.weight",
-           "ln_f.weights": "ln_f.weight", "ln_f.bias": "ln_f.bias"}
-    if ours in top:
-        return "transformer." + top[ours]
-    _, index, rest = ours.split(".", 2)
-    return f"transformer.h.{index}.{GPT2_LAYER_NAMES[rest]}"
+    return "transformer." + gpt2.hf_name(ours)
 
 
 @pytest.fixture(scope="module")
@@ -116,17 +112,6 @@ def test_greedy_generation_matches_hugging_face(hf_checkpoint):
         expected = reference.generate(torch.tensor(prompt), attention_mask=torch.ones(prompt.shape, dtype=torch.long),
                                       max_new_tokens=20, min_new_tokens=20, do_sample=False, pad_token_id=0).numpy()
     np.testing.assert_array_equal(ours, expected)
-
-
-@pytest.fixture(scope="module")
-def small_gpt():
-    """A short-context GPT with weights large enough that greedy choices are far from ties."""
-    tinygpt.manual_seed(3)
-    model = GPT(max_seq_length=16, vocab_size=50, num_layers=2, num_heads=2, embedding_dim=32)
-    with tinygpt.no_grad():
-        for _, parameter in model.named_parameters():
-            parameter.assign(Tensor.normal(parameter.shape, std=0.3))
-    return model
 
 
 @pytest.mark.parametrize("prompt_length, new_tokens", [(1, 15), (5, 8), (5, 40), (16, 5), (30, 5)],

@@ -42,51 +42,42 @@ def build_torch(config: dict, weights: dict[str, np.ndarray]):
 
     bias, gelu = config.get("bias", True), config.get("gelu", "tanh")  # nanoGPT itself uses erf ("none")
 
-    class Block(nn.Module):
+    from tinygpt.gpt2 import hf_name
+
+    class Block(nn.Module):  # parameter names are Hugging Face GPT-2's, so that tinygpt.gpt2's map serves here too
         def __init__(self, dims: int, heads: int) -> None:
             super().__init__()
             self.heads = heads
             self.ln_1, self.ln_2 = nn.LayerNorm(dims, bias=bias), nn.LayerNorm(dims, bias=bias)
-            self.c_attn, self.c_proj = nn.Linear(dims, 3 * dims, bias=bias), nn.Linear(dims, dims, bias=bias)
-            self.c_fc, self.mlp_proj = nn.Linear(dims, 4 * dims, bias=bias), nn.Linear(4 * dims, dims, bias=bias)
+            self.attn = nn.ModuleDict(dict(c_attn=nn.Linear(dims, 3 * dims, bias=bias), c_proj=nn.Linear(dims, dims, bias=bias)))
+            self.mlp = nn.ModuleDict(dict(c_fc=nn.Linear(dims, 4 * dims, bias=bias), c_proj=nn.Linear(4 * dims, dims, bias=bias)))
 
         def forward(self, x):
             batch, length, dims = x.shape
-            q, k, v = self.c_attn(self.ln_1(x)).split(dims, dim=2)
+            q, k, v = self.attn["c_attn"](self.ln_1(x)).split(dims, dim=2)
             q, k, v = (t.view(batch, length, self.heads, dims // self.heads).transpose(1, 2) for t in (q, k, v))
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(batch, length, dims)
-            x = x + self.c_proj(y)
-            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate=gelu))
+            x = x + self.attn["c_proj"](y)
+            return x + self.mlp["c_proj"](F.gelu(self.mlp["c_fc"](self.ln_2(x)), approximate=gelu))
 
     class TorchGPT(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.wte = nn.Embedding(config["vocab_size"], config["n_embd"])
             self.wpe = nn.Embedding(config["block_size"], config["n_embd"])
-            self.blocks = nn.ModuleList(Block(config["n_embd"], config["n_head"]) for _ in range(config["n_layer"]))
+            self.h = nn.ModuleList(Block(config["n_embd"], config["n_head"]) for _ in range(config["n_layer"]))
             self.ln_f = nn.LayerNorm(config["n_embd"], bias=bias)
 
         def forward(self, ids):
             x = self.wte(ids) + self.wpe(torch.arange(ids.shape[1]))
-            for block in self.blocks:
+            for block in self.h:
                 x = block(x)
             return self.ln_f(x) @ self.wte.weight.T
 
     model = TorchGPT()
-    ours_to_theirs = {"token_embedding.embeddings": "wte.weight", "position_embedding.embeddings": "wpe.weight",
-                      "ln_f.weights": "ln_f.weight", "ln_f.bias": "ln_f.bias"}
-    layer_names = {"ln_1.weights": "ln_1.weight", "ln_1.bias": "ln_1.bias", "ln_2.weights": "ln_2.weight",
-                   "ln_2.bias": "ln_2.bias", "attn.c_attn.weights": "c_attn.weight", "attn.c_attn.bias": "c_attn.bias",
-                   "attn.c_proj.weights": "c_proj.weight", "attn.c_proj.bias": "c_proj.bias",
-                   "mlp.c_fc.weights": "c_fc.weight", "mlp.c_fc.bias": "c_fc.bias",
-                   "mlp.c_proj.weights": "mlp_proj.weight", "mlp.c_proj.bias": "mlp_proj.bias"}
-    for i in range(config["n_layer"]):
-        ours_to_theirs.update({f"blocks.{i}.{a}": f"blocks.{i}.{b}" for a, b in layer_names.items()})
     state = {}
-    for ours, theirs in ours_to_theirs.items():
-        if ours not in weights:  # a bias of a model built without biases
-            continue
-        array = weights[ours]
+    for ours, array in weights.items():
+        theirs = hf_name(ours)
         is_linear_weight = theirs.endswith(".weight") and array.ndim == 2 and not theirs.startswith(("wte", "wpe"))
         state[theirs] = torch.from_numpy(np.ascontiguousarray(array.T if is_linear_weight else array))
     model.load_state_dict(state, strict=True)

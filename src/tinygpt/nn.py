@@ -1,7 +1,6 @@
 """Layers and the GPT (GPT-2 architecture), read top to bottom like the paper."""
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -9,9 +8,8 @@ from typing import Iterator
 
 import numpy as np
 
-from tinygpt import mlops, modern_ops
+from tinygpt import gpt2, mlops, modern_ops
 from tinygpt.module import Module
-from tinygpt.serialization import load_arrays
 from tinygpt.tensor import Tensor, apply_op, no_grad
 from tinygpt.utils import check_count, check_fraction, is_real
 
@@ -394,41 +392,23 @@ class GPT(Module):
         self.train(was_training)
         return Tensor(ids.astype(np.int32))
 
-    # ---- Hugging Face GPT-2 checkpoints ----------------------------------------------------------
+    # ---- Hugging Face GPT-2 checkpoints (the name map and the files: gpt2.py) ---------------------
     @classmethod
-    def load_gpt2_checkpoint(cls, path: str) -> "GPT":
+    def load_gpt2_checkpoint(cls, path: str | Path) -> "GPT":
         """Build a GPT from a Hugging Face GPT-2 directory (config.json + model.safetensors) and load its weights."""
         directory = Path(path)
-        try:
-            config = json.loads((directory / "config.json").read_text())
-        except (OSError, ValueError) as error:
-            raise ValueError(f"{directory}: no readable GPT-2 config.json ({error})") from None
-        if config.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ValueError(f"{directory}: activation {config['activation_function']!r} is not GPT-2's tanh GELU")
-        missing = [key for key in ("n_positions", "vocab_size", "n_layer", "n_head", "n_embd") if key not in config]
-        if missing:
-            raise ValueError(f"{directory}: config.json lacks the GPT-2 settings {missing}")
-        model = cls(config["n_positions"], config["vocab_size"], config["n_layer"], config["n_head"], config["n_embd"])
-        for block in model.blocks:
-            block.ln_1.eps = block.ln_2.eps = config.get("layer_norm_epsilon", 1e-5)
-        model.ln_f.eps = config.get("layer_norm_epsilon", 1e-5)
-        arrays = load_arrays(directory / "model.safetensors")
-        arrays = {name.removeprefix("transformer."): array for name, array in arrays.items()}
-        try:
-            renamed = _gpt2_names(arrays, config["n_layer"])
-        except KeyError as error:
-            raise ValueError(f"{directory}: model.safetensors has no GPT-2 tensor {error.args[0]!r}") from None
-        model.load_weights(renamed, strict=True)
+        arguments = gpt2.read_gpt2_config(directory)
+        epsilon = arguments.pop("layer_norm_epsilon")
+        model = cls(**arguments)
+        for layer_norm in [model.ln_f] + [norm for block in model.blocks for norm in (block.ln_1, block.ln_2)]:
+            layer_norm.eps = epsilon
+        model.load_weights(gpt2.read_gpt2_weights(directory, arguments["num_layers"]), strict=True)
         return model
 
-
-GPT2_LAYER_NAMES = {  # ours -> Hugging Face's, inside block i
-    "ln_1.weights": "ln_1.weight", "ln_1.bias": "ln_1.bias", "ln_2.weights": "ln_2.weight", "ln_2.bias": "ln_2.bias",
-    "attn.c_attn.weights": "attn.c_attn.weight", "attn.c_attn.bias": "attn.c_attn.bias",
-    "attn.c_proj.weights": "attn.c_proj.weight", "attn.c_proj.bias": "attn.c_proj.bias",
-    "mlp.c_fc.weights": "mlp.c_fc.weight", "mlp.c_fc.bias": "mlp.c_fc.bias",
-    "mlp.c_proj.weights": "mlp.c_proj.weight", "mlp.c_proj.bias": "mlp.c_proj.bias",
-}
+    def save_gpt2_checkpoint(self, path: str | Path) -> Path:
+        """Write this model as a Hugging Face GPT-2 directory that transformers.GPT2LMHeadModel.from_pretrained
+        loads with the same logits (zero biases added to a model without biases)."""
+        return gpt2.save_gpt2(self, path)
 
 
 def _as_config(max_seq_length: int | GPTConfig, vocab_size: int | None, num_layers: int | None, num_heads: int | None,
@@ -449,15 +429,6 @@ def _as_config(max_seq_length: int | GPTConfig, vocab_size: int | None, num_laye
     if unknown:
         raise TypeError(f"GPT: unknown options {', '.join(unknown)}")
     return GPTConfig(max_seq_length, vocab_size, num_layers, num_heads, embedding_dim, dropout, bias, **options)
-
-
-def _gpt2_names(arrays: dict[str, np.ndarray], num_layers: int) -> list[tuple[str, np.ndarray]]:
-    """Rename a Hugging Face GPT-2 state dict to ours (its Conv1D weights are already (in, out))."""
-    renamed = [("token_embedding.embeddings", arrays["wte.weight"]), ("position_embedding.embeddings", arrays["wpe.weight"]),
-               ("ln_f.weights", arrays["ln_f.weight"]), ("ln_f.bias", arrays["ln_f.bias"])]
-    for i in range(num_layers):
-        renamed += [(f"blocks.{i}.{ours}", arrays[f"h.{i}.{theirs}"]) for ours, theirs in GPT2_LAYER_NAMES.items()]
-    return renamed
 
 
 def _as_ids(ids) -> Tensor:
