@@ -84,8 +84,8 @@ class Module(dict):
             f"Trainable parameters: {trainable:,}", f"Frozen parameters: {total - trainable:,}"])
 
     def _own_parameters(self) -> list[tuple[str, Tensor]]:
-        """The Tensors held by this module's own entries (not by its sub-modules)."""
-        return [(name, tensor) for key, value in self.items() if not _modules_in(value)
+        """The parameters held by this module's own entries (not by its sub-modules, nor private `_` entries)."""
+        return [(name, tensor) for key, value in self.items() if not _modules_in(value) and not key.startswith("_")
                 for name, tensor in tree_flatten(value, prefix=key, is_leaf=_is_tensor) if _is_tensor(tensor)]
 
     def _submodules(self) -> list[tuple[str, "Module"]]:
