@@ -43,7 +43,7 @@ def test_train_reports_losses_bits_per_byte_speed_and_a_sample(trained, workspac
     assert "iter 4: train loss" in result.stdout and "bits/byte" in result.stdout
     assert "tokens/s" in result.stdout and "---- sample ----" in result.stdout
     assert "tok/s" in result.stderr and "lr" in result.stderr  # the progress bar
-    assert (trained / "ckpt" / "model.safetensors").is_file()
+    assert (trained / "ckpt" / "weights.safetensors").is_file()
 
 
 def test_python_dash_m_tinygpt_and_tinygpt_cli_both_run(workspace):
@@ -79,8 +79,8 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(workspace):
     for key in ("iterations", "losses", "learning_rates"):
         assert split[key] == whole[key]
     assert [record for record in split["evals"] if record["iteration"] != 3] == whole["evals"]  # + the one at 3
-    assert (workspace / "split" / "ckpt" / "model.safetensors").read_bytes() == \
-        (workspace / "whole" / "ckpt" / "model.safetensors").read_bytes()
+    assert (workspace / "split" / "ckpt" / "weights.safetensors").read_bytes() == \
+        (workspace / "whole" / "ckpt" / "weights.safetensors").read_bytes()
 
 
 def test_sample_continues_the_prompt_and_is_reproducible(trained, workspace):
@@ -134,7 +134,7 @@ BAD_INPUTS = {
                                      "n_embd=16 but this run asks for n_embd=32"),
     "resume without a checkpoint": (["train", "--out-dir", "nothing-here", "--resume"], "no checkpoint in nothing-here"),
     "sample without a checkpoint": (["sample", "--out-dir", "nothing-here"], "no checkpoint in nothing-here"),
-    "corrupt weights": (["sample", "--out-dir", "{corrupt:model.safetensors}"], "not a valid safetensors file"),
+    "corrupt weights": (["sample", "--out-dir", "{corrupt:weights.safetensors}"], "not a valid safetensors file"),
     "corrupt config": (["train", "--resume", "--out-dir", "{corrupt:config.json}"], "cannot read config.json"),
     "corrupt optimizer state": (["train", "--resume", "--max-iters", "6", "--out-dir", "{corrupt:optimizer.safetensors}"],
                                 "corrupt checkpoint"),
@@ -149,6 +149,10 @@ BAD_INPUTS = {
                                   "beyond --max-iters 2"),
     "negative learning rate": (["train", "--learning-rate", "-1"], "learning_rate must be >= 0"),
     "bench with no rounds": (["bench", "--rounds", "0"], "--rounds must be at least 1"),
+    "top-p outside (0, 1]": (["sample", "--out-dir", "{trained}", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    "missing prompt file": (["sample", "--out-dir", "{trained}", "--start", "FILE:none.txt"], "cannot read the prompt file"),
+    "init from nothing": (["train", "--init-from", "nothing-here"], "neither a TinyGPT checkpoint"),
+    "export without a checkpoint": (["export", "--out-dir", "nothing-here", "--to", "hf"], "no checkpoint in nothing-here"),
 }
 
 
@@ -192,3 +196,54 @@ def test_cuda_without_cupy_is_one_clear_line(workspace):
         result = tinygpt(workspace, *command)
         assert result.returncode == 1 and result.stderr.strip() == \
             "tinygpt: error: device 'cuda' needs CuPy: pip install 'tinygpt[cuda]'"
+
+
+def test_sample_start_file_is_the_prompt_of_that_file(trained, workspace):
+    (workspace / "prompt.txt").write_text("ROMEO:\nBut soft", encoding="utf-8")
+    common = ["sample", "--out-dir", str(trained), "--max-new-tokens", "20", "--seed", "3"]
+    from_file = tinygpt(workspace, *common, "--start", "FILE:prompt.txt")
+    inline = tinygpt(workspace, *common, "--prompt", "ROMEO:\nBut soft")
+    assert from_file.returncode == 0, from_file.stderr
+    assert from_file.stdout == inline.stdout and from_file.stdout.startswith("ROMEO:\nBut soft")
+
+
+def test_sample_with_a_tiny_top_p_is_greedy(trained, workspace):
+    common = ["sample", "--out-dir", str(trained), "--prompt", "KING", "--max-new-tokens", "25"]
+    nucleus = tinygpt(workspace, *common, "--top-p", "1e-9", "--temperature", "1.0")
+    greedy = tinygpt(workspace, *common, "--temperature", "0")
+    assert nucleus.returncode == 0, nucleus.stderr
+    assert nucleus.stdout == greedy.stdout
+
+
+def test_sample_prints_text_before_generation_ends(trained, workspace):
+    env = os.environ | {"TINYGPT_CACHE_DIR": str(workspace / "token-cache")}
+    process = subprocess.Popen([sys.executable, "-m", "tinygpt", "sample", "--out-dir", str(trained), "--prompt",
+                                "HAMLET:", "--max-new-tokens", "100000"], stdout=subprocess.PIPE, cwd=workspace, env=env)
+    try:
+        first = process.stdout.read(len("HAMLET:"))
+        assert first == b"HAMLET:" and process.poll() is None  # the prompt came while tokens are still being made
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_export_writes_a_directory_transformers_loads_with_our_logits_and_ids(trained, workspace):
+    transformers = pytest.importorskip("transformers", reason="transformers loads the export")
+    torch = pytest.importorskip("torch", reason="transformers runs on torch")
+    from tinygpt import Tensor
+    from tinygpt.checkpoint import load_checkpoint
+
+    result = tinygpt(workspace, "export", "--out-dir", str(trained), "--to", "hf-export")
+    assert result.returncode == 0, result.stderr
+    assert "tokenizer.json" in result.stdout
+    checkpoint = load_checkpoint(trained)
+    ours = checkpoint.load_model()
+    text = "ROMEO:\nO"  # no longer than the block size of 8
+    ids = checkpoint.tokenizer.encode(text)
+    assert transformers.AutoTokenizer.from_pretrained(workspace / "hf-export")(text)["input_ids"] == ids
+    model = transformers.GPT2LMHeadModel.from_pretrained(workspace / "hf-export").eval()
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits.numpy()
+    np = pytest.importorskip("numpy")
+    np.testing.assert_allclose(ours(Tensor([ids])).numpy(), expected, rtol=0, atol=1e-4)
+

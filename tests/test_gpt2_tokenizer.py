@@ -1,11 +1,11 @@
-"""GPT-2 tokenizer files: BPETokenizer.load_gpt2_tokenizer gives the ids of Hugging Face `tokenizers`
-for the same files (vocab.json + merges.txt, and tokenizer.json), on a tokenizer trained locally;
-BPETokenizer.save_gpt2_tokenizer writes files that `tokenizers` reads into the same ids as ours."""
+"""GPT-2 tokenizer files: load_gpt2_tokenizer gives the ids of Hugging Face `tokenizers` for the same
+files (vocab.json + merges.txt, and tokenizer.json), on a tokenizer trained locally; save_gpt2_tokenizer
+writes files of any BPETokenizer that `tokenizers` reads into the same ids as ours."""
 from __future__ import annotations
 
 import pytest
 
-from tinygpt.gpt2_tokenizer import GPT2Tokenizer, bytes_to_unicode
+from tinygpt.gpt2_tokenizer import GPT2Tokenizer, bytes_to_unicode, load_gpt2_tokenizer, save_gpt2_tokenizer
 from tinygpt.tokenizer import BPETokenizer, RegexPatterns
 
 tokenizers = pytest.importorskip("tokenizers", reason="Hugging Face tokenizers is the oracle")
@@ -43,7 +43,7 @@ def test_vocab_and_merges_give_the_ids_of_tokenizers(hf_files):
     reference = tokenizers.Tokenizer(tokenizers.models.BPE.from_file(str(directory / "vocab.json"),
                                                                       str(directory / "merges.txt")))
     reference.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    ours = BPETokenizer.load_gpt2_tokenizer(directory)
+    ours = load_gpt2_tokenizer(directory)
     text = MIXED.replace("<|endoftext|>", " ")
     ids = ours.encode(text)
     assert ids == reference.encode(text).ids
@@ -53,7 +53,7 @@ def test_vocab_and_merges_give_the_ids_of_tokenizers(hf_files):
 
 def test_tokenizer_json_gives_the_ids_of_tokenizers_special_tokens_included(hf_files):
     reference, directory, _ = hf_files
-    ours = BPETokenizer.load_gpt2_tokenizer(directory)
+    ours = load_gpt2_tokenizer(directory)
     assert isinstance(ours, GPT2Tokenizer)
     ids = ours.encode(MIXED, allowed_special="all")
     assert ids == reference.encode(MIXED).ids and 0 in ids
@@ -63,7 +63,7 @@ def test_tokenizer_json_gives_the_ids_of_tokenizers_special_tokens_included(hf_f
 
 def test_our_ids_are_those_of_the_canonical_tokenizer(hf_files):
     _, directory, _ = hf_files
-    ours = BPETokenizer.load_gpt2_tokenizer(directory)
+    ours = load_gpt2_tokenizer(directory)
     canonical = ours.canonical()
     assert canonical.encode(MIXED, allowed_special="all") == ours.our_ids(ours.encode(MIXED, allowed_special="all"))
     assert canonical.decode(canonical.encode(MIXED, allowed_special="all")) == MIXED
@@ -74,18 +74,18 @@ def test_saved_files_give_tokenizers_our_ids(tmp_path, pattern):
     ours = BPETokenizer(pattern)
     ours.train(CORPUS, 400)
     ours.register_special_tokens({"<|endoftext|>": 400})
-    written = ours.save_gpt2_tokenizer(tmp_path)
+    written = save_gpt2_tokenizer(ours, tmp_path)
     assert (tmp_path / "tokenizer.json") in written
     reference = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
     assert reference.encode(MIXED).ids == ours.encode(MIXED, allowed_special="all")
-    assert BPETokenizer.load_gpt2_tokenizer(tmp_path).encode(MIXED, allowed_special="all") == \
+    assert load_gpt2_tokenizer(tmp_path).encode(MIXED, allowed_special="all") == \
         ours.encode(MIXED, allowed_special="all")
 
 
 def test_saved_gpt2_pattern_also_writes_vocab_and_merges_that_tokenizers_reads(tmp_path):
     ours = BPETokenizer(RegexPatterns.GPT2)
     ours.train(CORPUS, 350)
-    ours.save_gpt2_tokenizer(tmp_path)
+    save_gpt2_tokenizer(ours, tmp_path)
     reference = tokenizers.Tokenizer(tokenizers.models.BPE.from_file(str(tmp_path / "vocab.json"),
                                                                       str(tmp_path / "merges.txt")))
     reference.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -95,18 +95,18 @@ def test_saved_gpt2_pattern_also_writes_vocab_and_merges_that_tokenizers_reads(t
 
 def test_a_gpt2_tokenizer_saved_again_keeps_its_ids(tmp_path, hf_files):
     _, directory, _ = hf_files
-    loaded = BPETokenizer.load_gpt2_tokenizer(directory)
-    loaded.save_gpt2_tokenizer(tmp_path)
+    loaded = load_gpt2_tokenizer(directory)
+    save_gpt2_tokenizer(loaded, tmp_path)
     again = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
     assert again.encode(MIXED).ids == loaded.encode(MIXED, allowed_special="all")
 
 
 def test_a_directory_without_tokenizer_files_is_refused(tmp_path):
     with pytest.raises(ValueError, match="no GPT-2 tokenizer"):
-        BPETokenizer.load_gpt2_tokenizer(tmp_path)
+        load_gpt2_tokenizer(tmp_path)
 
 
 def test_a_gpt2_tokenizer_refuses_the_tinygpt_model_format(tmp_path, hf_files):
     _, directory, _ = hf_files
     with pytest.raises(ValueError, match="save_gpt2_tokenizer"):
-        BPETokenizer.load_gpt2_tokenizer(directory).save(tmp_path / "tok")
+        load_gpt2_tokenizer(directory).save(tmp_path / "tok")

@@ -83,7 +83,7 @@ def test_checkpoint_holds_model_optimizer_tokenizer_config_and_state(tmp_path, c
     result = train(config, verbose=False)
     directory = find_checkpoint(tmp_path)
     assert directory == tmp_path / "ckpt" == result.checkpoint_dir
-    assert {path.name for path in directory.iterdir()} == {"model.safetensors", "optimizer.safetensors", "config.json",
+    assert {path.name for path in directory.iterdir()} == {"weights.safetensors", "optimizer.safetensors", "config.json",
                                                            "state.json", "tokenizer.model", "tokenizer.vocab"}
     saved = json.loads((directory / "config.json").read_text())
     assert saved["model"] == asdict(result.model.config) and saved["train"] == config.settings()
@@ -99,7 +99,7 @@ from pathlib import Path
 from tinygpt import cli, train
 
 point = sys.argv[1]
-if point == "while-writing-files":  # the second save dies after model.safetensors, before the optimizer state
+if point == "while-writing-files":  # the second save dies after weights.safetensors, before the optimizer state
     save_state = train.AdamW.save_state
     def dying_save_state(self, path):
         if self.step_count == 4:

@@ -1,6 +1,6 @@
 """Checkpoints: written atomically, read back validated, and restored into a run that resumes exactly.
 
-A checkpoint is the directory `<out_dir>/ckpt` (model.safetensors, optimizer.safetensors, config.json,
+A checkpoint is the directory `<out_dir>/ckpt` (weights.safetensors, optimizer.safetensors, config.json,
 tokenizer.model/.vocab, state.json with the iteration, the RNG states and the loss history). It is
 written into a fresh `ckpt.tmp-*` directory first; then the previous `ckpt` is renamed to `ckpt.old`,
 the new one renamed to `ckpt`, and `ckpt.old` deleted. Whatever instant a run is killed at, one
@@ -8,6 +8,9 @@ complete checkpoint is left: `ckpt` when it exists (only ever created whole, by 
 `ckpt.old`, which the loader falls back to and the next save puts back in place.
 
 config.json holds {"format", "model": the GPTConfig, "train": the run's flat settings (tinygpt.config)}.
+The weights are not called model.safetensors: with that name and a config.json beside it, the directory
+looks like a Hugging Face one, and transformers' from_pretrained built a random GPT-2 from it without an
+error. Checkpoints written before are still read. `tinygpt export` writes a real Hugging Face directory.
 """
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ from tinygpt.tokenizer import BPETokenizer
 
 CHECKPOINT_FORMAT = "tinygpt-checkpoint v1"
 CHECKPOINT_DIR, PREVIOUS_CHECKPOINT_DIR, STAGING_PREFIX = "ckpt", "ckpt.old", "ckpt.tmp-"
-MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "config.json", "state.json"
+MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE, STATE_FILE = "weights.safetensors", "optimizer.safetensors", "config.json", "state.json"
+EARLIER_MODEL_FILE = "model.safetensors"  # the name before, read back when MODEL_FILE is absent
 TOKENIZER_PREFIX = "tokenizer"
 
 
@@ -75,6 +79,12 @@ class Checkpoint:
         except (TypeError, ValueError) as error:
             raise ConfigError(f"corrupt checkpoint {self.directory}: {CONFIG_FILE} model: {error}") from None
 
+    @property
+    def weights_file(self) -> Path:
+        """MODEL_FILE, or the earlier name in a checkpoint written before the rename."""
+        earlier = self.directory / EARLIER_MODEL_FILE
+        return earlier if not (self.directory / MODEL_FILE).exists() and earlier.is_file() else self.directory / MODEL_FILE
+
     def load_model(self, device: str = "cpu") -> GPT:
         """The GPT of config.json with the saved weights, on `device`. The size config.json implies is checked
         against the tensors model.safetensors holds before the model is built, and the weights must be finite."""
@@ -86,7 +96,7 @@ class Checkpoint:
         try:
             check_weights_fit_config(self.directory / MODEL_FILE, model_config)
             model = GPT(model_config)
-            model.load_weights(str(self.directory / MODEL_FILE))
+            model.load_weights(str(self.weights_file))
             check_finite_weights(model, MODEL_FILE)
         except (OSError, ValueError, TypeError) as error:
             raise ConfigError(f"corrupt checkpoint {self.directory}: {error}") from None

@@ -1,7 +1,8 @@
 """The `tinygpt` command: argument parsing, then calls into train.py, the sampler and the tokenizer.
 
     tinygpt train [--preset NAME] [--n-layer N ...] [--resume]     train a GPT (default: Tiny Shakespeare, bytes)
-    tinygpt sample --out-dir DIR --prompt TEXT                     continue a prompt from a checkpoint
+    tinygpt sample --out-dir DIR --prompt TEXT|FILE:path           continue a prompt, printed as it is generated
+    tinygpt export --out-dir DIR --to PATH                         a checkpoint as a Hugging Face GPT-2 directory
     tinygpt tokenizer train|encode|decode ...                      train and use a BPE tokenizer
     tinygpt bench [...]                                            a training step against PyTorch
 
@@ -21,8 +22,10 @@ from tinygpt import bench
 from tinygpt.dataset import default_corpus_path, read_corpus_text
 from tinygpt.distributed import get_world, launched_by_mpi
 from tinygpt.flags import OneLineParser
+from tinygpt.gpt2_tokenizer import save_gpt2_tokenizer
+from tinygpt.sampling import read_prompt, stream_text
 from tinygpt.tokenizer import BPETokenizer, RegexPatterns
-from tinygpt.train import PRESETS, ConfigError, TrainConfig, check_device, load_checkpoint, resolve_config, sample_text, train
+from tinygpt.train import PRESETS, ConfigError, TrainConfig, check_device, load_checkpoint, resolve_config, train
 
 PATTERNS = {"gpt2": RegexPatterns.GPT2, "gpt4": RegexPatterns.GPT4}
 
@@ -61,6 +64,8 @@ def add_train_parser(subparsers) -> None:
                         f"(default: {defaults['bias']})", **knob)
     parser.add_argument("--device", choices=("cpu", "cuda"), help="cuda needs CuPy (default: cpu)", **knob)
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out-dir", **knob)
+    parser.add_argument("--init-from", metavar="PATH", help="start from a TinyGPT out dir or a Hugging Face GPT-2 "
+                        "directory: its architecture, weights and tokenizer, a fresh optimizer, iteration 0", **knob)
     parser.set_defaults(handler=run_train)
 
 
@@ -72,13 +77,17 @@ def run_train(args: argparse.Namespace) -> int:
 
 def add_sample_parser(subparsers) -> None:
     parser = subparsers.add_parser("sample", help="continue a prompt with the model of a checkpoint",
-                                   description="Sample text from the checkpoint that `tinygpt train` left in --out-dir.")
+                                   description="Sample text from the checkpoint that `tinygpt train` left in --out-dir, "
+                                   "printed as it is generated.")
     parser.add_argument("--out-dir", metavar="DIR", default="out", help="directory of the checkpoint (default: out)")
-    parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    parser.add_argument("--prompt", "--start", dest="prompt", default="\n", help="text to continue, or FILE:path for the "
+                        "text of a file, as nanoGPT's sample.py --start (default: a newline)")
     parser.add_argument("--max-new-tokens", type=int, default=500, metavar="N")
     parser.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 is greedy (default: 0.8)")
     parser.add_argument("--top-k", type=int, default=200, metavar="K", help="sample among the K likeliest tokens "
                         "(0: all; default: 200)")
+    parser.add_argument("--top-p", type=float, default=None, metavar="P", help="then among the likeliest tokens whose "
+                        "probabilities sum to P (nucleus sampling, 0 < P <= 1; default: off)")
     parser.add_argument("--num-samples", type=int, default=1, metavar="N")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -94,14 +103,48 @@ def run_sample(args: argparse.Namespace) -> int:
         args.prompt.encode("utf-8")
     except UnicodeEncodeError as error:
         raise ConfigError(f"the prompt is not UTF-8 text (an undecodable byte at character {error.start})") from None
+    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
+        raise ConfigError(f"--top-p must be in (0, 1], got {args.top_p}")
     check_device(args.device)
+    try:
+        prompt = read_prompt(args.prompt)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     checkpoint = load_checkpoint(args.out_dir)
     model = checkpoint.load_model(args.device)
     for index in range(args.num_samples):
         if index:
             print("---------------")
-        print(sample_text(model, checkpoint.tokenizer, args.prompt, args.max_new_tokens, args.temperature,
-                          args.top_k or None, seed=args.seed + index, device=args.device), flush=True)
+        try:
+            for piece in stream_text(model, checkpoint.tokenizer, prompt, args.max_new_tokens, args.temperature,
+                                     args.top_k or None, args.top_p, seed=args.seed + index, device=args.device):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        print(flush=True)
+    return 0
+
+
+def add_export_parser(subparsers) -> None:
+    parser = subparsers.add_parser("export", help="write a checkpoint as a Hugging Face GPT-2 directory",
+                                   description="Write the checkpoint in --out-dir as a directory that transformers' "
+                                   "GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained load: config.json, "
+                                   "model.safetensors, tokenizer.json (and vocab.json + merges.txt for GPT-2's pattern).")
+    parser.add_argument("--out-dir", metavar="DIR", default="out", help="directory of the checkpoint (default: out)")
+    parser.add_argument("--to", metavar="PATH", required=True, help="the Hugging Face directory to write")
+    parser.set_defaults(handler=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    checkpoint = load_checkpoint(args.out_dir)
+    model = checkpoint.load_model()
+    try:
+        model.save_gpt2_checkpoint(args.to)
+        written = save_gpt2_tokenizer(checkpoint.tokenizer, args.to)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    print(f"wrote {args.to}: config.json, model.safetensors, {', '.join(path.name for path in written)}")
     return 0
 
 
@@ -193,10 +236,11 @@ def run_tokenizer_decode(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="tinygpt", description="TinyGPT: train a GPT from its own small parts, then sample it.")
-    subparsers = parser.add_subparsers(dest="command", metavar="{train,sample,tokenizer,bench}", required=True,
+    subparsers = parser.add_subparsers(dest="command", metavar="{train,sample,export,tokenizer,bench}", required=True,
                                        parser_class=OneLineParser)
     add_train_parser(subparsers)
     add_sample_parser(subparsers)
+    add_export_parser(subparsers)
     add_tokenizer_parser(subparsers)
     subparsers.add_parser("bench", help="time a training step against PyTorch (tinygpt bench --help)", add_help=False)
     return parser

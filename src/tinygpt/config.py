@@ -90,6 +90,8 @@ class TrainConfig:
     device: str = _setting("cpu", "cpu, or cuda (needs CuPy)")
     seed: int = _setting(1337, "random seed")
     resume: bool = _setting(False, "continue from the checkpoint in --out-dir")
+    init_from: str | None = _setting(None, "start from a TinyGPT out dir or a Hugging Face GPT-2 directory: its "
+                                     "architecture, weights and tokenizer, a fresh optimizer, iteration 0")
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> TrainConfig:

@@ -9,14 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from tinygpt.module import Module
 from tinygpt.serialization import atomic_write, load_arrays, save_arrays
-
-if TYPE_CHECKING:
-    from tinygpt.nn import GPT
 
 TOP_LEVEL_NAMES = {  # ours -> Hugging Face GPT2Model's
     "token_embedding.embeddings": "wte.weight", "position_embedding.embeddings": "wpe.weight",
@@ -100,8 +98,8 @@ def is_gpt2_directory(directory: Path) -> bool:
 
 
 # ---- writing ---------------------------------------------------------------------------------------
-def save_gpt2(model: "GPT", path: str | Path) -> Path:
-    """Write `model` as a Hugging Face GPT-2 directory; a model without biases gets zero biases (the same
+def save_gpt2(model: Module, path: str | Path) -> Path:
+    """Write `model` (a tinygpt.nn.GPT) as a Hugging Face GPT-2 directory; a model without biases gets zero biases (the same
     function). A model with options GPT-2 does not have raises ValueError naming them."""
     options = _non_gpt2_options(model.config)
     if options:
@@ -125,7 +123,7 @@ def save_gpt2(model: "GPT", path: str | Path) -> Path:
     return directory
 
 
-def gpt2_config(model: "GPT") -> dict[str, Any]:
+def gpt2_config(model: Module) -> dict[str, Any]:
     """The config.json of transformers' GPT2Config for this model."""
     arguments = _arguments(model.config)
     return {

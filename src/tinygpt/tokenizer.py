@@ -568,20 +568,6 @@ class BPETokenizer:
         atomic_write(file_prefix + ".vocab",
                      lambda temporary: Path(temporary).write_text(vocab_text, encoding="utf-8", newline="\n"))
 
-    @staticmethod
-    def load_gpt2_tokenizer(directory: str | Path) -> "BPETokenizer":
-        """A tokenizer from GPT-2's files in `directory` (tokenizer.json, or vocab.json + merges.txt) whose ids
-        are the files' ids, as Hugging Face `tokenizers` gives them (see gpt2_tokenizer.py)."""
-        from tinygpt.gpt2_tokenizer import load_gpt2_tokenizer  # it subclasses BPETokenizer: imported late
-
-        return load_gpt2_tokenizer(directory)
-
-    def save_gpt2_tokenizer(self, directory: str | Path) -> list[Path]:
-        """Write tokenizer.json (and, for the GPT-2 pattern, vocab.json + merges.txt) for Hugging Face."""
-        from tinygpt.gpt2_tokenizer import save_gpt2_tokenizer
-
-        return save_gpt2_tokenizer(self, directory)
-
     def load(self, model_file: str | Path) -> None:
         """Read a `.model` file written by `save`, or by the original TinyGPT (see tokenizer_original);
         a corrupt or foreign file raises ValueError."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,11 @@ from tinygpt.dataset import (check_corpus_file, default_corpus_path, get_batch, 
                              train_val_split)
 from tinygpt.distributed import World, get_world
 from tinygpt.losses import CrossEntropyLoss
-from tinygpt.nn import GPT
+from tinygpt.nn import GPT, LayerNorm
 from tinygpt.optimizers import (AdamW, Muon, Optimizer, OptimizerGroups, ParameterGroup, clip_grad_norm, cosine_schedule,
                                 wsd_schedule)
+from tinygpt.pretrained import load_pretrained
+from tinygpt.sampling import stream_text
 from tinygpt.tensor import Tensor, no_grad
 from tinygpt.tokenizer import BPETokenizer
 
@@ -102,6 +104,16 @@ def build_schedule(config: TrainConfig, peak: float, floor: float):
 
 def build_model(config: TrainConfig) -> GPT:
     return GPT(config.model)
+
+
+def with_dropout(model: GPT, dropout: float) -> GPT:
+    """The same weights (and LayerNorm epsilons) in a GPT whose dropout is the run's."""
+    rebuilt = GPT(replace(model.config, dropout=dropout))
+    rebuilt.load_weights(model.named_parameters())
+    for target, source in zip(rebuilt.modules(), model.modules()):
+        if isinstance(source, LayerNorm):
+            target.eps = source.eps
+    return rebuilt
 
 
 # ---- data ----------------------------------------------------------------------------------------
@@ -293,17 +305,32 @@ def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
     checkpoint = load_checkpoint(out_dir) if config.resume else None
     if checkpoint is not None:
         check_architecture(checkpoint, config)
+    pretrained = load_pretrained(config.init_from) if config.init_from and checkpoint is None else None
+    if pretrained is not None:
+        config = replace(config, model=replace(pretrained.model.config, dropout=config.model.dropout))
+        config.validate()
+        log(f"starting from {config.init_from}: its architecture and weights, a fresh optimizer, iteration 0")
     path = corpus_path(config)
-    tokenizer = checkpoint.tokenizer if checkpoint is not None else train_tokenizer(path, config.model.vocab_size)
-    if checkpoint is None and config.model.vocab_size > 256 and world.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(out_dir / TOKENIZER_PREFIX)
-        log(f"trained a BPE tokenizer of {len(tokenizer.vocab)} tokens: {out_dir / TOKENIZER_PREFIX}.model")
+    if checkpoint is not None:
+        tokenizer = checkpoint.tokenizer
+    elif pretrained is not None:
+        tokenizer = pretrained.tokenizer or train_tokenizer(path, 256)  # a source without a tokenizer: bytes
+    else:
+        tokenizer = train_tokenizer(path, config.model.vocab_size)
+        if config.model.vocab_size > 256 and world.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            tokenizer.save(out_dir / TOKENIZER_PREFIX)
+            log(f"trained a BPE tokenizer of {len(tokenizer.vocab)} tokens: {out_dir / TOKENIZER_PREFIX}.model")
     splits = dict(zip(("train", "val"), load_tokens(path, tokenizer, config)))
     byte_ratios = {name: bytes_per_token(tokens, tokenizer) for name, tokens in splits.items()}
 
     backend.manual_seed(config.seed + world.rank)  # each rank its own dropout stream; the weights are rank 0's
-    model = checkpoint.load_model(config.device) if checkpoint is not None else build_model(config).to(config.device)
+    if checkpoint is not None:
+        model = checkpoint.load_model(config.device)
+    elif pretrained is not None:
+        model = with_dropout(pretrained.model, config.model.dropout).to(config.device)
+    else:
+        model = build_model(config).to(config.device)
     world.broadcast_parameters(model)
     model.train()
     optimizer = build_optimizer(model, config)
@@ -384,15 +411,12 @@ def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
 
 
 def sample_text(model: GPT, tokenizer: BPETokenizer, prompt: str, max_new_tokens: int, temperature: float = 0.8,
-                top_k: int | None = 200, seed: int = 1337, device: str = "cpu") -> str:
-    """The prompt followed by max_new_tokens tokens drawn from the model, as text."""
-    ids = tokenizer.encode(prompt, allowed_special="all")
-    if not ids:
-        raise ConfigError("the prompt is empty: give at least one character to start from")
-    generated = model.generate(Tensor(np.array([ids], dtype=np.int32), device=device), max_new_tokens,
-                               temperature=temperature, top_k=top_k, rng=np.random.default_rng(seed))
-    # a tokenizer whose training stopped short of vocab_size has fewer ids than the model can draw
-    return tokenizer.decode(generated.numpy()[0].tolist(), unknown_ids="replace")
+                top_k: int | None = 200, seed: int = 1337, device: str = "cpu", top_p: float | None = None) -> str:
+    """The prompt followed by max_new_tokens tokens drawn from the model, as text (stream_text, joined)."""
+    try:
+        return "".join(stream_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed, device))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def plot_losses(history: dict[str, list], path: Path) -> Path | None:
