@@ -85,7 +85,7 @@ class GPT2Tokenizer(BPETokenizer):
         return self.file_ids[super().encode_ordinary(text)].tolist() if text else []
 
     def save(self, file_prefix: str | Path) -> None:
-        raise ValueError("a GPT-2 tokenizer keeps its files' ids: write it with save_gpt2_tokenizer(directory)")
+        raise ValueError("a GPT-2 tokenizer keeps its files' ids: write it with save_gpt2_tokenizer(tokenizer, directory)")
 
     def our_ids(self, ids: Iterable[int] | np.ndarray | Tensor) -> list[int]:
         """The ids a BPETokenizer with the same merges gives (byte b is b, merge i is 256 + i, specials after)."""

@@ -11,7 +11,7 @@ import numpy as np
 from tinygpt import gpt2
 from tinygpt.checkpoint import CHECKPOINT_DIR, load_checkpoint
 from tinygpt.config import ConfigError
-from tinygpt.gpt2_tokenizer import GPT2Tokenizer, load_gpt2_tokenizer
+from tinygpt.gpt2_tokenizer import TOKENIZER_JSON, VOCAB_FILE, GPT2Tokenizer, load_gpt2_tokenizer
 from tinygpt.nn import GPT
 from tinygpt.tensor import Tensor, no_grad
 from tinygpt.tokenizer import BPETokenizer
@@ -54,7 +54,7 @@ def _from_gpt2(directory: Path) -> Pretrained:
 
 
 def _has_tokenizer(directory: Path) -> bool:
-    return (directory / "tokenizer.json").is_file() or (directory / "vocab.json").is_file()
+    return (directory / TOKENIZER_JSON).is_file() or (directory / VOCAB_FILE).is_file()
 
 
 def _file_ids(tokenizer: GPT2Tokenizer) -> list[int]:
