@@ -3,15 +3,13 @@ loads the directory with logits and greedy tokens equal to ours, with and withou
 vocabulary; the one name map covers exactly Hugging Face's parameters."""
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 
 import tinygpt
 from tinygpt import Tensor
 from tinygpt.gpt2 import hf_name, hf_names
-from tinygpt.nn import GPT, GPTConfig
+from tinygpt.nn import GPT
 
 torch = pytest.importorskip("torch", reason="torch runs the reference GPT-2")
 transformers = pytest.importorskip("transformers", reason="transformers provides the reference GPT-2")
@@ -90,14 +88,9 @@ def test_a_name_outside_gpt2_is_refused():
         hf_name("blocks.0.attn.q_norm.weights")
 
 
-def test_a_model_with_options_gpt2_lacks_is_refused(tmp_path):
-    @dataclasses.dataclass
-    class WithRotary(GPTConfig):
-        rotary: bool = False
-
-    model = GPT(16, 50, 1, 2, 8)
-    model.config = WithRotary(**dataclasses.asdict(model.config), rotary=True)
-    with pytest.raises(ValueError, match="rotary=True"):
-        model.save_gpt2_checkpoint(tmp_path / "hf")
-    model.config = dataclasses.replace(model.config, rotary=False)
-    model.save_gpt2_checkpoint(tmp_path / "hf")
+@pytest.mark.parametrize("option, value", [("rotary", True), ("norm", "rmsnorm"), ("tied_head", False),
+                                           ("logit_soft_cap", 30.0)])
+def test_the_speedrun_options_are_refused_and_zero_init_is_not(tmp_path, option, value):
+    with pytest.raises(ValueError, match=f"{option}="):
+        GPT(16, 50, 1, 2, 8, **{option: value}).save_gpt2_checkpoint(tmp_path / "refused")
+    GPT(16, 50, 1, 2, 8, zero_init_projections=True).save_gpt2_checkpoint(tmp_path / "kept")

@@ -27,7 +27,8 @@ BLOCK_NAMES = {  # ours -> theirs, inside block i ("blocks.i." <-> "h.i.")
     "mlp.c_fc.weights": "mlp.c_fc.weight", "mlp.c_fc.bias": "mlp.c_fc.bias",
     "mlp.c_proj.weights": "mlp.c_proj.weight", "mlp.c_proj.bias": "mlp.c_proj.bias",
 }
-GPT2_ARGUMENTS = {"max_seq_length", "vocab_size", "num_layers", "num_heads", "embedding_dim", "dropout", "bias"}
+GPT2_ARGUMENTS = {"max_seq_length", "vocab_size", "num_layers", "num_heads", "embedding_dim", "dropout", "bias",
+                  "zero_init_projections"}  # the last changes only the initial weights, not the function
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 
 
