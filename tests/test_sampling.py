@@ -30,7 +30,7 @@ def test_stream_text_joins_to_the_text_of_generate(tokenizers_by_name, name):
     pieces = list(stream_text(model, tokenizer, prompt, 80, temperature=2.0, top_k=None, seed=3))
     ids = model.generate(Tensor([tokenizer.encode(prompt)]), 80, temperature=2.0, rng=np.random.default_rng(3))
     assert pieces[0] == prompt
-    assert "".join(pieces) == tokenizer.decode(ids.numpy()[0].tolist())
+    assert "".join(pieces) == tokenizer.decode(ids.numpy()[0].tolist(), unknown_ids="replace")
     assert len(pieces) == 80 + 2  # the prompt, one piece per token (maybe empty), the end of the decoder
 
 
