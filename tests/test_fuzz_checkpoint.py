@@ -22,7 +22,7 @@ from conftest import run_capped
 from tinygpt.dataset import default_corpus_path
 
 EXAMPLES = int(os.environ.get("TINYGPT_FUZZ_EXAMPLES", "12"))
-FILES = ("config.json", "state.json", "model.safetensors", "optimizer.safetensors", "tokenizer.model")
+FILES = ("config.json", "state.json", "weights.safetensors", "optimizer.safetensors", "tokenizer.model")
 SECONDS_PER_RUN = 120
 
 json_values = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**63, max_value=2**70),

@@ -80,8 +80,8 @@ def resume(workspace, out_dir, *extra):
 # ---- config.json ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("field, value, message", [
-    ("num_layers", 1_000_000_000, "model.safetensors"),
-    ("embedding_dim", 10**7, "model.safetensors"),
+    ("num_layers", 1_000_000_000, "weights.safetensors"),
+    ("embedding_dim", 10**7, "weights.safetensors"),
     ("num_heads", 0, "num_heads must be an integer >= 1"),
     ("vocab_size", "many", "vocab_size must be an integer >= 1"),
     ("dropout", 2.0, "dropout must be in [0, 1)"),
@@ -113,7 +113,7 @@ def test_a_malformed_state_json_is_one_line(workspace, copy, edit):
 # ---- the weights ------------------------------------------------------------------------------------
 
 def test_a_weight_whose_header_dtype_is_i32_is_refused(workspace, copy):
-    path = copy / "ckpt" / "model.safetensors"
+    path = copy / "ckpt" / "weights.safetensors"
     header, body = safetensors_header(path)
     name = next(key for key in header if key != "__metadata__")
     header[name]["dtype"] = "I32"
@@ -122,7 +122,7 @@ def test_a_weight_whose_header_dtype_is_i32_is_refused(workspace, copy):
 
 
 def test_a_checkpoint_of_non_finite_weights_is_refused_by_sample_and_resume(workspace, copy):
-    path = copy / "ckpt" / "model.safetensors"
+    path = copy / "ckpt" / "weights.safetensors"
     header, body = safetensors_header(path)
     name = next(key for key in header if key != "__metadata__")
     start, _ = header[name]["data_offsets"]
@@ -217,7 +217,7 @@ def test_divergence_stops_with_one_line_and_keeps_the_good_checkpoint(workspace,
     result = resume(workspace, copy, "--learning-rate", "1000", "--max-iters", "40", "--grad-clip", "0",
                     "--warmup-iters", "0")
     assert_one_line_error(result, "iteration", "non-finite", "learning rate")
-    weights = safe_load(copy / "ckpt" / "model.safetensors")  # the last checkpoint written before the divergence
+    weights = safe_load(copy / "ckpt" / "weights.safetensors")  # the last checkpoint written before the divergence
     assert all(np.isfinite(array).all() for array in weights.values())
     assert sample(workspace, copy).returncode == 0
 

@@ -87,17 +87,17 @@ class Checkpoint:
 
     def load_model(self, device: str = "cpu") -> GPT:
         """The GPT of config.json with the saved weights, on `device`. The size config.json implies is checked
-        against the tensors model.safetensors holds before the model is built, and the weights must be finite."""
+        against the tensors the weights file holds before the model is built, and the weights must be finite."""
         model_config = self.model_config
         largest_id = max(self.tokenizer.vocab)
         if largest_id >= model_config.vocab_size:
             raise ConfigError(f"corrupt checkpoint {self.directory}: the tokenizer has ids up to {largest_id}, beyond "
                               f"the model's vocabulary of {model_config.vocab_size}")
         try:
-            check_weights_fit_config(self.directory / MODEL_FILE, model_config)
+            check_weights_fit_config(self.weights_file, model_config)
             model = GPT(model_config)
             model.load_weights(str(self.weights_file))
-            check_finite_weights(model, MODEL_FILE)
+            check_finite_weights(model, self.weights_file.name)
         except (OSError, ValueError, TypeError) as error:
             raise ConfigError(f"corrupt checkpoint {self.directory}: {error}") from None
         return model.to(device) if device != "cpu" else model

@@ -1,6 +1,6 @@
 """What a checkpoint read from disk must satisfy before it is used: each check raises ValueError naming the defect.
 
-The model a config.json describes is compared with the tensors model.safetensors holds (from its header,
+The model a config.json describes is compared with the tensors the checkpoint's weights file holds (from its header,
 before anything is allocated), and bounded by MAX_MODEL_PARAMETERS; weights must be finite; state.json
 must have the structure the loop writes.
 """
