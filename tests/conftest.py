@@ -15,7 +15,7 @@ import torch
 from hypothesis import HealthCheck, settings
 
 import tinygpt
-from tinygpt import Buffer, Tensor
+from tinygpt import Buffer, Tensor, kernels
 
 settings.register_profile("tinygpt", deadline=None, derandomize=True, max_examples=60,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -45,6 +45,16 @@ def threads():
     yield parallel.set_num_threads
     parallel.MIN_BLOCK_ELEMENTS = minimum
     parallel.set_num_threads(before)
+
+
+@pytest.fixture(params=["numba", "array"])
+def kernel_set(request):
+    """Run a test of a fused op with each kernel set on the CPU: numba's loops, then the array module's calls."""
+    if request.param == "numba":
+        yield request.param
+        return
+    with kernels.array_kernels_on_cpu():
+        yield request.param
 
 
 @pytest.fixture

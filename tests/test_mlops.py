@@ -135,7 +135,13 @@ def test_unary_operation_through_apply_op(operation, theirs, rng):
     check_against_torch(lambda x: apply_op(operation, x), theirs, [random_values(rng, (2, 5), 0.5, 2)])
 
 
-def test_gelu_on_large_inputs_saturates_like_torch():
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", [(3, 4), (2, 3, 40), (0, 3)], ids=str)
+def test_gelu_with_each_kernel_set_matches_torch(shape, layout, rng, kernel_set):
+    check_against_torch(lambda t: t.gelu(), lambda t: F.gelu(t, approximate="tanh"), [random_values(rng, shape, -6, 6)], layout)
+
+
+def test_gelu_on_large_inputs_saturates_like_torch(kernel_set):
     x = np.array([-30.0, -10.0, -4.0, 0.0, 4.0, 10.0, 30.0], np.float32)
     check_against_torch(lambda t: t.gelu(), lambda t: F.gelu(t, approximate="tanh"), [x])
 
@@ -348,7 +354,7 @@ def _torch_cross_entropy(reduction):
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("logits_shape", [(4, 5), (2, 3, 5), (5,), (1, 1)], ids=str)
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
-def test_cross_entropy_matches_torch(reduction, logits_shape, layout, rng):
+def test_cross_entropy_matches_torch(reduction, logits_shape, layout, rng, kernel_set):
     logits = random_values(rng, logits_shape, -3, 3)
     targets = rng.integers(0, logits_shape[-1], size=logits_shape[:-1]).astype(np.int32)
     check_against_torch(lambda x, t: apply_op(mlops.CrossEntropy, x, t, reduction=reduction),
@@ -356,7 +362,7 @@ def test_cross_entropy_matches_torch(reduction, logits_shape, layout, rng):
 
 
 @pytest.mark.parametrize("reduction", ["none", "sum"])
-def test_cross_entropy_of_an_empty_batch_matches_torch(reduction, rng):
+def test_cross_entropy_of_an_empty_batch_matches_torch(reduction, rng, kernel_set):
     check_against_torch(lambda x, t: apply_op(mlops.CrossEntropy, x, t, reduction=reduction),
                         _torch_cross_entropy(reduction), [random_values(rng, (0, 5)), np.zeros((0,), np.int32)])
 
@@ -367,7 +373,7 @@ def test_cross_entropy_mean_of_an_empty_batch_is_nan_like_torch():
     assert math.isnan(F.cross_entropy(torch.zeros(0, 5), torch.zeros(0, dtype=torch.int64)).item())
 
 
-def test_cross_entropy_of_extreme_logits_matches_torch(rng):
+def test_cross_entropy_of_extreme_logits_matches_torch(rng, kernel_set):
     logits = random_values(rng, (4, 6), -1, 1) * 60.0
     check_against_torch(lambda x, t: apply_op(mlops.CrossEntropy, x, t, reduction="none"), _torch_cross_entropy("none"),
                         [logits, np.array([0, 1, 2, 3], np.int32)])
@@ -389,7 +395,7 @@ def test_cross_entropy_rejects_bad_targets():
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape", [(2, 3, 8), (5, 8), (8,), (0, 8)], ids=str)
 @pytest.mark.parametrize("affine", ["weight+bias", "weight", "bias", "none"])
-def test_layer_norm_matches_torch(affine, shape, layout, rng):
+def test_layer_norm_matches_torch(affine, shape, layout, rng, kernel_set):
     if layout == "expanded" and len(shape) == 1:
         pytest.skip("a 1-d expanded input is one constant row: torch's mean of it is one ulp off, and 1/sqrt(eps) "
                     "amplifies that to 1e-4 (ours is exact); test_layer_norm_of_a_constant_row covers that case")
@@ -415,7 +421,7 @@ def test_layer_norm_matches_torch(affine, shape, layout, rng):
     check_against_torch(ours, theirs, arrays, [layout] + ["contiguous"] * (len(arrays) - 1))
 
 
-def test_layer_norm_of_a_constant_row_uses_eps_like_torch():
+def test_layer_norm_of_a_constant_row_uses_eps_like_torch(kernel_set):
     x = np.full((2, 4), 3.0, np.float32)
     weight, bias = np.ones(4, np.float32), np.zeros(4, np.float32)
     check_against_torch(lambda *t: apply_op(mlops.LayerNorm, *t, eps=1e-5),
@@ -424,7 +430,7 @@ def test_layer_norm_of_a_constant_row_uses_eps_like_torch():
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("ids_shape", [(2, 6), (7,), (), (0,)], ids=str)
-def test_embedding_matches_torch_and_repeated_ids_accumulate(ids_shape, layout, rng):
+def test_embedding_matches_torch_and_repeated_ids_accumulate(ids_shape, layout, rng, kernel_set):
     weight = random_values(rng, (10, 4))
     ids = rng.integers(0, 4, size=ids_shape).astype(np.int32)  # only 4 distinct ids: many repeats
     _, (weight_tensor, _) = check_against_torch(lambda w, i: apply_op(mlops.Embedding, w, i), lambda w, i: F.embedding(i, w),
@@ -475,13 +481,6 @@ def test_dropout_rejects_p_outside_0_1():
 
 
 # ---- scaled dot-product attention ------------------------------------------------------------------------
-@pytest.fixture(params=[None, 3], ids=["one-query-block", "query-blocks-of-3"])
-def query_block(request, monkeypatch):
-    """Run an attention test as it is, and again with causal attention cut into blocks of 3 queries."""
-    if request.param:
-        monkeypatch.setattr(mlops, "QUERY_BLOCK", request.param)
-
-
 def _attention(q, k, v, **kwargs):
     return apply_op(mlops.ScaledDotProductAttention, q, k, v, **kwargs)
 
@@ -498,19 +497,19 @@ def _explicit_causal_attention(q, k, v, keep=None):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape", [(2, 3, 5, 8), (1, 1, 1, 4), (2, 7, 16), (3, 4, 2)], ids=str)
-def test_causal_attention_matches_torch_sdpa(shape, layout, rng, query_block):
+def test_causal_attention_matches_torch_sdpa(shape, layout, rng, kernel_set):
     q, k, v = (random_values(rng, shape) for _ in range(3))
     check_against_torch(_attention, lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
                         [q, k, v], layout)
 
 
-def test_causal_attention_at_gpt_sizes_matches_torch_sdpa(rng, query_block):
+def test_causal_attention_at_gpt_sizes_matches_torch_sdpa(rng, kernel_set):
     q, k, v = (random_values(rng, (2, 4, 64, 32)) for _ in range(3))
     check_against_torch(_attention, lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), [q, k, v])
 
 
 @pytest.mark.parametrize("query_length, key_length", [(3, 7), (1, 6), (4, 4), (1, 1), (0, 0), (0, 3)])
-def test_attention_with_fewer_queries_than_keys_matches_an_explicit_kv_cache_mask(query_length, key_length, rng, query_block):
+def test_attention_with_fewer_queries_than_keys_matches_an_explicit_kv_cache_mask(query_length, key_length, rng, kernel_set):
     q = random_values(rng, (2, 2, query_length, 8))
     k, v = random_values(rng, (2, 2, key_length, 8)), random_values(rng, (2, 2, key_length, 8))
     check_against_torch(_attention, _explicit_causal_attention, [q, k, v], ["stepped", "permuted", "contiguous"])
@@ -522,7 +521,7 @@ def test_explicit_reference_agrees_with_torch_sdpa_when_lengths_match():
                                F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
 
-def test_attention_on_heads_split_from_one_projection_matches_torch(rng):
+def test_attention_on_heads_split_from_one_projection_matches_torch(rng, kernel_set):
     """The layout a transformer block feeds it: (B, T, 3C) -> three (B, T, H, d) slices -> permuted to (B, H, T, d)."""
     batch, length, heads, head_dim = 2, 5, 3, 4
     width = heads * head_dim
@@ -543,7 +542,7 @@ def test_attention_on_heads_split_from_one_projection_matches_torch(rng):
     check_against_torch(ours, theirs, [random_values(rng, (batch, length, 3 * width))])
 
 
-def test_attention_dropout_drops_probabilities_and_backpropagates_through_the_same_mask(rng, query_block):
+def test_attention_dropout_drops_probabilities_and_backpropagates_through_the_same_mask(rng, kernel_set):
     q, k, v = (random_values(rng, (2, 2, 5, 4)) for _ in range(3))
     ours_inputs = [Tensor(a, requires_grad=True) for a in (q, k, v)]
     out = _attention(*ours_inputs, dropout_p=0.5)
@@ -560,7 +559,7 @@ def test_attention_dropout_drops_probabilities_and_backpropagates_through_the_sa
 
 
 @pytest.mark.parametrize("needs", [(True, False, False), (False, True, False), (False, False, True)])
-def test_attention_with_only_some_inputs_requiring_grad(needs, rng, query_block):
+def test_attention_with_only_some_inputs_requiring_grad(needs, rng, kernel_set):
     arrays = [random_values(rng, (1, 2, 4, 4)) for _ in range(3)]
     ours_inputs = [Tensor(a, requires_grad=n) for a, n in zip(arrays, needs)]
     torch_inputs = [to_torch(t) for t in ours_inputs]
@@ -583,7 +582,7 @@ def _torch_packed_attention(num_heads):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape, num_heads", [((2, 5, 24), 2), ((1, 1, 12), 4), ((3, 4, 6), 1)], ids=str)
-def test_packed_multi_head_attention_matches_torch(shape, num_heads, layout, rng, query_block):
+def test_packed_multi_head_attention_matches_torch(shape, num_heads, layout, rng, kernel_set):
     check_against_torch(lambda qkv: apply_op(mlops.MultiHeadAttention, qkv, num_heads=num_heads),
                         _torch_packed_attention(num_heads), [random_values(rng, shape)], layout)
 
@@ -608,7 +607,7 @@ def test_fused_linear_rejects_weights_that_do_not_fit():
         apply_op(mlops.Linear, Tensor(np.zeros((2, 3), np.float32)), Tensor(np.zeros((4, 6), np.float32)))
 
 
-def test_cross_entropy_of_far_apart_logits_is_finite_like_torch():
+def test_cross_entropy_of_far_apart_logits_is_finite_like_torch(kernel_set):
     """-log(softmax) would round the target's probability to 0 and give inf; logsumexp - x_t does not."""
     logits = np.array([[0.0, -200.0], [300.0, -300.0]], dtype=np.float32)
     targets = np.array([1, 1])

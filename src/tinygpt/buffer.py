@@ -14,7 +14,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from tinygpt import backend
-from tinygpt.parallel import matmul_rows
 from tinygpt.utils import DType, normalize_axes
 
 
@@ -408,12 +407,21 @@ class Buffer:
         draw = backend.generator(device).normal(mean, std, _check_shape(shape))
         return Buffer.from_array(draw.astype(dtype.numpy))
 
+    @staticmethod
+    def dropout_scale(shape, p: float, dtype: DType = DType.float32, device: str | None = None) -> "Buffer":
+        """m / (1 - p) with m ~ Bernoulli(1 - p): the factor dropout multiplies values and gradients by."""
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        device = backend.normalize_device(device)
+        keep = backend.generator(device).random(_check_shape(shape), dtype=dtype.numpy) >= p
+        return Buffer.from_array(keep.astype(dtype.numpy) * (1.0 / (1.0 - p)))
+
 
 def matmul(xp, a, b):
     """a @ b, as one 2-D GEMM when b is a matrix: numpy runs (B, T, C) @ (C, D) as B small products
     outside BLAS, measured 13x slower than the same work as (B*T, C) @ (C, D)."""
     if b.ndim == 2 and a.ndim >= 2:
-        return matmul_rows(xp, a.reshape(math.prod(a.shape[:-1]), a.shape[-1]), b).reshape(a.shape[:-1] + b.shape[-1:])
+        return (a.reshape(math.prod(a.shape[:-1]), a.shape[-1]) @ b).reshape(a.shape[:-1] + b.shape[-1:])
     return xp.matmul(a, b)
 
 

@@ -1,0 +1,220 @@
+"""CPU kernels: the loops of each fused op's math, compiled by numba (`prange` shares rows among threads).
+
+Each kernel writes into arrays its caller allocated and has the same name and arguments as its twin in
+`tinygpt.kernels.array`. Storage is float32; sums over a row accumulate in float64.
+With NUMBA_DISABLE_JIT=1 these run as plain Python, which a debugger can step through.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+GELU_C = np.float32(math.sqrt(2.0 / math.pi))
+GELU_CUBIC = np.float32(0.044715)
+# tanh(u) = p(u) / q(u) on |u| <= TANH_CLAMP (Eigen's float32 rational fit, within float32 rounding of tanh);
+# unlike math.tanh, a scalar libm call, it vectorises
+TANH_CLAMP = np.float32(7.90531110763549805)
+TANH_P = tuple(np.float32(a) for a in (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05,
+                                       5.12229709037114e-08, -8.60467152213735e-11, 2.00018790482477e-13,
+                                       -2.76076847742355e-16))
+TANH_Q = tuple(np.float32(b) for b in (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04,
+                                       1.19825839466702e-06))
+
+
+@njit(inline="always", cache=True)
+def tanh(u):
+    """tanh(u) = p(u) / q(u), odd polynomial p of degree 13, even q of degree 6, u clamped to +-7.9."""
+    u = min(max(u, -TANH_CLAMP), TANH_CLAMP)
+    u2 = u * u
+    p = TANH_P[6]
+    for i in range(5, -1, -1):
+        p = p * u2 + TANH_P[i]
+    q = TANH_Q[3]
+    for i in range(2, -1, -1):
+        q = q * u2 + TANH_Q[i]
+    return u * p / q
+
+
+@njit(parallel=True, cache=True)
+def gelu_forward(x, out):
+    """out = x/2 (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2/pi), over flat arrays."""
+    for i in prange(x.size):
+        xi = x[i]
+        out[i] = np.float32(0.5) * xi * (np.float32(1.0) + tanh(GELU_C * (xi + GELU_CUBIC * xi * xi * xi)))
+
+
+@njit(parallel=True, cache=True)
+def gelu_backward(grad, x, grad_x):
+    """grad_x = grad * ((1 + t)/2 + x/2 (1 - t^2) c (1 + 3*0.044715 x^2)), t = tanh(c (x + 0.044715 x^3))."""
+    for i in prange(x.size):
+        xi = x[i]
+        t = tanh(GELU_C * (xi + GELU_CUBIC * xi * xi * xi))
+        slope = np.float32(0.5) * (np.float32(1.0) + t) + np.float32(0.5) * xi * (np.float32(1.0) - t * t) * GELU_C * (
+            np.float32(1.0) + np.float32(3.0) * GELU_CUBIC * xi * xi)
+        grad_x[i] = grad[i] * slope
+
+
+@njit(parallel=True, cache=True)
+def layer_norm_forward(x, weight, bias, eps, out, mean, rstd):
+    """out = (x - mean) * rstd * weight + bias per row, rstd = 1 / sqrt(var + eps)."""
+    rows, width = x.shape
+    for r in prange(rows):
+        total = 0.0
+        for c in range(width):
+            total += x[r, c]
+        m = total / width
+        squares = 0.0
+        for c in range(width):
+            centred = x[r, c] - m
+            squares += centred * centred
+        s = 1.0 / math.sqrt(squares / width + eps)
+        for c in range(width):
+            out[r, c] = (x[r, c] - m) * s * weight[c] + bias[c]
+        mean[r], rstd[r] = m, s
+
+
+@njit(parallel=True, cache=True)
+def layer_norm_backward(grad, x, weight, mean, rstd, grad_x, grad_weight, grad_bias):
+    """With xh = (x - mean) rstd and dxh = grad * weight:
+    grad_x = rstd (dxh - mean(dxh) - xh mean(dxh xh)), grad_weight = sum_rows grad xh, grad_bias = sum_rows grad."""
+    rows, width = x.shape
+    parts = max(min(rows, 64), 1)  # row blocks, each with its own partial sums of grad_weight and grad_bias
+    weight_parts = np.zeros((parts, width))
+    bias_parts = np.zeros((parts, width))
+    for part in prange(parts):
+        for r in range(part * rows // parts, (part + 1) * rows // parts):
+            mean_dxh = 0.0
+            mean_dxh_xh = 0.0
+            for c in range(width):
+                xh = (x[r, c] - mean[r]) * rstd[r]
+                dxh = grad[r, c] * weight[c]
+                mean_dxh += dxh
+                mean_dxh_xh += dxh * xh
+                weight_parts[part, c] += grad[r, c] * xh
+                bias_parts[part, c] += grad[r, c]
+            mean_dxh /= width
+            mean_dxh_xh /= width
+            for c in range(width):
+                xh = (x[r, c] - mean[r]) * rstd[r]
+                grad_x[r, c] = rstd[r] * (grad[r, c] * weight[c] - mean_dxh - xh * mean_dxh_xh)
+    for c in prange(width):
+        grad_weight[c] = weight_parts[:, c].sum()
+        grad_bias[c] = bias_parts[:, c].sum()
+
+
+@njit(parallel=True, cache=True)
+def cross_entropy_forward(logits, targets, losses, log_normalizer):
+    """log_normalizer = logsumexp(logits) per row (shifted by the row max), losses = log_normalizer - logits[target]."""
+    rows, classes = logits.shape
+    for r in prange(rows):
+        largest = -np.inf
+        for c in range(classes):
+            largest = max(largest, logits[r, c])
+        total = 0.0
+        for c in range(classes):
+            total += math.exp(logits[r, c] - largest)
+        log_normalizer[r] = largest + math.log(total)
+        losses[r] = log_normalizer[r] - logits[r, targets[r]]
+
+
+@njit(parallel=True, cache=True)
+def cross_entropy_backward(logits, targets, log_normalizer, grad_rows, grad_logits):
+    """grad_logits = grad_rows * (softmax(logits) - onehot(targets)), softmax = exp(logits - log_normalizer)."""
+    rows, classes = logits.shape
+    for r in prange(rows):
+        for c in range(classes):
+            grad_logits[r, c] = grad_rows[r] * math.exp(logits[r, c] - log_normalizer[r])
+        grad_logits[r, targets[r]] -= grad_rows[r]
+
+
+@njit(parallel=True, cache=True)
+def embedding_backward(ids, grad, grad_weight):
+    """grad_weight[ids[r]] += grad[r] for each row r (repeated ids accumulate); columns shared among threads."""
+    rows, width = grad.shape
+    grad_weight[:] = 0.0
+    parts = max(min(width // 16, 64), 1)
+    for part in prange(parts):
+        for r in range(rows):
+            for c in range(part * width // parts, (part + 1) * width // parts):
+                grad_weight[ids[r], c] += grad[r, c]
+
+
+@njit(parallel=True, cache=True)
+def attention_forward(q, k, v, scale, keep, out, log_normalizer):
+    """P = softmax(q k^T scale) over the keys each query sees (query i: keys 0 .. i + Tk - Tq), out = (P * keep) v,
+    log_normalizer = logsumexp of each row of scaled scores, all of shape (B, H, T, .); keep: dropout factors or empty.
+    One (batch, head) per thread, one query row at a time: no T x T array."""
+    batch, heads, queries, dims = q.shape
+    keys = k.shape[2]
+    dropout = keep.size > 0
+    for pair in prange(batch * heads):
+        b, h = pair // heads, pair % heads
+        scores = np.empty(keys, dtype=np.float32)
+        row = np.empty(dims, dtype=np.float32)
+        for i in range(queries):
+            seen = i + keys - queries + 1
+            largest = -np.inf
+            for j in range(seen):
+                s = np.float32(0.0)
+                for c in range(dims):
+                    s += q[b, h, i, c] * k[b, h, j, c]
+                scores[j] = s * scale
+                largest = max(largest, scores[j])
+            total = 0.0
+            for j in range(seen):
+                scores[j] = math.exp(scores[j] - largest)
+                total += scores[j]
+            row[:] = 0.0
+            for j in range(seen):
+                p = scores[j] / total
+                if dropout:
+                    p *= keep[b, h, i, j]
+                for c in range(dims):
+                    row[c] += p * v[b, h, j, c]
+            for c in range(dims):
+                out[b, h, i, c] = row[c]
+            log_normalizer[b, h, i] = largest + math.log(total)
+
+
+@njit(parallel=True, cache=True)
+def attention_backward(grad, q, k, v, scale, keep, log_normalizer, grad_q, grad_k, grad_v):
+    """With P = exp(q k^T scale - log_normalizer) (causal) recomputed and A = P * keep:
+    grad_v = A^T grad, dP = (grad v^T) * keep, dS = P (dP - sum_j P dP), grad_q = dS k scale, grad_k = dS^T q scale."""
+    batch, heads, queries, dims = q.shape
+    keys = k.shape[2]
+    dropout = keep.size > 0
+    for pair in prange(batch * heads):
+        b, h = pair // heads, pair % heads
+        probs = np.empty(keys, dtype=np.float32)
+        dprobs = np.empty(keys, dtype=np.float32)
+        row = np.empty(dims, dtype=np.float32)
+        grad_k[b, h] = 0.0
+        grad_v[b, h] = 0.0
+        for i in range(queries):
+            seen = i + keys - queries + 1
+            projection = 0.0
+            for j in range(seen):
+                s = np.float32(0.0)
+                dp = np.float32(0.0)
+                for c in range(dims):
+                    s += q[b, h, i, c] * k[b, h, j, c]
+                    dp += grad[b, h, i, c] * v[b, h, j, c]
+                probs[j] = math.exp(s * scale - log_normalizer[b, h, i])
+                weight = probs[j]
+                if dropout:
+                    dp *= keep[b, h, i, j]
+                    weight *= keep[b, h, i, j]
+                dprobs[j] = dp
+                projection += probs[j] * dp
+                for c in range(dims):
+                    grad_v[b, h, j, c] += weight * grad[b, h, i, c]
+            row[:] = 0.0
+            for j in range(seen):
+                dscore = probs[j] * (dprobs[j] - projection) * scale
+                for c in range(dims):
+                    row[c] += dscore * k[b, h, j, c]
+                    grad_k[b, h, j, c] += dscore * q[b, h, i, c]
+            for c in range(dims):
+                grad_q[b, h, i, c] = row[c]
