@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+from threadpoolctl import threadpool_limits
 
 import tinygpt
 from tinygpt import Buffer, Tensor, kernels
@@ -36,15 +37,11 @@ def fixed_seeds():
 
 @pytest.fixture
 def threads():
-    """threads(n) sets TinyGPT's CPU thread count for one test, with every block of work worth a thread
-    (so that small test inputs are cut into blocks too); both are restored afterwards."""
-    from tinygpt import parallel
-
-    before, minimum = parallel.get_num_threads(), parallel.MIN_BLOCK_ELEMENTS
-    parallel.MIN_BLOCK_ELEMENTS = 1
-    yield parallel.set_num_threads
-    parallel.MIN_BLOCK_ELEMENTS = minimum
-    parallel.set_num_threads(before)
+    """threads(n) sets TinyGPT's CPU thread count (numba's and BLAS's) for one test; restored afterwards."""
+    before, blas = tinygpt.get_num_threads(), threadpool_limits(limits=None)  # records BLAS's threads
+    yield tinygpt.set_num_threads
+    tinygpt.set_num_threads(before)
+    blas.restore_original_limits()
 
 
 @pytest.fixture(params=["numba", "array"])

@@ -224,6 +224,25 @@ def frozen(module: Module) -> set[str]:
     return {name for name, tensor in module.named_parameters() if not tensor.requires_grad}
 
 
+def test_pack_parameters_moves_them_into_one_flat_array_and_the_model_computes_as_before():
+    tinygpt.manual_seed(0)
+    model = MLP(4, [5, 3], "gelu")
+    x = Tensor(np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32))
+    before, values = model(x).numpy(), {name: p.numpy() for name, p in model.named_parameters()}
+    names = [name for name, _ in model.named_parameters()][::-1]
+    flat = model.pack_parameters(names)
+    assert flat.shape == (model.num_parameters(),)
+    np.testing.assert_array_equal(model(x).numpy(), before)
+    offset = 0
+    for name in names:
+        tensor = dict(model.named_parameters())[name]
+        assert tensor.buffer.data is flat
+        np.testing.assert_array_equal(flat[offset:offset + tensor.numel].reshape(tensor.shape), values[name])
+        offset += tensor.numel
+    flat[:] = 0.0  # the parameters are views of the flat array
+    assert all(not p.numpy().any() for _, p in model.named_parameters())
+
+
 def test_freeze_all_and_unfreeze_all():
     net = Net()
     net.freeze()

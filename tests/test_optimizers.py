@@ -6,7 +6,6 @@ import pytest
 
 import tinygpt
 from tinygpt import Tensor
-from tinygpt import optimizers
 from tinygpt.losses import CrossEntropyLoss
 from tinygpt.nn import MLP
 from tinygpt.optimizers import SGD, Adam, AdamW, Optimizer, clip_grad_norm, cosine_schedule
@@ -79,7 +78,7 @@ SGD_SETTINGS = [
 
 
 @pytest.mark.parametrize("settings", SGD_SETTINGS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()) or "plain")
-def test_sgd_matches_torch(settings):
+def test_sgd_matches_torch(settings, kernel_set):
     ours, theirs = train_both(lambda m: SGD(m, 0.1, **settings), lambda p: torch.optim.SGD(p, lr=0.1, **settings))
     assert_same_parameters(ours, theirs)
 
@@ -90,14 +89,14 @@ def test_sgd_rejects_nesterov_without_momentum():
 
 
 @pytest.mark.parametrize("betas, eps", [((0.9, 0.999), 1e-8), ((0.8, 0.95), 1e-6)])
-def test_adam_matches_torch(betas, eps):
+def test_adam_matches_torch(betas, eps, kernel_set):
     ours, theirs = train_both(lambda m: Adam(m, 0.01, betas=betas, eps=eps),
                               lambda p: torch.optim.Adam(p, lr=0.01, betas=betas, eps=eps))
     assert_same_parameters(ours, theirs)
 
 
 @pytest.mark.parametrize("weight_decay", [0.01, 0.1])
-def test_adamw_matches_torch(weight_decay):
+def test_adamw_matches_torch(weight_decay, kernel_set):
     ours, theirs = train_both(lambda m: AdamW(m, 0.01, betas=(0.9, 0.95), weight_decay=weight_decay),
                               lambda p: torch.optim.AdamW(p, lr=0.01, betas=(0.9, 0.95), weight_decay=weight_decay))
     assert_same_parameters(ours, theirs)
@@ -358,14 +357,10 @@ def test_adam_keeps_its_state_when_load_weights_replaces_the_parameters(make_our
     compare_with_torch_while(make_ours, make_theirs, reload_own_weights)
 
 
-@pytest.mark.parametrize("cache_block, thread_count", [(None, 1), (5, 1), (5, 3)],
-                         ids=["one-block", "blocks-of-5", "blocks-of-5-on-3-threads"])
-def test_adamw_decay_matrices_only_matches_torch_parameter_groups(cache_block, thread_count, threads, monkeypatch):
-    """nanoGPT's groups: weight decay on 2-d parameters (matrices, embeddings), none on biases and norms;
-    also with the flat step cut into cache blocks of 5 elements, which straddle parameters and the
-    boundary between decayed and undecayed ones, and with those blocks shared among 3 threads."""
-    if cache_block:
-        monkeypatch.setattr(optimizers, "CACHE_BLOCK", cache_block)
+@pytest.mark.parametrize("thread_count", [1, 2])
+def test_adamw_decay_matrices_only_matches_torch_parameter_groups(thread_count, threads, kernel_set):
+    """nanoGPT's groups: weight decay on 2-d parameters (matrices, embeddings), none on biases and norms,
+    with the flat update kernel on one thread and shared among two."""
     threads(thread_count)
 
     def torch_groups(parameters):

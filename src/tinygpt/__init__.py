@@ -1,7 +1,7 @@
 """TinyGPT: a readable deep-learning library that trains a GPT from its own small parts."""
 from tinygpt.backend import manual_seed
 from tinygpt.buffer import Buffer
-from tinygpt.parallel import get_num_threads, set_num_threads
+from tinygpt.threads import get_num_threads, set_num_threads
 from tinygpt.tensor import GradientFunction, Tensor, apply_op, is_grad_enabled, no_grad
 from tinygpt.utils import DType
 

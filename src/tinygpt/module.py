@@ -1,7 +1,7 @@
 """Module: a dict of parameters (Tensors) and sub-modules, traversed by the generic tree utilities."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -157,6 +157,21 @@ class Module(dict):
         return sum(tensor.numel for _, tensor in self.named_parameters())
 
     # ---- changing parameters -------------------------------------------------------------------
+    def pack_parameters(self, names: Sequence[str]):
+        """Copy the named parameters, in this order, into one flat array and make each a view of it (a Buffer
+        is an offset into flat storage, so the model computes as before); returns that array.
+        An optimizer asks for this to update every parameter in one pass over one buffer."""
+        tensors = dict(self.named_parameters())
+        first = tensors[names[0]].buffer
+        flat = first.xp.empty(sum(tensors[name].numel for name in names), dtype=first.data.dtype)
+        offset = 0
+        for name in names:
+            buffer = tensors[name].buffer
+            flat[offset:offset + buffer.numel] = buffer.array.reshape(-1)
+            buffer.rehome(flat, offset)
+            offset += buffer.numel
+        return flat
+
     def update(self, parameters: dict) -> "Module":  # type: ignore[override]
         """Replace parameters by the Tensors of a nested dict shaped like `parameters()`."""
         def merge(target, new):

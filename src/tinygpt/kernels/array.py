@@ -119,3 +119,30 @@ def attention_backward(grad, q, k, v, scale, keep, log_normalizer, grad_q, grad_
     dscores = probs * (dprobs - (probs * dprobs).sum(axis=-1, keepdims=True)) * scale
     grad_q[...] = xp.matmul(dscores, k)
     grad_k[...] = xp.matmul(xp.swapaxes(dscores, -1, -2), q)
+
+
+def adam_update(values, grads, exp_avg, exp_avg_sq, decayed, learning_rate, beta1, beta2, eps, weight_decay, step):
+    """p *= 1 - lr wd (the first `decayed` values), m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2,
+    p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps), over flat arrays (torch.optim.AdamW's steps)."""
+    xp = _xp(values)
+    values[:decayed] *= 1.0 - learning_rate * weight_decay
+    exp_avg *= beta1
+    exp_avg += (1.0 - beta1) * grads
+    exp_avg_sq *= beta2
+    exp_avg_sq += (1.0 - beta2) * (grads * grads)
+    denominator = xp.sqrt(exp_avg_sq) / math.sqrt(1.0 - beta2 ** step) + eps
+    values -= learning_rate / (1.0 - beta1 ** step) * exp_avg / denominator
+
+
+def sgd_update(values, grads, momentum_buffer, learning_rate, momentum, dampening, weight_decay, nesterov, first_step):
+    """g += wd p; b = g (first step) or momentum b + (1 - dampening) g; p -= lr (g + momentum b if nesterov else b),
+    over flat arrays (torch.optim.SGD's steps); without momentum p -= lr g and the buffer is not touched."""
+    grads = grads + weight_decay * values
+    if momentum != 0.0:
+        if first_step:
+            momentum_buffer[...] = grads
+        else:
+            momentum_buffer *= momentum
+            momentum_buffer += (1.0 - dampening) * grads
+        grads = grads + momentum * momentum_buffer if nesterov else momentum_buffer
+    values -= learning_rate * grads

@@ -218,3 +218,32 @@ def attention_backward(grad, q, k, v, scale, keep, log_normalizer, grad_q, grad_
                     grad_k[b, h, j, c] += dscore * q[b, h, i, c]
             for c in range(dims):
                 grad_q[b, h, i, c] = row[c]
+
+
+@njit(parallel=True, cache=True)
+def adam_update(values, grads, exp_avg, exp_avg_sq, decayed, learning_rate, beta1, beta2, eps, weight_decay, step):
+    """p *= 1 - lr wd (the first `decayed` values), m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2,
+    p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps), over flat arrays (torch.optim.AdamW's steps)."""
+    step_size = learning_rate / (1.0 - beta1 ** step)
+    correction = math.sqrt(1.0 - beta2 ** step)
+    decay = 1.0 - learning_rate * weight_decay
+    for i in prange(values.size):
+        g = grads[i]
+        m = beta1 * exp_avg[i] + (1.0 - beta1) * g
+        v = beta2 * exp_avg_sq[i] + (1.0 - beta2) * g * g
+        p = values[i] * decay if i < decayed else values[i]
+        values[i] = p - step_size * m / (math.sqrt(v) / correction + eps)
+        exp_avg[i], exp_avg_sq[i] = m, v
+
+
+@njit(parallel=True, cache=True)
+def sgd_update(values, grads, momentum_buffer, learning_rate, momentum, dampening, weight_decay, nesterov, first_step):
+    """g += wd p; b = g (first step) or momentum b + (1 - dampening) g; p -= lr (g + momentum b if nesterov else b),
+    over flat arrays (torch.optim.SGD's steps); without momentum p -= lr g and the buffer is not touched."""
+    for i in prange(values.size):
+        g = grads[i] + weight_decay * values[i]
+        if momentum != 0.0:
+            b = g if first_step else momentum * momentum_buffer[i] + (1.0 - dampening) * g
+            momentum_buffer[i] = b
+            g = g + momentum * b if nesterov else b
+        values[i] -= learning_rate * g
