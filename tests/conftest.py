@@ -27,6 +27,21 @@ SEED = 1234
 LAYOUTS = ("contiguous", "permuted", "stepped", "expanded")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--kernels", choices=("numba", "array"), default="numba",
+                     help="the kernel set every test runs the CPU's fused ops with (kernel_set tests run both anyway)")
+
+
+@pytest.fixture(autouse=True)
+def kernels_of_the_run(request):
+    """With --kernels=array, every test runs the array kernels on the CPU."""
+    if request.config.getoption("--kernels") == "array":
+        with kernels.array_kernels_on_cpu():
+            yield
+    else:
+        yield
+
+
 @pytest.fixture(autouse=True)
 def fixed_seeds():
     """Every test starts from the same random state in TinyGPT, numpy and torch."""

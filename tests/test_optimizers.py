@@ -77,6 +77,7 @@ SGD_SETTINGS = [
 ]
 
 
+@pytest.mark.nojit
 @pytest.mark.parametrize("settings", SGD_SETTINGS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()) or "plain")
 def test_sgd_matches_torch(settings, kernel_set):
     ours, theirs = train_both(lambda m: SGD(m, 0.1, **settings), lambda p: torch.optim.SGD(p, lr=0.1, **settings))
@@ -95,6 +96,7 @@ def test_adam_matches_torch(betas, eps, kernel_set):
     assert_same_parameters(ours, theirs)
 
 
+@pytest.mark.nojit
 @pytest.mark.parametrize("weight_decay", [0.01, 0.1])
 def test_adamw_matches_torch(weight_decay, kernel_set):
     ours, theirs = train_both(lambda m: AdamW(m, 0.01, betas=(0.9, 0.95), weight_decay=weight_decay),

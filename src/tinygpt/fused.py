@@ -127,7 +127,7 @@ class CrossEntropy(Operation):
         if reduction not in ("none", "mean", "sum"):
             raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
         xp, num_classes = logits.xp, logits.shape[-1]
-        self.logits, self.targets = _rows(logits), xp.ascontiguousarray(targets.array.reshape(-1))
+        self.logits, self.targets = _rows(logits), xp.ascontiguousarray(targets.array.reshape(-1), dtype=np.int64)
         if self.targets.size and (int(self.targets.min()) < 0 or int(self.targets.max()) >= num_classes):
             raise IndexError(f"cross_entropy: target ids must lie in [0, {num_classes})")
         self.kernels = kernels.for_device(logits.device)
@@ -182,8 +182,8 @@ class LayerNorm(Operation):
     def forward(self, x: Buffer, weight: Buffer | None = None, bias: Buffer | None = None, eps: float = 1e-5) -> Buffer:
         xp, width = x.xp, x.shape[-1]
         self.x, self.shape = _rows(x), x.shape
-        self.weight = weight.array if weight is not None else xp.ones(width, dtype=self.x.dtype)
-        bias = bias.array if bias is not None else xp.zeros(width, dtype=self.x.dtype)
+        self.weight = xp.ascontiguousarray(weight.array) if weight is not None else xp.ones(width, dtype=self.x.dtype)
+        bias = xp.ascontiguousarray(bias.array) if bias is not None else xp.zeros(width, dtype=self.x.dtype)
         self.kernels = kernels.for_device(x.device)
         out = xp.empty_like(self.x)
         self.mean, self.rstd = xp.empty(len(self.x), dtype=self.x.dtype), xp.empty(len(self.x), dtype=self.x.dtype)
@@ -215,7 +215,7 @@ class Embedding(Operation):
     def backward(self, grad: Buffer):
         xp = grad.xp
         grad_weight = xp.empty(self.weight_shape, dtype=self.dtype.numpy)
-        ids = xp.ascontiguousarray(self.ids.reshape(-1))
+        ids = xp.ascontiguousarray(self.ids.reshape(-1), dtype=np.int64)
         self.kernels.embedding_backward(ids, _rows(grad).reshape(len(ids), self.weight_shape[-1]), grad_weight)
         return Buffer.from_array(grad_weight), None
 

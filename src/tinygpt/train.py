@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from tinygpt import backend
+from tinygpt import backend, kernels
 from tinygpt.checkpoint import (CHECKPOINT_DIR, TOKENIZER_PREFIX, Checkpoint, check_architecture, find_checkpoint,
                                 load_checkpoint, random_state, read_checkpoint_config, restore_training_state,
                                 save_checkpoint)
@@ -345,6 +345,8 @@ def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
     log(f"{model.num_parameters():,} parameters, {len(splits['train']):,} train and {len(splits['val']):,} val tokens, "
         f"iterations {start} -> {config.max_iters} on {config.device}"
         + (f", {world.world_size} ranks of batch {config.batch_size}" if world.world_size > 1 else ""))
+    if config.device == "cpu" and not kernels.cache_is_warm():
+        log("compiling kernels (once)")
 
     tokens_per_iteration = config.batch_size * config.model.max_seq_length * world.world_size
     step_seconds, recent_rate = 0.0, 0.0

@@ -26,8 +26,10 @@ def cache_directory() -> Path:
 
 
 def cache_is_warm() -> bool:
-    """Whether compiled CPU kernels are on disk already (a cold cache means compiling them first)."""
-    return any(cache_directory().glob("**/cpu.attention_backward-*.nbi"))
+    """Whether the CPU kernels of this source are compiled on disk already: numba's index of them
+    is newer than kernels/cpu.py (a cold cache means compiling them first)."""
+    source = Path(__file__).with_name("cpu.py").stat().st_mtime
+    return any(index.stat().st_mtime >= source for index in cache_directory().glob("**/cpu.*.nbi"))
 
 
 def _load_cpu_kernels() -> ModuleType:

@@ -9,7 +9,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import boolean, float32, float64, int64, njit, prange, void
+
+# The array types of the kernels' signatures: one compiled version of each kernel, compiled once
+Vector, Matrix, Ids = float32[::1], float32[:, ::1], int64[::1]
+Heads, HeadRows = float32[:, :, :, :], float32[:, :, ::1]  # (B, H, T, d) with any strides, (B, H, T)
 
 GELU_C = np.float32(math.sqrt(2.0 / math.pi))
 GELU_CUBIC = np.float32(0.044715)
@@ -37,7 +41,7 @@ def tanh(u):
     return u * p / q
 
 
-@njit(parallel=True, cache=True)
+@njit(void(Vector, Vector), parallel=True, cache=True)
 def gelu_forward(x, out):
     """out = x/2 (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2/pi), over flat arrays."""
     for i in prange(x.size):
@@ -45,7 +49,7 @@ def gelu_forward(x, out):
         out[i] = np.float32(0.5) * xi * (np.float32(1.0) + tanh(GELU_C * (xi + GELU_CUBIC * xi * xi * xi)))
 
 
-@njit(parallel=True, cache=True)
+@njit(void(Vector, Vector, Vector), parallel=True, cache=True)
 def gelu_backward(grad, x, grad_x):
     """grad_x = grad * ((1 + t)/2 + x/2 (1 - t^2) c (1 + 3*0.044715 x^2)), t = tanh(c (x + 0.044715 x^3))."""
     for i in prange(x.size):
@@ -56,7 +60,7 @@ def gelu_backward(grad, x, grad_x):
         grad_x[i] = grad[i] * slope
 
 
-@njit(parallel=True, cache=True)
+@njit(void(Matrix, Vector, Vector, float64, Matrix, Vector, Vector), parallel=True, cache=True)
 def layer_norm_forward(x, weight, bias, eps, out, mean, rstd):
     """out = (x - mean) * rstd * weight + bias per row, rstd = 1 / sqrt(var + eps)."""
     rows, width = x.shape
@@ -75,7 +79,7 @@ def layer_norm_forward(x, weight, bias, eps, out, mean, rstd):
         mean[r], rstd[r] = m, s
 
 
-@njit(parallel=True, cache=True)
+@njit(void(Matrix, Matrix, Vector, Vector, Vector, Matrix, Vector, Vector), parallel=True, cache=True)
 def layer_norm_backward(grad, x, weight, mean, rstd, grad_x, grad_weight, grad_bias):
     """With xh = (x - mean) rstd and dxh = grad * weight:
     grad_x = rstd (dxh - mean(dxh) - xh mean(dxh xh)), grad_weight = sum_rows grad xh, grad_bias = sum_rows grad."""
@@ -104,7 +108,7 @@ def layer_norm_backward(grad, x, weight, mean, rstd, grad_x, grad_weight, grad_b
         grad_bias[c] = bias_parts[:, c].sum()
 
 
-@njit(parallel=True, cache=True)
+@njit(void(Matrix, Ids, Vector, Vector), parallel=True, cache=True)
 def cross_entropy_forward(logits, targets, losses, log_normalizer):
     """log_normalizer = logsumexp(logits) per row (shifted by the row max), losses = log_normalizer - logits[target]."""
     rows, classes = logits.shape
@@ -119,7 +123,7 @@ def cross_entropy_forward(logits, targets, losses, log_normalizer):
         losses[r] = log_normalizer[r] - logits[r, targets[r]]
 
 
-@njit(parallel=True, cache=True)
+@njit(void(Matrix, Ids, Vector, Vector, Matrix), parallel=True, cache=True)
 def cross_entropy_backward(logits, targets, log_normalizer, grad_rows, grad_logits):
     """grad_logits = grad_rows * (softmax(logits) - onehot(targets)), softmax = exp(logits - log_normalizer)."""
     rows, classes = logits.shape
@@ -129,7 +133,7 @@ def cross_entropy_backward(logits, targets, log_normalizer, grad_rows, grad_logi
         grad_logits[r, targets[r]] -= grad_rows[r]
 
 
-@njit(parallel=True, cache=True)
+@njit(void(Ids, Matrix, Matrix), parallel=True, cache=True)
 def embedding_backward(ids, grad, grad_weight):
     """grad_weight[ids[r]] += grad[r] for each row r (repeated ids accumulate); columns shared among threads."""
     rows, width = grad.shape
@@ -141,86 +145,90 @@ def embedding_backward(ids, grad, grad_weight):
                 grad_weight[ids[r], c] += grad[r, c]
 
 
-@njit(parallel=True, cache=True)
+@njit(void(Heads, Heads, Heads, float64, Heads, Heads, HeadRows), parallel=True, cache=True)
 def attention_forward(q, k, v, scale, keep, out, log_normalizer):
     """P = softmax(q k^T scale) over the keys each query sees (query i: keys 0 .. i + Tk - Tq), out = (P * keep) v,
     log_normalizer = logsumexp of each row of scaled scores, all of shape (B, H, T, .); keep: dropout factors or empty.
-    One (batch, head) per thread, one query row at a time: no T x T array."""
+    One (batch, head) per thread, one query row at a time: no T x T array. The innermost loops run along
+    contiguous rows of k^T and v (copied per head), where the compiler vectorises them."""
     batch, heads, queries, dims = q.shape
     keys = k.shape[2]
     dropout = keep.size > 0
     for pair in prange(batch * heads):
         b, h = pair // heads, pair % heads
+        keys_t, values = np.ascontiguousarray(k[b, h].T), np.ascontiguousarray(v[b, h])  # (d, Tk), (Tk, d)
         scores = np.empty(keys, dtype=np.float32)
         row = np.empty(dims, dtype=np.float32)
         for i in range(queries):
             seen = i + keys - queries + 1
-            largest = -np.inf
-            for j in range(seen):
-                s = np.float32(0.0)
-                for c in range(dims):
-                    s += q[b, h, i, c] * k[b, h, j, c]
-                scores[j] = s * scale
-                largest = max(largest, scores[j])
+            scores[:seen] = 0.0
+            for c in range(dims):
+                scaled_q = q[b, h, i, c] * np.float32(scale)
+                for j in range(seen):
+                    scores[j] += scaled_q * keys_t[c, j]
+            largest = scores[:seen].max()
             total = 0.0
             for j in range(seen):
                 scores[j] = math.exp(scores[j] - largest)
                 total += scores[j]
             row[:] = 0.0
             for j in range(seen):
-                p = scores[j] / total
+                p = scores[j] / np.float32(total)
                 if dropout:
                     p *= keep[b, h, i, j]
                 for c in range(dims):
-                    row[c] += p * v[b, h, j, c]
-            for c in range(dims):
-                out[b, h, i, c] = row[c]
+                    row[c] += p * values[j, c]
+            out[b, h, i, :] = row
             log_normalizer[b, h, i] = largest + math.log(total)
 
 
-@njit(parallel=True, cache=True)
+@njit(void(Heads, Heads, Heads, Heads, float64, Heads, HeadRows, Heads, Heads, Heads), parallel=True, cache=True)
 def attention_backward(grad, q, k, v, scale, keep, log_normalizer, grad_q, grad_k, grad_v):
     """With P = exp(q k^T scale - log_normalizer) (causal) recomputed and A = P * keep:
-    grad_v = A^T grad, dP = (grad v^T) * keep, dS = P (dP - sum_j P dP), grad_q = dS k scale, grad_k = dS^T q scale."""
+    grad_v = A^T grad, dP = (grad v^T) * keep, dS = P (dP - sum_j P dP), grad_q = dS k scale, grad_k = dS^T q scale.
+    As the forward: per (batch, head), one query row at a time, innermost loops along contiguous rows."""
     batch, heads, queries, dims = q.shape
     keys = k.shape[2]
     dropout = keep.size > 0
     for pair in prange(batch * heads):
         b, h = pair // heads, pair % heads
-        probs = np.empty(keys, dtype=np.float32)
+        keys_t, values_t = np.ascontiguousarray(k[b, h].T), np.ascontiguousarray(v[b, h].T)  # (d, Tk) each
+        keys_rows = np.ascontiguousarray(k[b, h])
+        head_grad_k, head_grad_v = np.zeros((keys, dims), dtype=np.float32), np.zeros((keys, dims), dtype=np.float32)
+        probs, weights = np.empty(keys, dtype=np.float32), np.empty(keys, dtype=np.float32)
         dprobs = np.empty(keys, dtype=np.float32)
-        row = np.empty(dims, dtype=np.float32)
-        grad_k[b, h] = 0.0
-        grad_v[b, h] = 0.0
+        query, grad_row, row = np.empty(dims, dtype=np.float32), np.empty(dims, dtype=np.float32), np.empty(dims, dtype=np.float32)
         for i in range(queries):
             seen = i + keys - queries + 1
+            query[:], grad_row[:] = q[b, h, i, :], grad[b, h, i, :]
+            probs[:seen], dprobs[:seen] = 0.0, 0.0
+            for c in range(dims):
+                scaled_q, g = query[c] * np.float32(scale), grad_row[c]
+                for j in range(seen):
+                    probs[j] += scaled_q * keys_t[c, j]
+                    dprobs[j] += g * values_t[c, j]
             projection = 0.0
             for j in range(seen):
-                s = np.float32(0.0)
-                dp = np.float32(0.0)
-                for c in range(dims):
-                    s += q[b, h, i, c] * k[b, h, j, c]
-                    dp += grad[b, h, i, c] * v[b, h, j, c]
-                probs[j] = math.exp(s * scale - log_normalizer[b, h, i])
-                weight = probs[j]
+                probs[j] = math.exp(probs[j] - log_normalizer[b, h, i])
+                weights[j] = probs[j]
                 if dropout:
-                    dp *= keep[b, h, i, j]
-                    weight *= keep[b, h, i, j]
-                dprobs[j] = dp
-                projection += probs[j] * dp
-                for c in range(dims):
-                    grad_v[b, h, j, c] += weight * grad[b, h, i, c]
+                    dprobs[j] *= keep[b, h, i, j]
+                    weights[j] *= keep[b, h, i, j]
+                projection += probs[j] * dprobs[j]
             row[:] = 0.0
             for j in range(seen):
-                dscore = probs[j] * (dprobs[j] - projection) * scale
+                dscore = probs[j] * (dprobs[j] - np.float32(projection)) * np.float32(scale)
                 for c in range(dims):
-                    row[c] += dscore * k[b, h, j, c]
-                    grad_k[b, h, j, c] += dscore * q[b, h, i, c]
-            for c in range(dims):
-                grad_q[b, h, i, c] = row[c]
+                    head_grad_v[j, c] += weights[j] * grad_row[c]
+                    head_grad_k[j, c] += dscore * query[c]
+                    row[c] += dscore * keys_rows[j, c]
+            grad_q[b, h, i, :] = row
+        grad_k[b, h, :, :] = head_grad_k
+        grad_v[b, h, :, :] = head_grad_v
 
 
-@njit(parallel=True, cache=True)
+@njit(void(Vector, Vector, Vector, Vector, int64, float64, float64, float64, float64, float64, float64),
+      parallel=True, cache=True)
 def adam_update(values, grads, exp_avg, exp_avg_sq, decayed, learning_rate, beta1, beta2, eps, weight_decay, step):
     """p *= 1 - lr wd (the first `decayed` values), m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2,
     p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps), over flat arrays (torch.optim.AdamW's steps)."""
@@ -236,7 +244,7 @@ def adam_update(values, grads, exp_avg, exp_avg_sq, decayed, learning_rate, beta
         exp_avg[i], exp_avg_sq[i] = m, v
 
 
-@njit(parallel=True, cache=True)
+@njit(void(Vector, Vector, Vector, float64, float64, float64, float64, boolean, boolean), parallel=True, cache=True)
 def sgd_update(values, grads, momentum_buffer, learning_rate, momentum, dampening, weight_decay, nesterov, first_step):
     """g += wd p; b = g (first step) or momentum b + (1 - dampening) g; p -= lr (g + momentum b if nesterov else b),
     over flat arrays (torch.optim.SGD's steps); without momentum p -= lr g and the buffer is not touched."""
