@@ -10,6 +10,10 @@ BENCHMARKS = sorted((Path(__file__).parent.parent / "benchmarks").glob("bench_*.
 NUMBER = r"\d+(?:\.\d+)?"
 # The lines each script prints only once it has measured both sides of its comparison.
 SUMMARY_LINES = {
+    "bench_compile": [rf"^cold compile: -?{NUMBER} s; a warm start adds -?{NUMBER} s$",
+                      r"^\$ python benchmarks/bench_compile\.py --quick$"],
+    "bench_kernels": [rf"^\| all \| {NUMBER} \| {NUMBER} \| {NUMBER}x \|$",
+                      r"^\$ python benchmarks/bench_kernels\.py --quick$"],
     "bench_distributed": [rf"^  scaling efficiency, 2 ranks / \(2 x 1 rank\): tinygpt {NUMBER}, torch {NUMBER}$",
                           rf"^  tinygpt/torch on 2 ranks: {NUMBER}x$", r"^command: python benchmarks/bench_distributed\.py --quick$"],
     "bench_generate": [rf"^\s+96\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x$",

@@ -211,7 +211,9 @@ def test_reshape_matches_torch(shape, new_shape, layout, rng):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape, new_shape", [((3, 1), (3, 4)), ((1, 1), (2, 5)), ((1, 3, 1), (2, 3, 4)),
-                                              ((1,), (0,)), ((), ()), ((2, 3), (2, 3))], ids=str)
+                                              ((1,), (0,)), ((), ()), ((2, 3), (2, 3)),
+                                              ((3,), (2, 3)), ((3, 1), (2, 3, 4)), ((), (2, 3)),  # new leading dims
+                                              ((1,), (2, 2, -1)), ((2, 1), (5, -1, 3))], ids=str)  # -1 keeps a size
 def test_expand_matches_torch(shape, new_shape, layout, rng):
     check_against_torch(lambda x: x.expand(new_shape), lambda x: x.expand(new_shape),
                         [random_values(rng, shape)], layout)

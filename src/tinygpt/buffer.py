@@ -366,12 +366,20 @@ class Buffer:
         self.array[...] = _raw(other)
         return self
 
+    IN_PLACE = ("add", "subtract", "multiply", "true_divide", "power")
+
+    def update_(self, operation: str, other: "Buffer | Number") -> "Buffer":
+        """self = self <operation> other in the storage, for operation in IN_PLACE (Tensor's +=, -=, *=, ...)."""
+        if operation not in Buffer.IN_PLACE:
+            raise ValueError(f"update_: operation must be one of {', '.join(Buffer.IN_PLACE)}, got {operation!r}")
+        if isinstance(other, Buffer) and other.shape != self.shape:
+            raise ValueError(f"update_: shapes {self.shape} and {other.shape} differ")
+        getattr(self.xp, operation)(self.array, _raw(other), out=self.array)
+        return self
+
     def add_(self, other: "Buffer | Number") -> "Buffer":
         """self += other, in the storage (gradient accumulation without a new allocation)."""
-        if isinstance(other, Buffer) and other.shape != self.shape:
-            raise ValueError(f"add_: shapes {self.shape} and {other.shape} differ")
-        self.xp.add(self.array, _raw(other), out=self.array)
-        return self
+        return self.update_("add", other)
 
     # ---- factories -------------------------------------------------------------------------------
     @staticmethod

@@ -366,7 +366,14 @@ class Tensor:
         return apply_op(mlops.Reshape, self, shape=shape)
 
     def expand(self, shape: Sequence[int]) -> "Tensor":
-        return apply_op(mlops.Expand, self, shape=tuple(shape))
+        """A broadcast view (stride 0) of size-1 dims, as torch.expand: `shape` may add leading dims, -1 keeps a size."""
+        shape = tuple(shape)
+        leading = len(shape) - self.ndim
+        if leading < 0:
+            raise ValueError(f"expand: shape {shape} has fewer dims than the tensor's {self.shape}")
+        shape = shape[:leading] + tuple(old if new == -1 else new for old, new in zip(self.shape, shape[leading:]))
+        source = self.reshape((1,) * leading + self.shape) if leading else self
+        return apply_op(mlops.Expand, source, shape=shape)
 
     def permute(self, dims: Sequence[int]) -> "Tensor":
         return apply_op(mlops.Permute, self, dims=tuple(dims))
@@ -415,17 +422,17 @@ class Tensor:
         target = self.buffer[index]
         target.assign_(self._coerce(value).broadcast_to(target.shape).buffer)
 
-    def _inplace(self, operation, other) -> "Tensor":
+    def _inplace(self, operation: str, other) -> "Tensor":
         self._check_inplace()
         other = self._coerce(other).broadcast_to(self.shape)
-        operation(self.buffer.array, other.buffer.array, out=self.buffer.array)
+        self.buffer.update_(operation, other.buffer)
         return self
 
-    def __iadd__(self, other): return self._inplace(self.buffer.xp.add, other)
-    def __isub__(self, other): return self._inplace(self.buffer.xp.subtract, other)
-    def __imul__(self, other): return self._inplace(self.buffer.xp.multiply, other)
-    def __itruediv__(self, other): return self._inplace(self.buffer.xp.true_divide, other)
-    def __ipow__(self, other): return self._inplace(self.buffer.xp.power, other)
+    def __iadd__(self, other): return self._inplace("add", other)
+    def __isub__(self, other): return self._inplace("subtract", other)
+    def __imul__(self, other): return self._inplace("multiply", other)
+    def __itruediv__(self, other): return self._inplace("true_divide", other)
+    def __ipow__(self, other): return self._inplace("power", other)
 
     # ---- factories -----------------------------------------------------------------------------
     @staticmethod
