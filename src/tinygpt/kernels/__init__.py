@@ -37,6 +37,10 @@ def _load_cpu_kernels() -> ModuleType:
     if _cpu_kernels is None:
         os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_directory()))  # read by numba when it is imported
         try:
+            import numba
+
+            if not numba.config.CACHE_DIR:  # numba was imported before NUMBA_CACHE_DIR was set
+                numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
             from tinygpt.kernels import cpu
         except ImportError as error:
             warnings.warn(f"numba cannot be imported ({error}): the CPU runs the array kernels, which are slower")
