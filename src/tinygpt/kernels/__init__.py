@@ -16,6 +16,7 @@ from typing import Iterator
 
 from tinygpt.kernels import array
 
+LAST_KERNEL = "sgd_update"  # the last kernel kernels/cpu.py defines (and numba compiles, at its import)
 _cpu_kernels: ModuleType | None = None
 _array_kernels_on_cpu = False
 
@@ -26,10 +27,13 @@ def cache_directory() -> Path:
 
 
 def cache_is_warm() -> bool:
-    """Whether the CPU kernels of this source are compiled on disk already: numba's index of them
-    is newer than kernels/cpu.py (a cold cache means compiling them first)."""
-    source = Path(__file__).with_name("cpu.py").stat().st_mtime
-    return any(index.stat().st_mtime >= source for index in cache_directory().glob("**/cpu.*.nbi"))
+    """Whether the CPU kernels of this source are compiled on disk already (a cold cache means compiling them
+    first): numba's index of the last kernel it compiles, named by that kernel's first source line, is there."""
+    lines = Path(__file__).with_name("cpu.py").read_text().splitlines()
+    first = next(number for number, line in enumerate(lines) if line.startswith(f"def {LAST_KERNEL}("))
+    while first > 0 and lines[first - 1].startswith(("@", " ")):  # numba counts from the decorator
+        first -= 1
+    return any(cache_directory().glob(f"**/cpu.{LAST_KERNEL}-{first + 1}.py*.nbi"))
 
 
 def _load_cpu_kernels() -> ModuleType:
