@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             times["cold"].append(start_seconds(cache_directory, array=False))
             times["warm"].append(start_seconds(cache_directory, array=False))
             times["array"].append(start_seconds(cache_directory, array=True))
-    print(f"$ python {shlex.join(sys.argv)}")
+    print(f"$ python benchmarks/bench_compile.py {shlex.join(sys.argv[1:] if argv is None else argv)}".rstrip())
     medians = {name: statistics.median(values) for name, values in times.items()}
     for name, values in times.items():
         print(f"{name} start: median {medians[name]:.2f} s (min {min(values):.2f}, max {max(values):.2f}, {len(values)} runs)")

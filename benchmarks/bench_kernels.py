@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configs = {"tiny": TINY} if args.quick else {name: CONFIGS[name] for name in ("shakespeare-char-cpu", "large")}
     repeats = 2 if args.quick else args.repeats
-    print(f"$ python {shlex.join(sys.argv)}")
+    print(f"$ python benchmarks/bench_kernels.py {shlex.join(sys.argv[1:] if argv is None else argv)}".rstrip())
     for name, config in configs.items():
         rows = compare(config, repeats)
         print(f"\nconfig {name}: ms per training step, median of {repeats}")

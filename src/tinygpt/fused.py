@@ -11,7 +11,7 @@ import numpy as np
 
 from tinygpt import kernels
 from tinygpt.buffer import Buffer, matmul
-from tinygpt.mlops import Operation
+from tinygpt.operation import Operation
 from tinygpt.utils import normalize_axes
 
 

@@ -8,20 +8,8 @@ per input (a tuple when there are several), with None for inputs that need no gr
 from __future__ import annotations
 
 from tinygpt.buffer import Buffer
+from tinygpt.operation import Operation
 from tinygpt.utils import DType, normalize_axes
-
-
-class Operation:
-    """A differentiable op: forward keeps what backward needs; backward maps the output grad to input grads."""
-
-    def __init__(self, needs_input_grad: list[bool]) -> None:
-        self.needs_input_grad = needs_input_grad
-
-    def forward(self, *buffers: Buffer, **kwargs) -> Buffer:
-        raise NotImplementedError
-
-    def backward(self, grad: Buffer) -> Buffer | None | tuple[Buffer | None, ...]:
-        raise NotImplementedError
 
 
 # ---- elementwise ------------------------------------------------------------------------------------
@@ -275,7 +263,7 @@ class Tril(Operation):
 
 
 # ---- fused (in their own file, named here as the SPEC does) ------------------------------------------
-from tinygpt.fused import (  # noqa: E402  (the fused ops subclass Operation, defined above)
+from tinygpt.fused import (  # noqa: E402  (after the primitives, as the SPEC lists them)
     GELU, CrossEntropy, Dropout, Embedding, LayerNorm, Linear, LogSoftmax, Matmul, MultiHeadAttention,
     ScaledDotProductAttention, Softmax,
 )

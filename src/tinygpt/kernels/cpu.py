@@ -110,22 +110,23 @@ def layer_norm_backward(grad, x, weight, mean, rstd, grad_x, grad_weight, grad_b
 
 @njit(void(Matrix, Ids, Vector, Vector), parallel=True, cache=True)
 def cross_entropy_forward(logits, targets, losses, log_normalizer):
-    """log_normalizer = logsumexp(logits) per row (shifted by the row max), losses = log_normalizer - logits[target]."""
+    """log_normalizer = logsumexp(logits) per row (shifted by the row max), losses = log_normalizer - logits[target].
+    In float32 but for the sum of the exponentials, as PyTorch's log-softmax."""
     rows, classes = logits.shape
     for r in prange(rows):
-        largest = -np.inf
-        for c in range(classes):
+        largest = logits[r, 0]
+        for c in range(1, classes):
             largest = max(largest, logits[r, c])
         total = 0.0
         for c in range(classes):
             total += math.exp(logits[r, c] - largest)
-        log_normalizer[r] = largest + math.log(total)
+        log_normalizer[r] = largest + np.float32(math.log(total))
         losses[r] = log_normalizer[r] - logits[r, targets[r]]
 
 
 @njit(void(Matrix, Ids, Vector, Vector, Matrix), parallel=True, cache=True)
 def cross_entropy_backward(logits, targets, log_normalizer, grad_rows, grad_logits):
-    """grad_logits = grad_rows * (softmax(logits) - onehot(targets)), softmax = exp(logits - log_normalizer)."""
+    """grad_logits = grad_rows * (softmax(logits) - onehot(targets)), softmax = exp(logits - log_normalizer), in float32."""
     rows, classes = logits.shape
     for r in prange(rows):
         for c in range(classes):
