@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tinygpt.bench import ADAMW, CONFIGS, batches, build_tinygpt, torch_stepper
 
-ONE_THREAD = {"TINYGPT_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+ONE_THREAD = {"NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def tinygpt_worker(config_name: str, steps: int, warmup: int, batch_scale: int) -> dict | None:
@@ -100,9 +100,9 @@ def last_json(output: str) -> dict:
 
 
 def run_tinygpt(config_name: str, steps: int, warmup: int, ranks: int, threads: int, batch_scale: int = 1) -> dict:
-    env = dict(os.environ, **(ONE_THREAD if threads == 1 else {"TINYGPT_NUM_THREADS": str(threads)}))
+    env = dict(os.environ, **(ONE_THREAD if threads == 1 else {"NUMBA_NUM_THREADS": str(threads)}))
     if ranks > 1:  # the default threads of ranks: cores / ranks (tinygpt.distributed)
-        env = {key: value for key, value in env.items() if key not in ("TINYGPT_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+        env = {key: value for key, value in env.items() if key not in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     command = worker_command("tinygpt", config_name, str(steps), str(warmup), str(batch_scale))
     if ranks > 1:
         command = [mpiexec(), "-n", str(ranks), *command]

@@ -125,7 +125,7 @@ def test_ranks_share_the_cores_unless_told(mpi):
     shared = run_ranks(2, ["-c", code])
     assert shared.returncode == 0, shared.stderr
     assert all(int(threads) <= max(1, cores // 2) for threads in shared.stdout.split())
-    told = run_ranks(2, ["-c", code], TINYGPT_NUM_THREADS="2")
+    told = run_ranks(2, ["-c", code], NUMBA_NUM_THREADS="2")
     assert told.stdout.split() == ["2", "2"]
 
 
@@ -234,9 +234,9 @@ def test_sharing_cores_sets_both_thread_counts():
     code = ("from threadpoolctl import threadpool_info; from tinygpt import get_num_threads; "
             "from tinygpt.distributed import share_cores; share_cores(4, 2); "
             "print(get_num_threads(), {pool['num_threads'] for pool in threadpool_info() if pool['user_api'] == 'blas'})")
-    env = {key: value for key, value in without_launcher(os.environ).items() if key != "TINYGPT_NUM_THREADS"}
+    env = {key: value for key, value in without_launcher(os.environ).items() if key != "NUMBA_NUM_THREADS"}
     threads, blas = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                   env=env | {"TINYGPT_NUM_THREADS": "2"}).stdout.split(None, 1)
+                                   env=env | {"NUMBA_NUM_THREADS": "2"}).stdout.split(None, 1)
     assert (threads, blas.strip()) == ("2", "{2}")
     alone = subprocess.run([sys.executable, "-c", code.replace("share_cores(4, 2)", "share_cores(2, 2)")],
                            capture_output=True, text=True, check=True, env=env).stdout.split(None, 1)

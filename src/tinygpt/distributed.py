@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from tinygpt.module import Module
-from tinygpt.parallel import get_num_threads, set_num_threads
+from tinygpt.threads import get_num_threads, set_num_threads
 from tinygpt.tensor import Tensor
 
 # Each launcher tells its processes their rank in one of these (hydra: PMI_RANK; Slurm and Open MPI 5: PMIX_RANK).
@@ -154,13 +154,13 @@ def usable_cores() -> list[int]:
 
 def share_cores(cores: int, ranks: int) -> None:
     """Split `cores` among the `ranks` that may all run on them: cores / ranks threads each (at least 1)
-    unless TINYGPT_NUM_THREADS chose, and as many for numpy's BLAS."""
+    unless NUMBA_NUM_THREADS chose, and as many for numpy's BLAS."""
     from threadpoolctl import threadpool_limits
 
     threads = max(1, cores // ranks)
-    if "TINYGPT_NUM_THREADS" not in os.environ:
+    if "NUMBA_NUM_THREADS" not in os.environ:
         set_num_threads(min(get_num_threads(), threads))
-    threadpool_limits(limits=threads, user_api="blas")  # after: set_num_threads(1) hands BLAS all its threads
+    threadpool_limits(limits=threads, user_api="blas")  # BLAS too when NUMBA_NUM_THREADS chose numba's threads
 
 
 _world: World | None = None
