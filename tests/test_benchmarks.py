@@ -31,7 +31,8 @@ SUMMARY_LINES = {
                         rf"^  vocab\s+512 \(\s*\d+ ids\)(\s+{NUMBER}){{3}}\s+{NUMBER}x\s+{NUMBER}x$",
                         r"^ids identical to tiktoken's: yes$"],
     "bench_training": [rf"^  throughput ratio tinygpt/torch: {NUMBER}x, peak memory ratio tinygpt/torch: {NUMBER}$",
-                       r"^command: tinygpt bench --quick$"],
+                       r"^command: tinygpt bench --quick$", r"^machine load before: ", r"^machine load after: ",
+                       rf"^  per-round ratios {NUMBER}-{NUMBER} over 1 rounds: spread 0.0%, within 5%$"],
 }
 
 
@@ -58,3 +59,24 @@ def test_bench_tokenizer_times_a_baseline_source_tree_beside_this_one():
     for name in ("train vocab 512", "encode vocab 512 cold", "encode 2,000 characters, 24 doubling merges",
                  "encode 2,000 characters, abab tokenizer"):
         assert re.search(rf"^  {name}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x$", done.stdout, re.MULTILINE), done.stdout
+
+
+def test_bench_warns_when_another_process_holds_a_core(monkeypatch):
+    from tinygpt import bench
+
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
+    assert "warning: another process holds a core" in bench.load_report("before", 0.9)
+    assert "warning" not in bench.load_report("after", 0.1) and "0.10 of 2 cores busy" in bench.load_report("after", 0.1)
+    samples = iter([(100, 1000), (190, 1100)])  # 90 of 100 ticks busy over the window, on 2 cores
+    monkeypatch.setattr(bench, "cpu_times", lambda: next(samples))
+    assert bench.busy_cores(0.0) == pytest.approx(1.8)
+
+
+def test_bench_adds_rounds_until_the_ratios_agree():
+    from tinygpt import bench
+
+    assert not bench.rounds_are_enough([1.0, 1.2, 1.0], minimum=3, maximum=6)
+    assert bench.rounds_are_enough([1.0, 1.02, 0.99], minimum=3, maximum=6)
+    assert not bench.rounds_are_enough([1.0], minimum=3, maximum=6)
+    assert bench.rounds_are_enough([1.0, 1.5, 1.0, 1.5, 1.0, 1.5], minimum=3, maximum=6)
+    assert bench.spread([1.0, 1.1, 0.9]) == pytest.approx(0.2)

@@ -7,6 +7,7 @@ rounds; the same process reports its peak memory. Run it as `tinygpt bench` or
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -23,6 +24,8 @@ CONFIGS = {
     "tiny": dict(n_layer=1, n_head=2, n_embd=16, block_size=8, batch_size=2, vocab_size=65),
 }
 ADAMW = dict(lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
+SPREAD_TOLERANCE = 0.05  # rounds are added until the per-round ratios lie within 5% of their median
+BUSY_CORE_LIMIT = 0.5  # cores kept busy by other processes beyond which the ratios are called unreliable
 
 
 def build_tinygpt(config: dict):
@@ -162,20 +165,65 @@ def run_worker(framework: str, config_name: str, steps: int, warmup: int) -> dic
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run(config_name: str, steps: int, warmup: int, rounds: int = 3) -> dict:
+def cpu_times() -> tuple[int, int] | None:
+    """(busy, total) CPU time of all cores since boot from /proc/stat; None where there is none (not Linux)."""
+    try:
+        with open("/proc/stat") as stat:
+            values = [int(value) for value in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def busy_cores(seconds: float = 1.0) -> float | None:
+    """How many cores other processes kept busy over the next `seconds` (this one sleeps meanwhile)."""
+    before = cpu_times()
+    time.sleep(seconds)
+    after = cpu_times()
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1]) * (os.cpu_count() or 1)
+
+
+def load_report(moment: str, busy: float | None) -> str:
+    """One line on the machine's load at a moment ("before", "after"), a warning when another process holds a core."""
+    cores, average = os.cpu_count() or 1, os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    if busy is None:
+        return f"machine load {moment}: load average {average:.2f} on {cores} cores (no /proc/stat to measure more)"
+    line = f"machine load {moment}: {busy:.2f} of {cores} cores busy with other processes, load average {average:.2f}"
+    if busy >= BUSY_CORE_LIMIT:
+        line += " -- warning: another process holds a core, the ratios below are not reliable; rerun on a quiet machine"
+    return line
+
+
+def spread(ratios: list[float]) -> float:
+    """(max - min) / median of per-round ratios: 0 when every round agrees."""
+    return (max(ratios) - min(ratios)) / float(np.median(ratios))
+
+
+def rounds_are_enough(ratios: list[float], minimum: int, maximum: int) -> bool:
+    """At least `minimum` rounds, then more until the spread is within SPREAD_TOLERANCE or `maximum` is reached."""
+    return len(ratios) >= maximum or (len(ratios) >= minimum and spread(ratios) <= SPREAD_TOLERANCE)
+
+
+def run(config_name: str, steps: int, warmup: int, rounds: int = 3, max_rounds: int | None = None) -> dict:
     """Each framework trains alone in a fresh process (so neither pays for the other's spinning BLAS or
-    OpenMP threads), alternating over `rounds` so that both see the same drift in machine load."""
+    OpenMP threads), alternating over at least `rounds` rounds so that both see the same drift in machine load,
+    and over more (up to max_rounds, default 2 x rounds) until the per-round ratios agree within 5%."""
     import torch
 
     config = CONFIGS[config_name]
     runs: dict[str, list[dict]] = {"tinygpt": [], "torch": []}
-    for _ in range(rounds):
+    ratios: list[float] = []
+    while not ratios or not rounds_are_enough(ratios, rounds, max_rounds or 2 * rounds):
         for name in runs:
             runs[name].append(run_worker(name, config_name, steps, warmup))
+        ratios.append(float(np.median(runs["torch"][-1]["times"]) / np.median(runs["tinygpt"][-1]["times"])))
     tokens = config["batch_size"] * config["block_size"]
     first_losses = {name: np.array(results[0]["losses"]) for name, results in runs.items()}
     result = {"config": config_name, "torch_threads": torch.get_num_threads(), "tinygpt_threads": runs["tinygpt"][0]["threads"],
-              "steps": steps, "rounds": rounds,
+              "steps": steps, "rounds": len(ratios), "round_ratios": ratios, "spread": spread(ratios),
               "first_loss_difference": float(abs(first_losses["tinygpt"][0] - first_losses["torch"][0])),
               "max_loss_difference": float(np.abs(first_losses["tinygpt"] - first_losses["torch"]).max())}
     for name, results in runs.items():
@@ -197,6 +245,10 @@ def report(result: dict) -> str:
                      f"peak RSS {row['peak_rss_mb']:.0f} MB")
     lines.append(f"  throughput ratio tinygpt/torch: {result['speedup']:.2f}x, peak memory ratio tinygpt/torch: "
                  f"{result['memory_ratio']:.2f}")
+    verdict = ("within" if result["spread"] <= SPREAD_TOLERANCE else "NOT within") + f" {SPREAD_TOLERANCE:.0%}"
+    lines.append(f"  per-round ratios {min(result['round_ratios']):.2f}-{max(result['round_ratios']):.2f} over "
+                 f"{result['rounds']} rounds: spread {result['spread']:.1%}, {verdict}"
+                 + ("" if result["spread"] <= SPREAD_TOLERANCE else " (a busy or drifting machine: do not quote them)"))
     lines.append(f"  loss difference: step 1 {result['first_loss_difference']:.1e}, largest over the run "
                  f"{result['max_loss_difference']:.1e} (Adam amplifies float32 rounding in near-zero gradients)")
     return "\n".join(lines)
@@ -208,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="configuration(s) to run (default: shakespeare-char-cpu and large)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3, help="fresh processes per framework, alternated")
+    parser.add_argument("--rounds", type=int, default=3, help="fresh processes per framework, alternated; more are "
+                        "run (up to twice as many) until the per-round ratios agree within 5%%")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny config, 2 steps")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.rounds < 1 or args.warmup < 0:
@@ -221,13 +274,15 @@ def main(argv: list[str] | None = None) -> int:
     configs = ["tiny"] if args.quick else (args.config or ["shakespeare-char-cpu", "large"])
     steps, warmup, rounds = (2, 1, 1) if args.quick else (args.steps, args.warmup, args.rounds)
     print("command:", " ".join(["tinygpt bench"] + (argv if argv is not None else sys.argv[1:])))
+    print(load_report("before", busy_cores()), flush=True)
     for name in configs:
         try:
-            print(report(run(name, steps, warmup, rounds)))
+            print(report(run(name, steps, warmup, rounds, rounds if args.quick else None)), flush=True)
         except subprocess.CalledProcessError as error:
             reason = (error.stderr or "").strip().splitlines()[-1:] or [f"exit status {error.returncode}"]
             print(f"tinygpt bench: error: a benchmark worker failed: {reason[0]}", file=sys.stderr)
             return 1
+    print(load_report("after", busy_cores()))
     return 0
 
 
