@@ -85,7 +85,7 @@ def main() -> None:
     rng, started = np.random.default_rng(args.seed), time.perf_counter()
     for iteration in range(iterations):
         x, y = get_batch(train_tokens, config.model.max_seq_length, config.batch_size, rng)
-        our_loss, their_loss = train_step(ours, our_optimizer, x, y, config), their_step(iteration, x, y)
+        (our_loss, _), their_loss = train_step(ours, our_optimizer, x, y, config), their_step(iteration, x, y)
         if iteration % args.log_interval == 0 or iteration == iterations - 1:
             print(f"iter {iteration:5d}: training loss tinygpt {our_loss:.4f}  nanoGPT {their_loss:.4f}  "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)

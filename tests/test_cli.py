@@ -1,9 +1,12 @@
 """The `tinygpt` command, run as a user runs it: a subprocess, exit status, stdout and stderr."""
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -247,3 +250,126 @@ def test_export_writes_a_directory_transformers_loads_with_our_logits_and_ids(tr
     np = pytest.importorskip("numpy")
     np.testing.assert_allclose(ours(Tensor([ids])).numpy(), expected, rtol=0, atol=1e-4)
 
+
+def train_parser_options() -> set[str]:
+    from tinygpt import cli
+
+    parser = cli.build_parser()
+    subcommands = next(action for action in parser._actions if action.dest == "command")
+    return {option for action in subcommands.choices["train"]._actions for option in action.option_strings}
+
+
+def test_every_setting_has_a_flag_in_both_spellings():
+    from tinygpt.config import setting_schema
+
+    options = train_parser_options()
+    for setting in setting_schema():
+        assert f"--{setting.name.replace('_', '-')}" in options and f"--{setting.name}" in options, setting.name
+    assert {"--n-layer", "--n_layer", "--beta1", "--val-fraction", "--log-interval", "--gradient-accumulation-steps",
+            "--val-data", "--overwrite", "--no-bias", "--config", "--preset"} <= options
+
+
+def parse_train(*argv: str):
+    from tinygpt import cli
+
+    return cli.train_config(cli.build_parser().parse_args(["train", *argv]))
+
+
+def test_nanogpt_spelling_equals_the_dashed_one():
+    assert parse_train("--n_layer=2", "--block_size=32", "--beta1=0.8") == \
+        parse_train("--n-layer", "2", "--block-size", "32", "--beta1", "0.8")
+    assert parse_train("--n_layer=2").model.num_layers == 2
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".json"])
+def test_a_config_file_round_trips_and_flags_override_it(tmp_path, suffix):
+    if suffix == ".toml" and sys.version_info < (3, 11):
+        pytest.skip("TOML needs tomllib (Python 3.11+)")
+    from tinygpt.config import TrainConfig
+
+    settings = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, bias=True, beta1=0.85, val_fraction=0.2,
+                    log_interval=5, gradient_accumulation_steps=3, learning_rate=3e-4, lr_decay_iters=500)
+    path = tmp_path / f"run{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(settings))
+    else:
+        path.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items()))
+    assert parse_train("--config", str(path)) == TrainConfig.from_settings(settings)
+    overridden = parse_train("--config", str(path), "--n-layer", "3", "--no-bias")
+    assert overridden == TrainConfig.from_settings(settings | dict(n_layer=3, bias=False))
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"n_layers": 2}', "unknown training settings ['n_layers']"),
+    ('{"n_layer": "2"}', "n_layer must be int, got '2'"),
+    ('[1, 2]', "expected a table of settings"),
+    ('{"n_layer": 2', "is not valid JSON"),
+])
+def test_a_bad_config_file_is_one_line(workspace, content, message):
+    (workspace / "bad.json").write_text(content)
+    result = tinygpt(workspace, "train", "--config", "bad.json")
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("tinygpt: error: config file bad.json") and message in result.stderr
+
+
+def test_version_is_printed(workspace):
+    import tinygpt as package
+
+    result = tinygpt(workspace, "--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"tinygpt {package.__version__}"
+
+
+def test_eval_equals_the_whole_split_loss_the_trainer_printed(trained, workspace):
+    training = tinygpt(workspace, "train", "--data", "corpus.txt", "--out-dir", "evaluated", "--max-iters", "4", *TINY)
+    assert training.returncode == 0, training.stderr
+    printed = re.search(r"final val loss over ([\d,]+) .*?: (\d+\.\d+) \((\d+\.\d+) bits/byte\)", training.stdout)
+    evaluated = tinygpt(workspace, "eval", "--out-dir", "evaluated")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert f"loss {printed[2]} ({printed[3]} bits/byte) over {printed[1]} tokens" in evaluated.stdout
+    (workspace / "held-out.txt").write_text(default_corpus_path().read_text(encoding="utf-8")[60_000:61_000])
+    on_file = tinygpt(workspace, "eval", "--out-dir", "evaluated", "--data", "held-out.txt")
+    assert on_file.returncode == 0 and "over 992 tokens of held-out.txt" in on_file.stdout
+
+
+def test_redirected_output_gets_plain_lines_not_carriage_returns(workspace):
+    result = tinygpt(workspace, "train", "--data", "corpus.txt", "--out-dir", "plain", "--max-iters", "4",
+                     "--log-interval", "2", *TINY)
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr
+    assert re.findall(r"^iter (\d+): loss [\d.]+, lr [\d.e+-]+, [\d,]+ tok/s$", result.stderr, re.M) == ["0", "2"]
+
+
+SIGINT_FLAGS = ["--data", "corpus.txt", "--max-iters", "100", "--dropout", "0.1", "--log-interval", "1",
+                "--eval-interval", "100", *TINY[:-2], "--sample-tokens", "0"]
+
+
+def test_ctrl_c_saves_the_interrupted_iteration_and_resumes_to_an_uninterrupted_run(workspace):
+    env = os.environ | {"TINYGPT_CACHE_DIR": str(workspace / "token-cache")}
+    running = subprocess.Popen([sys.executable, "-m", "tinygpt", "train", "--out-dir", "interrupted", *SIGINT_FLAGS],
+                               cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = workspace / "interrupted" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not metrics.exists() or metrics.read_text().count('"train"') < 5):
+        time.sleep(0.02)
+    running.send_signal(signal.SIGINT)
+    stdout, stderr = running.communicate(timeout=120)
+    assert running.returncode == 130, stderr
+    iteration = json.loads((workspace / "interrupted" / "ckpt" / "state.json").read_text())["iteration"]
+    assert 5 <= iteration < 100
+    assert stderr.strip().splitlines()[-1] == (f"tinygpt: interrupted at iteration {iteration}: checkpoint saved in "
+                                               "interrupted/ckpt; continue it with: tinygpt train --out-dir interrupted "
+                                               "--resume")
+    resumed = tinygpt(workspace, "train", "--out-dir", "interrupted", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert tinygpt(workspace, "train", "--out-dir", "uninterrupted", *SIGINT_FLAGS).returncode == 0
+
+    def history(out_dir: str) -> dict:
+        return json.loads((workspace / out_dir / "ckpt" / "state.json").read_text())["history"]
+    assert history("interrupted") == history("uninterrupted")
+
+
+def test_train_refuses_a_directory_holding_a_checkpoint(trained, workspace):
+    result = tinygpt(workspace, "train", "--data", "corpus.txt", "--out-dir", str(trained), "--max-iters", "2", *TINY)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "already holds a checkpoint" in result.stderr and "--resume" in result.stderr
+    assert json.loads((trained / "ckpt" / "state.json").read_text())["iteration"] == 4

@@ -232,3 +232,78 @@ def test_whole_split_loss_is_the_mean_over_every_window(tmp_path, corpus):
     assert loss == pytest.approx(np.mean(losses), rel=1e-6)
     assert whole_split_loss(model, tokens, config, max_tokens=16) == (pytest.approx(np.mean(losses[:2]), rel=1e-6), 16)
     assert model.training  # left in training mode
+
+
+def test_two_micro_batches_of_four_step_as_one_batch_of_eight(tmp_path, corpus):
+    accumulated = train(tiny_config(tmp_path / "accumulated", corpus, batch_size=4, gradient_accumulation_steps=2),
+                        verbose=False)
+    whole = train(tiny_config(tmp_path / "whole", corpus, batch_size=8), verbose=False)
+    np.testing.assert_allclose(accumulated.history["losses"], whole.history["losses"], rtol=1e-5)
+    for (name, ours), (_, theirs) in zip(accumulated.model.named_parameters(), whole.model.named_parameters()):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-4, atol=1e-6, err_msg=name)
+    assert accumulated.history["losses"] != train(tiny_config(tmp_path / "half", corpus, batch_size=4),
+                                                  verbose=False).history["losses"]
+
+
+def test_metrics_jsonl_holds_every_logged_iteration_and_every_evaluation(tmp_path, corpus):
+    result = train(tiny_config(tmp_path, corpus, log_interval=3), verbose=False)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [record for record in records if record["type"] == "train"]
+    assert [record["iter"] for record in steps] == [0, 3, 6]
+    assert [record["loss"] for record in steps] == [result.history["losses"][i] for i in (0, 3, 6)]
+    assert [record["lr"] for record in steps] == [result.history["learning_rates"][i] for i in (0, 3, 6)]
+    assert all(record["tokens_per_s"] > 0 and record["grad_norm"] > 0 and record["elapsed"] > 0 for record in steps)
+    evals = [record for record in records if record["type"] == "eval"]
+    assert [(record["iter"], record["val_loss"]) for record in evals] == \
+        [(record["iteration"], record["val_loss"]) for record in result.history["evals"]]
+
+
+def test_a_resumed_run_keeps_the_metrics_before_its_checkpoint(tmp_path, corpus):
+    train(tiny_config(tmp_path / "whole", corpus, log_interval=1), verbose=False)
+    train(tiny_config(tmp_path / "split", corpus, log_interval=1, max_iters=4), verbose=False)
+    train(tiny_config(tmp_path / "split", corpus, log_interval=1, resume=True), verbose=False)
+
+    def without_time(out_dir: Path) -> list[dict]:
+        records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+        return [{key: value for key, value in record.items() if key not in ("elapsed", "tokens_per_s")}
+                for record in records]
+    assert without_time(tmp_path / "split") == without_time(tmp_path / "whole")
+
+
+def test_training_into_a_directory_with_a_checkpoint_needs_resume_or_overwrite(tmp_path, corpus):
+    first = train(tiny_config(tmp_path, corpus, max_iters=4), verbose=False)
+    with pytest.raises(ConfigError, match="already holds a checkpoint .*--resume.*--overwrite"):
+        train(tiny_config(tmp_path, corpus, max_iters=2), verbose=False)
+    assert load_checkpoint(tmp_path).state["iteration"] == 4
+    replaced = train(tiny_config(tmp_path, corpus, max_iters=2, overwrite=True), verbose=False)
+    assert load_checkpoint(tmp_path).state["iteration"] == 2 and replaced.history["losses"] == first.history["losses"][:2]
+
+
+def test_resume_beyond_max_iters_holds_min_lr_instead_of_restarting_the_schedule(tmp_path, corpus):
+    settings = dict(max_iters=6, lr_decay_iters=None, warmup_iters=1, learning_rate=1e-2, min_lr=1e-3)
+    first = train(tiny_config(tmp_path, corpus, **settings), verbose=False)
+    config = resolve_config({"out_dir": str(tmp_path), "resume": True, "max_iters": 12})
+    assert config.lr_decay_iters == 6
+    resumed = train(config, verbose=False)
+    rates = resumed.history["learning_rates"]
+    assert rates[:6] == first.history["learning_rates"]
+    assert rates[6:] == [pytest.approx(1e-3)] * 6 and max(rates[6:]) <= rates[5]
+    stretched = resolve_config({"out_dir": str(tmp_path), "resume": True, "max_iters": 24, "lr_decay_iters": 24})
+    assert stretched.lr_decay_iters == 24
+
+
+def test_val_data_is_a_whole_separate_file(tmp_path, corpus):
+    val_file = tmp_path / "held-out.txt"
+    val_file.write_text(default_corpus_path().read_text(encoding="utf-8")[50_000:52_000], encoding="utf-8")
+    result = train(tiny_config(tmp_path / "out", corpus, val_data=str(val_file), max_iters=2), verbose=False)
+    tokens = np.array(result.tokenizer.encode(val_file.read_text(encoding="utf-8")))
+    expected, covered = whole_split_loss(result.model, tokens, result.config)
+    assert covered == (len(tokens) - 1) // 8 * 8
+    assert result.final_eval["whole_val_loss"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_loss_plot_leaves_pyplot_and_the_global_backend_alone(tmp_path, corpus):
+    matplotlib = pytest.importorskip("matplotlib")
+    backend_before, pyplot_before = matplotlib.rcParams["backend"], "matplotlib.pyplot" in sys.modules
+    assert train(tiny_config(tmp_path, corpus, max_iters=2), verbose=False).plot == tmp_path / "loss.png"
+    assert matplotlib.rcParams["backend"] == backend_before and ("matplotlib.pyplot" in sys.modules) == pyplot_before

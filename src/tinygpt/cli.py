@@ -3,6 +3,7 @@
     tinygpt train [--preset NAME] [--n-layer N ...] [--resume]     train a GPT (default: Tiny Shakespeare, bytes)
     tinygpt sample --out-dir DIR --prompt TEXT|FILE:path           continue a prompt, printed as it is generated
     tinygpt export --out-dir DIR --to PATH                         a checkpoint as a Hugging Face GPT-2 directory
+    tinygpt eval --out-dir DIR [--data FILE]                       whole-file loss and bits per byte
     tinygpt tokenizer train|encode|decode ...                      train and use a BPE tokenizer
     tinygpt bench [...]                                            a training step against PyTorch
 
@@ -18,60 +19,43 @@ import math
 import sys
 from pathlib import Path
 
+import tinygpt
 from tinygpt import bench
+from tinygpt.config import read_config_file, setting_schema
 from tinygpt.dataset import default_corpus_path, read_corpus_text
 from tinygpt.distributed import get_world, launched_by_mpi
-from tinygpt.flags import OneLineParser
+from tinygpt.flags import OneLineParser, add_setting_flags
 from tinygpt.gpt2_tokenizer import save_gpt2_tokenizer
 from tinygpt.sampling import read_prompt, stream_text
 from tinygpt.tokenizer import BPETokenizer, RegexPatterns
-from tinygpt.train import PRESETS, ConfigError, TrainConfig, check_device, load_checkpoint, resolve_config, train
+from tinygpt.train import (PRESETS, ConfigError, TrainConfig, TrainingInterrupted, check_device, evaluate_checkpoint,
+                           load_checkpoint, resolve_config, train)
 
 PATTERNS = {"gpt2": RegexPatterns.GPT2, "gpt4": RegexPatterns.GPT4}
 
 
 def add_train_parser(subparsers) -> None:
-    defaults = TrainConfig().settings()
     parser = subparsers.add_parser("train", help="train a GPT on a text file (default: the embedded Tiny Shakespeare)",
-                                   description="Train a GPT. Defaults are the shakespeare-char-cpu preset; a preset "
-                                   "sets its values, explicit flags override both. With --resume, settings not given "
-                                   "are those of the checkpoint.")
-    # Every knob defaults to SUPPRESS: only the flags actually given reach resolve_config as overrides.
-    knob = dict(default=argparse.SUPPRESS)
+                                   description="Train a GPT. Settings are, from weakest to strongest: the defaults "
+                                   "(the shakespeare-char-cpu preset), with --resume the checkpoint's, --preset, "
+                                   "--config FILE, then the flags given. Every flag is also spelt as nanoGPT's "
+                                   "(--n_layer=4).")
     parser.add_argument("--preset", help=f"a known configuration: {', '.join(PRESETS)}")
-    parser.add_argument("--data", metavar="PATH", help="UTF-8 text file (default: the embedded Tiny Shakespeare)", **knob)
-    parser.add_argument("--out-dir", metavar="DIR", help=f"where checkpoints go (default: {defaults['out_dir']})", **knob)
-    parser.add_argument("--vocab-size", type=int, metavar="N", help="256 is byte level; more trains a BPE tokenizer first "
-                        f"(default: {defaults['vocab_size']})", **knob)
-    for name, kind, text in [
-        ("n-layer", int, "transformer blocks"), ("n-head", int, "attention heads"), ("n-embd", int, "embedding width"),
-        ("block-size", int, "context length in tokens"),
-        ("batch-size", int, "sequences per step (per rank under mpiexec: the global batch is this x ranks)"),
-        ("max-iters", int, "total training iterations"), ("learning-rate", float, "peak learning rate"),
-        ("min-lr", float, "learning rate at the end of the cosine decay"), ("warmup-iters", int, "linear warmup"),
-        ("lr-decay-iters", int, "iteration where the cosine decay ends"),
-        ("weight-decay", float, "AdamW weight decay on matrices and embeddings"), ("beta2", float, "AdamW beta2"),
-        ("grad-clip", float, "clip the global gradient norm to this (0: off)"), ("dropout", float, "dropout rate"),
-        ("eval-interval", int, "evaluate and save a checkpoint every this many iterations"),
-        ("eval-iters", int, "batches per evaluation"), ("seed", int, "random seed"),
-        ("sample-tokens", int, "length of the sample printed at the end (0: none)"),
-    ]:
-        default = defaults[name.replace("-", "_")]
-        shown = "the same as --max-iters" if default is None else default
-        parser.add_argument(f"--{name}", type=kind, metavar="N" if kind is int else "X",
-                            help=f"{text} (default: {shown})", **knob)
-    parser.add_argument("--bias", action=argparse.BooleanOptionalAction, help="biases in linear layers and LayerNorms "
-                        f"(default: {defaults['bias']})", **knob)
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="cuda needs CuPy (default: cpu)", **knob)
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out-dir", **knob)
-    parser.add_argument("--init-from", metavar="PATH", help="start from a TinyGPT out dir or a Hugging Face GPT-2 "
-                        "directory: its architecture, weights and tokenizer, a fresh optimizer, iteration 0", **knob)
+    parser.add_argument("--config", metavar="FILE", help="a .toml or .json file of settings named as the flags "
+                        "with underscores (n_layer = 4); flags given override it")
+    add_setting_flags(parser, setting_schema())
     parser.set_defaults(handler=run_train)
 
 
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of a `tinygpt train` command line: defaults, checkpoint, preset, config file, flags."""
+    flags = {key: value for key, value in vars(args).items() if key not in ("command", "handler", "preset", "config")}
+    file_settings = read_config_file(args.config) if args.config else {}
+    return resolve_config(file_settings | flags, args.preset)
+
+
 def run_train(args: argparse.Namespace) -> int:
-    overrides = {key: value for key, value in vars(args).items() if key not in ("command", "handler", "preset")}
-    train(resolve_config(overrides, args.preset))
+    train(train_config(args))
     return 0
 
 
@@ -145,6 +129,24 @@ def run_export(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise ConfigError(str(error)) from None
     print(f"wrote {args.to}: config.json, model.safetensors, {', '.join(path.name for path in written)}")
+    return 0
+
+
+def add_eval_parser(subparsers) -> None:
+    parser = subparsers.add_parser("eval", help="loss and bits per byte of a checkpoint over a whole text file",
+                                   description="Evaluate the checkpoint in --out-dir over every block-size window of "
+                                   "--data (all of it), or by default of the run's validation split, whose loss then "
+                                   "equals the final one `tinygpt train` printed.")
+    parser.add_argument("--out-dir", metavar="DIR", default="out", help="directory of the checkpoint (default: out)")
+    parser.add_argument("--data", metavar="FILE", help="UTF-8 text file (default: the run's validation split)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.set_defaults(handler=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    result = evaluate_checkpoint(args.out_dir, args.data, args.device)
+    print(f"loss {result['loss']:.4f} ({result['bpb']:.3f} bits/byte) over {result['tokens']:,} tokens of "
+          f"{result['source']}")
     return 0
 
 
@@ -236,10 +238,12 @@ def run_tokenizer_decode(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="tinygpt", description="TinyGPT: train a GPT from its own small parts, then sample it.")
-    subparsers = parser.add_subparsers(dest="command", metavar="{train,sample,export,tokenizer,bench}", required=True,
+    parser.add_argument("--version", action="version", version=f"tinygpt {tinygpt.__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="{train,sample,eval,export,tokenizer,bench}", required=True,
                                        parser_class=OneLineParser)
     add_train_parser(subparsers)
     add_sample_parser(subparsers)
+    add_eval_parser(subparsers)
     add_export_parser(subparsers)
     add_tokenizer_parser(subparsers)
     subparsers.add_parser("bench", help="time a training step against PyTorch (tinygpt bench --help)", add_help=False)
@@ -271,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except (ConfigError, OSError) as error:
         return fail(str(error))
+    except TrainingInterrupted as interrupted:
+        if get_world().is_main:
+            print(f"tinygpt: {interrupted}", file=sys.stderr)
+        return 130
     except Exception as error:
         if not launched_by_mpi():
             raise

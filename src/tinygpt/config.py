@@ -10,10 +10,14 @@ vocab_size, dropout and bias keep theirs). `TrainConfig.from_settings` and `Trai
 """
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from tinygpt import backend
+from tinygpt.flags import Setting, dataclass_settings
 from tinygpt.nn import NORMS, GPTConfig, GPTMLP
 from tinygpt.tokenizer_checks import MAX_TOKEN_ID
 from tinygpt.utils import check_count, check_finite
@@ -65,15 +69,18 @@ def _setting(default: Any, help: str) -> Any:
 class TrainConfig:
     """Every knob of a run, named as nanoGPT's; the defaults are the `shakespeare-char-cpu` preset."""
 
-    data: str | None = _setting(None, "UTF-8 text file (default: the embedded Tiny Shakespeare)")
-    out_dir: str = _setting("out", "where checkpoints go")
+    data: str | None = _setting(None, "UTF-8 text file to train on; none is the embedded Tiny Shakespeare")
+    val_data: str | None = _setting(None, "UTF-8 text file to validate on, all of it; none holds out the end of --data")
+    out_dir: str = _setting("out", "where checkpoints and metrics.jsonl go")
     model: GPTConfig = field(default_factory=default_model, metadata={"help": "the GPT's shape"})
-    batch_size: int = _setting(12, "sequences per step (per rank under mpiexec: the global batch is this x ranks)")
+    batch_size: int = _setting(12, "sequences per micro-batch (per rank under mpiexec: the global batch is this x ranks)")
+    gradient_accumulation_steps: int = _setting(1, "micro-batches per optimizer step, their losses averaged (nanoGPT's)")
     max_iters: int = _setting(2000, "total training iterations")
     learning_rate: float = _setting(1e-3, "peak learning rate")
     min_lr: float = _setting(1e-4, "learning rate at the end of the cosine decay")
     warmup_iters: int = _setting(100, "linear warmup")
-    lr_decay_iters: int | None = _setting(None, "iteration where the cosine decay ends (default: --max-iters)")
+    lr_decay_iters: int | None = _setting(None, "iteration where the cosine decay ends, then --min-lr holds; none is "
+                                          "--max-iters (on --resume: the resumed run's end, see docs/training.md)")
     weight_decay: float = _setting(0.1, "AdamW weight decay on matrices and embeddings")
     beta1: float = _setting(0.9, "AdamW beta1")
     beta2: float = _setting(0.99, "AdamW beta2")
@@ -85,6 +92,7 @@ class TrainConfig:
     decay_fraction: float = _setting(0.5, "wsd: the share of --max-iters spent decaying")
     eval_interval: int = _setting(250, "evaluate and save a checkpoint every this many iterations")
     eval_iters: int = _setting(50, "batches per evaluation")
+    log_interval: int = _setting(10, "write a line to metrics.jsonl (and, when not a terminal, to stderr) every this many iterations")
     val_fraction: float = _setting(0.1, "share of the data held out for validation (its end)")
     sample_tokens: int = _setting(300, "length of the sample printed at the end (0: none)")
     device: str = _setting("cpu", "cpu, or cuda (needs CuPy)")
@@ -92,6 +100,7 @@ class TrainConfig:
     resume: bool = _setting(False, "continue from the checkpoint in --out-dir")
     init_from: str | None = _setting(None, "start from a TinyGPT out dir or a Hugging Face GPT-2 directory: its "
                                      "architecture, weights and tokenizer, a fresh optimizer, iteration 0")
+    overwrite: bool = _setting(False, "train afresh into an --out-dir that holds a checkpoint, replacing it")
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> TrainConfig:
@@ -115,7 +124,8 @@ class TrainConfig:
         """Raise ConfigError naming the first setting that cannot work (of the wrong type, out of range)."""
         settings = self.settings()
         self._check_types(settings)
-        positive = ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "batch_size", "eval_interval", "eval_iters")
+        positive = ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps",
+                    "eval_interval", "eval_iters", "log_interval")
         for name in positive:
             if not isinstance(settings[name], int) or settings[name] < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {settings[name]!r}")
@@ -141,6 +151,8 @@ class TrainConfig:
         if self.lr_decay_iters is not None and self.lr_decay_iters < self.warmup_iters:
             raise ConfigError(f"lr_decay_iters {self.lr_decay_iters} is shorter than warmup_iters {self.warmup_iters}")
         self._validate_speedrun()
+        if self.resume and self.overwrite:
+            raise ConfigError("resume and overwrite exclude each other: continue the checkpoint or replace it")
         if self.device not in backend.DEVICES:
             raise ConfigError(f"unknown device {self.device!r}, expected one of {', '.join(backend.DEVICES)}")
         if self.model.vocab_size > MAX_TOKEN_ID + 1:
@@ -190,4 +202,53 @@ class TrainConfig:
             raise ConfigError(f"logit_soft_cap must be 0 (off) or a positive finite number, got {self.model.logit_soft_cap}")
 
 
-__all__ = ["TrainConfig", "ConfigError", "PRESETS", "MODEL_SETTINGS", "NANOGPT_NAMES", "default_model"]
+def setting_schema() -> list[Setting]:
+    """Every flat setting with its type, default and help: TrainConfig's fields, then GPTConfig's."""
+    run = [setting for setting in dataclass_settings(TrainConfig) if setting.name != "model"]
+    defaults = asdict(default_model())
+    model = [Setting(setting.name, setting.kind, defaults[MODEL_SETTINGS[setting.name]], setting.help, setting.optional)
+             for setting in dataclass_settings(GPTConfig, NANOGPT_NAMES)]
+    return run + model
+
+
+def check_settings(settings: dict[str, Any], origin: str) -> None:
+    """Raise ConfigError for a setting of origin (a file, a checkpoint) that is unknown or of the wrong type."""
+    schema = {setting.name: setting for setting in setting_schema()}
+    unknown = sorted(set(settings) - set(schema))
+    if unknown:
+        raise ConfigError(f"{origin}: unknown training settings {unknown}")
+    for name, value in settings.items():
+        if not schema[name].accepts(value):
+            raise ConfigError(f"{origin}: {name} must be {schema[name].kind.__name__}"
+                              f"{' or none' if schema[name].optional else ''}, got {value!r}")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Flat settings from a .toml (Python 3.11+, tomllib) or .json file, checked by name and type."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read config file {path}: {error}") from None
+    if path.suffix == ".toml":
+        if sys.version_info < (3, 11):
+            raise ConfigError(f"config file {path}: TOML needs Python 3.11+ (tomllib); write it as .json instead")
+        import tomllib
+
+        parse, errors = tomllib.loads, (tomllib.TOMLDecodeError,)
+    elif path.suffix == ".json":
+        parse, errors = json.loads, (ValueError,)
+    else:
+        raise ConfigError(f"config file {path}: expected a .toml or .json file")
+    try:
+        settings = parse(text)
+    except errors as error:
+        raise ConfigError(f"config file {path} is not valid {path.suffix[1:].upper()}: {error}") from None
+    if not isinstance(settings, dict):
+        raise ConfigError(f"config file {path}: expected a table of settings, got {type(settings).__name__}")
+    check_settings(settings, f"config file {path}")
+    return settings
+
+
+__all__ = ["TrainConfig", "ConfigError", "PRESETS", "MODEL_SETTINGS", "NANOGPT_NAMES", "default_model", "setting_schema",
+           "check_settings", "read_config_file"]

@@ -10,25 +10,31 @@ loop: data, evaluation, the training step, and the run from start (or a checkpoi
 from __future__ import annotations
 
 import math
+import signal
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from tinygpt import backend, kernels
 from tinygpt.checkpoint import (CHECKPOINT_DIR, TOKENIZER_PREFIX, Checkpoint, check_architecture, find_checkpoint,
                                 load_checkpoint, random_state, read_checkpoint_config, restore_training_state,
                                 save_checkpoint)
 from tinygpt.checkpoint_checks import check_finite_weights
-from tinygpt.config import PRESETS, ConfigError, TrainConfig
+from tinygpt.config import PRESETS, ConfigError, TrainConfig, setting_schema
 from tinygpt.dataset import (check_corpus_file, default_corpus_path, get_batch, read_corpus_text, tokenize_corpus,
                              train_val_split)
 from tinygpt.distributed import World, get_world
 from tinygpt.losses import CrossEntropyLoss
+from tinygpt.metrics import METRICS_FILE, MetricsLog, plot_metrics, read_metrics
 from tinygpt.nn import GPT, LayerNorm
 from tinygpt.optimizers import (AdamW, Muon, Optimizer, OptimizerGroups, ParameterGroup, clip_grad_norm, cosine_schedule,
                                 wsd_schedule)
@@ -44,7 +50,10 @@ def resolve_config(overrides: dict[str, Any], preset: str | None = None) -> Trai
     """Defaults, then (with resume) the checkpoint's settings, then the preset, then `overrides`.
 
     So `--resume` alone continues a run as it was configured; explicit values win, and an explicit
-    architecture that differs from the checkpoint's is refused later by `train`."""
+    architecture that differs from the checkpoint's is refused later by `train`. A resumed run keeps the
+    learning-rate schedule it started with: when the checkpoint's lr_decay_iters followed its max_iters, it is
+    pinned to that max_iters, so `--resume --max-iters N` beyond it holds min_lr from there on (the rate never
+    jumps back up); give --lr-decay-iters to decay over the new length instead."""
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}, expected one of {', '.join(PRESETS)}")
     settings = TrainConfig().settings()
@@ -52,6 +61,8 @@ def resolve_config(overrides: dict[str, Any], preset: str | None = None) -> Trai
         out_dir = overrides.get("out_dir", settings["out_dir"])
         saved = read_checkpoint_config(find_checkpoint(out_dir))["train"]
         settings.update({key: value for key, value in saved.items() if key in settings and key not in ("out_dir", "resume")})
+        if saved.get("lr_decay_iters") is None and saved.get("max_iters", -1) >= settings["warmup_iters"]:
+            settings["lr_decay_iters"] = saved["max_iters"]  # keep the schedule the run started with, see below
     settings.update(PRESETS[preset] if preset else {})
     settings.update(overrides)
     return TrainConfig.from_settings(settings)
@@ -118,9 +129,22 @@ def with_dropout(model: GPT, dropout: float) -> GPT:
 
 # ---- data ----------------------------------------------------------------------------------------
 def corpus_path(config: TrainConfig) -> Path:
+    """The training text file (the embedded Tiny Shakespeare when config.data is None), checked."""
+    return checked_text_file(config.data if config.data is not None else default_corpus_path())
+
+
+def checked_text_file(path: str | Path) -> Path:
     try:
-        return check_corpus_file(config.data if config.data is not None else default_corpus_path())
+        return check_corpus_file(path)
     except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(str(error)) from None
+
+
+def read_tokens(path: Path, tokenizer: BPETokenizer) -> np.ndarray:
+    """A text file as token ids (cached, memory-mapped)."""
+    try:
+        return tokenize_corpus(path, tokenizer)
+    except ValueError as error:
         raise ConfigError(str(error)) from None
 
 
@@ -136,16 +160,19 @@ def train_tokenizer(path: Path, vocab_size: int) -> BPETokenizer:
 
 
 def load_tokens(path: Path, tokenizer: BPETokenizer, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The corpus as cached token ids, split 90/10 (by default) into train and validation."""
-    try:
-        tokens = tokenize_corpus(path, tokenizer)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    train_tokens, val_tokens = train_val_split(tokens, config.val_fraction)
-    if len(val_tokens) < config.model.max_seq_length + 1:
-        raise ConfigError(f"data file {path} has {len(tokens)} tokens: its validation split of {len(val_tokens)} is too "
-                          f"short for block size {config.model.max_seq_length} (needs {config.model.max_seq_length + 1}); "
-                          "use a smaller --block-size or more data")
+    """Train and validation token ids: all of path and all of config.val_data when it is set, else path
+    split 90/10 (by default, config.val_fraction)."""
+    tokens = read_tokens(path, tokenizer)
+    if config.val_data is not None:
+        val_path = checked_text_file(config.val_data)
+        train_tokens, val_tokens, described = tokens, read_tokens(val_path, tokenizer), f"validation file {val_path}"
+    else:
+        train_tokens, val_tokens = train_val_split(tokens, config.val_fraction)
+        described = f"data file {path} has {len(tokens)} tokens: its validation split"
+    block_size = config.model.max_seq_length
+    if len(val_tokens) < block_size + 1:
+        raise ConfigError(f"{described} of {len(val_tokens)} tokens is too short for block size {block_size} (needs "
+                          f"{block_size + 1}); use a smaller --block-size or more data")
     return train_tokens, val_tokens
 
 
@@ -161,11 +188,14 @@ def bytes_per_token(tokens: np.ndarray, tokenizer: BPETokenizer, chunk: int = 1 
 
 
 # ---- evaluation ----------------------------------------------------------------------------------
-def rank_batch(tokens: np.ndarray, config: TrainConfig, rng: np.random.Generator, world: World) -> tuple[np.ndarray, np.ndarray]:
-    """This rank's share of a global batch: every rank draws the same batch_size x ranks windows from the same
-    generator and takes its own batch_size of them, so the ranks together see one process's batch."""
-    x, y = get_batch(tokens, config.model.max_seq_length, config.batch_size * world.world_size, rng)
-    share = slice(world.rank * config.batch_size, (world.rank + 1) * config.batch_size)
+def rank_batch(tokens: np.ndarray, config: TrainConfig, rng: np.random.Generator, world: World,
+               per_rank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """This rank's share of a global batch: every rank draws the same per_rank x ranks windows (per_rank:
+    batch_size by default) from the same generator and takes its own per_rank of them, so the ranks together
+    see one process's batch."""
+    per_rank = per_rank or config.batch_size
+    x, y = get_batch(tokens, config.model.max_seq_length, per_rank * world.world_size, rng)
+    share = slice(world.rank * per_rank, (world.rank + 1) * per_rank)
     return x[share], y[share]
 
 
@@ -226,6 +256,33 @@ def evaluate(model: GPT, splits: dict[str, np.ndarray], byte_ratios: dict[str, f
     return result
 
 
+def evaluate_checkpoint(out_dir: str | Path, data: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
+    """The loss (nats per token) and bits per byte of the checkpoint in out_dir over every window of a text file
+    (all of it), or by default of the run's validation split: then it is the final whole-split loss the trainer
+    printed. Returns {"loss", "bpb", "tokens", "source"}."""
+    check_device(device)
+    checkpoint = load_checkpoint(out_dir)
+    known = {setting.name for setting in setting_schema()}
+    settings = {key: value for key, value in checkpoint.config["train"].items() if key in known}
+    config = TrainConfig.from_settings(settings | {"device": device, "resume": False})
+    model = checkpoint.load_model(device)
+    if data is None:
+        path = corpus_path(config)
+        tokens = load_tokens(path, checkpoint.tokenizer, config)[1]
+        loss, covered = whole_split_loss(model, tokens, config)
+        source = f"the validation data of the run ({config.val_data or path})"
+    else:
+        path = checked_text_file(data)
+        tokens = read_tokens(path, checkpoint.tokenizer)
+        if len(tokens) < config.model.max_seq_length + 1:
+            raise ConfigError(f"{path} has {len(tokens)} tokens, fewer than one window of block size "
+                              f"{config.model.max_seq_length} + 1")
+        loss, covered = whole_split_loss(model, tokens, config, max_tokens=len(tokens))
+        source = str(path)
+    return {"loss": loss, "bpb": loss / math.log(2) / bytes_per_token(tokens, checkpoint.tokenizer), "tokens": covered,
+            "source": source}
+
+
 # ---- the loop ------------------------------------------------------------------------------------
 def check_device(device: str) -> None:
     if device == "cuda":
@@ -241,23 +298,94 @@ class Diverged(ValueError):
     """A training step whose loss or gradient norm is not finite: the update is not applied."""
 
 
-def train_step(model: GPT, optimizer: AdamW, x: np.ndarray, y: np.ndarray, config: TrainConfig,
-               world: World | None = None) -> float:
-    """One iteration: forward, cross-entropy, backward, gradients averaged over the ranks, gradient clipping,
-    AdamW update; returns the loss (its mean over the ranks).
+def train_step(model: GPT, optimizer: Optimizer, x: np.ndarray, y: np.ndarray, config: TrainConfig,
+               world: World | None = None) -> tuple[float, float]:
+    """One optimizer step on x, y, cut into gradient_accumulation_steps micro-batches (nanoGPT's accumulation):
+    each micro-batch's mean loss / steps is backpropagated and the gradients add up; they are averaged over the
+    ranks, clipped, and the optimizer steps. Returns the loss (its mean over micro-batches and ranks) and the
+    gradient norm before clipping.
 
     Raises Diverged, before updating anything, when the loss or the gradient norm is NaN or infinite (the
     same on every rank: both are of the averaged gradients)."""
-    logits = model(Tensor(x, device=config.device))
-    loss = CrossEntropyLoss()(logits, Tensor(y, device=config.device), reduction="mean")
+    steps = config.gradient_accumulation_steps
     optimizer.zero_grad()
-    loss.backward()
-    loss_value = (world or get_world()).average_gradients(model, loss.item())
-    norm = clip_grad_norm(model, config.grad_clip if config.grad_clip > 0 else math.inf)  # inf: measure only
-    if not (math.isfinite(loss_value) and math.isfinite(norm)):
-        raise Diverged(f"the loss is {loss_value} and the gradient norm {norm}")
+    total = 0.0
+    for inputs, targets in zip(np.array_split(x, steps), np.array_split(y, steps)):
+        logits = model(Tensor(inputs, device=config.device))
+        loss = CrossEntropyLoss()(logits, Tensor(targets, device=config.device), reduction="mean")
+        (loss / steps).backward()
+        total += loss.item()
+    loss_value = (world or get_world()).average_gradients(model, total / steps)
+    grad_norm = clip_grad_norm(model, config.grad_clip if config.grad_clip > 0 else math.inf)  # inf: measure only
+    if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+        raise Diverged(f"the loss is {loss_value} and the gradient norm {grad_norm}")
     optimizer.update()
-    return loss_value
+    return loss_value, grad_norm
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run; a checkpoint of the interrupted iteration was saved first. str() says where, and the
+    command that continues it."""
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[threading.Event]:
+    """Within it, the first Ctrl-C (SIGINT) only sets the event, so that the loop stops between two steps and
+    saves; a second Ctrl-C interrupts at once. Off the main thread, where signals cannot be caught, the event
+    never fires."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def request_stop(signum, frame) -> None:
+        requested.set()
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
+def on_any_rank(world: World, flag: bool) -> bool:
+    """Whether flag is set on any rank (one all-reduce when there are several), so that the ranks stop together."""
+    return flag if world.world_size == 1 else world.sum_floats([float(flag)])[0] > 0
+
+
+def refuse_overwrite(out_dir: Path, config: TrainConfig) -> None:
+    """A fresh run never silently replaces a checkpoint: it needs --resume or --overwrite."""
+    try:
+        directory = find_checkpoint(out_dir)
+    except ConfigError:
+        return
+    if not config.overwrite:
+        raise ConfigError(f"{out_dir} already holds a checkpoint ({directory}): continue it with --resume, or replace "
+                          "it with --overwrite, or give another --out-dir")
+
+
+class ProgressReport:
+    """A tqdm bar on a terminal (tqdm.auto: a widget in a notebook); when stderr is redirected, a plain line every
+    log_interval iterations instead of carriage-return updates. Nothing when not verbose."""
+
+    def __init__(self, config: TrainConfig, start: int, verbose: bool) -> None:
+        self.plain = verbose and not sys.stderr.isatty()
+        self.bar = tqdm(total=config.max_iters, initial=start, disable=not verbose or self.plain, unit="it",
+                        mininterval=0.5, dynamic_ncols=True)
+        self.log_interval, self.recent_rate = config.log_interval, 0.0
+
+    def step(self, iteration: int, loss: float, learning_rate: float, rate: float) -> None:
+        self.recent_rate = 0.9 * self.recent_rate + 0.1 * rate if self.recent_rate else rate  # smoothed for the bar
+        text = f"loss {loss:.4f}, lr {learning_rate:.2e}, {self.recent_rate:,.0f} tok/s"
+        if self.plain and iteration % self.log_interval == 0:
+            print(f"iter {iteration}: {text}", file=sys.stderr, flush=True)
+        self.bar.set_postfix_str(text, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def check_out_dir_writable(out_dir: Path) -> None:
@@ -290,8 +418,10 @@ def diverged(iteration: int, reason: str, directory: Path) -> ConfigError:
 def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
     """Train (or, with config.resume, continue) a GPT as configured; returns a TrainResult.
 
-    Progress goes to stderr (tqdm), evaluations and the final sample to stdout, when verbose. Under mpiexec
-    every rank runs this, on its share of each batch (see docs/distributed.md); rank 0 alone writes and prints."""
+    Progress goes to stderr, evaluations and the final sample to stdout, when verbose; every log_interval-th
+    iteration and every evaluation also to <out_dir>/metrics.jsonl. Ctrl-C saves a checkpoint and raises
+    TrainingInterrupted. Under mpiexec every rank runs this, on its share of each batch (see
+    docs/distributed.md); rank 0 alone writes and prints."""
     started = time.perf_counter()
     config.validate()
     check_device(config.device)
@@ -303,7 +433,9 @@ def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
         check_out_dir_writable(out_dir)
 
     checkpoint = load_checkpoint(out_dir) if config.resume else None
-    if checkpoint is not None:
+    if checkpoint is None:
+        refuse_overwrite(out_dir, config)
+    else:
         check_architecture(checkpoint, config)
     pretrained = load_pretrained(config.init_from) if config.init_from and checkpoint is None else None
     if pretrained is not None:
@@ -336,60 +468,82 @@ def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
     optimizer = build_optimizer(model, config)
     data_rng = np.random.default_rng([config.seed, DATA_STREAM])
     history: dict[str, list] = {"iterations": [], "losses": [], "learning_rates": [], "evals": []}
-    start = 0
+    start, train_seconds = 0, 0.0
     if checkpoint is not None:
         start, history = restore_training_state(checkpoint, optimizer, data_rng, config.device, world.rank, world.world_size)
+        train_seconds = float(checkpoint.state.get("elapsed", 0.0))
         if start > config.max_iters:
             raise ConfigError(f"the checkpoint in {out_dir} is at iteration {start}, beyond --max-iters "
                               f"{config.max_iters}: give a larger --max-iters to continue it")
+    metrics = MetricsLog(out_dir / METRICS_FILE, start if checkpoint is not None else None) if world.is_main else None
     log(f"{model.num_parameters():,} parameters, {len(splits['train']):,} train and {len(splits['val']):,} val tokens, "
         f"iterations {start} -> {config.max_iters} on {config.device}"
         + (f", {world.world_size} ranks of batch {config.batch_size}" if world.world_size > 1 else ""))
     if config.device == "cpu" and not kernels.cache_is_warm():
         log("compiling kernels (once)")
 
-    tokens_per_iteration = config.batch_size * config.model.max_seq_length * world.world_size
-    step_seconds, recent_rate = 0.0, 0.0
+    micro_batches = config.batch_size * config.gradient_accumulation_steps  # per rank and step
+    tokens_per_iteration = micro_batches * config.model.max_seq_length * world.world_size
+    step_seconds = 0.0
     evaluated = {record["iteration"] for record in history["evals"]}
     directory = checkpoint.directory if checkpoint is not None else out_dir / CHECKPOINT_DIR
-    progress = tqdm(total=config.max_iters, initial=start, disable=not verbose, unit="it", mininterval=0.5,
-                    dynamic_ncols=True)
+    progress = ProgressReport(config, start, verbose)
     iteration = start
-    with progress:  # closed (its line ended) also when the run stops with an error
-        while True:
-            at_end = iteration >= config.max_iters
-            if (at_end or iteration % config.eval_interval == 0) and iteration not in evaluated:
-                record = evaluate(model, splits, byte_ratios, config, iteration, world)
-                history["evals"].append(record)
-                evaluated.add(iteration)
-                log(f"iter {iteration}: train loss {record['train_loss']:.4f} ({record['train_bpb']:.3f} bits/byte), "
-                    f"val loss {record['val_loss']:.4f} ({record['val_bpb']:.3f} bits/byte)")
-            if at_end or (iteration > start and iteration % config.eval_interval == 0):
-                check_finite_before_saving(model, history["evals"][-1], iteration, directory)  # the same on every rank
-                dropout_rngs = world.gather(random_state(config.device))
-                if world.is_main:
-                    state = {"iteration": iteration, "data_rng": data_rng.bit_generator.state, "dropout_rng": dropout_rngs[0],
-                             "dropout_rngs": dropout_rngs, "history": history}
-                    directory = save_checkpoint(out_dir, model, optimizer, tokenizer, config, state)
-            if at_end:
-                break
-            step_started = time.perf_counter()
-            x, y = rank_batch(splits["train"], config, data_rng, world)
-            learning_rate = optimizer.current_learning_rate
-            try:
-                loss_value = train_step(model, optimizer, x, y, config, world)
-            except Diverged as error:
-                raise diverged(iteration, str(error), directory) from None
-            elapsed = time.perf_counter() - step_started
-            step_seconds += elapsed
-            rate = tokens_per_iteration / elapsed
-            recent_rate = 0.9 * recent_rate + 0.1 * rate if recent_rate else rate  # smoothed for the progress bar
-            history["iterations"].append(iteration)
-            history["losses"].append(loss_value)
-            history["learning_rates"].append(learning_rate)
-            progress.set_postfix_str(f"loss {loss_value:.4f}, lr {learning_rate:.2e}, {recent_rate:,.0f} tok/s", refresh=False)
-            progress.update(1)
-            iteration += 1
+
+    def record(entry: dict[str, Any]) -> None:
+        if metrics is not None:
+            metrics.write(entry)
+
+    def save() -> Path:
+        dropout_rngs = world.gather(random_state(config.device))
+        if not world.is_main:
+            return directory
+        state = {"iteration": iteration, "data_rng": data_rng.bit_generator.state, "dropout_rng": dropout_rngs[0],
+                 "dropout_rngs": dropout_rngs, "history": history, "elapsed": train_seconds}
+        return save_checkpoint(out_dir, model, optimizer, tokenizer, config, state)
+
+    with deferred_interrupt() as interrupted:
+        try:
+            while True:
+                at_end = iteration >= config.max_iters
+                if (at_end or iteration % config.eval_interval == 0) and iteration not in evaluated:
+                    evaluation = evaluate(model, splits, byte_ratios, config, iteration, world)
+                    history["evals"].append(evaluation)
+                    evaluated.add(iteration)
+                    record({"type": "eval", "iter": iteration, **{key: value for key, value in evaluation.items()
+                                                                  if key != "iteration"}, "elapsed": train_seconds})
+                    log(f"iter {iteration}: train loss {evaluation['train_loss']:.4f} ({evaluation['train_bpb']:.3f} "
+                        f"bits/byte), val loss {evaluation['val_loss']:.4f} ({evaluation['val_bpb']:.3f} bits/byte)")
+                if at_end or (iteration > start and iteration % config.eval_interval == 0):
+                    check_finite_before_saving(model, history["evals"][-1], iteration, directory)  # same on every rank
+                    directory = save()
+                if at_end:
+                    break
+                if on_any_rank(world, interrupted.is_set()):
+                    directory = save()
+                    raise TrainingInterrupted(f"interrupted at iteration {iteration}: checkpoint saved in {directory}; "
+                                              f"continue it with: tinygpt train --out-dir {out_dir} --resume")
+                step_started = time.perf_counter()
+                x, y = rank_batch(splits["train"], config, data_rng, world, micro_batches)
+                learning_rate = optimizer.current_learning_rate
+                try:
+                    loss_value, grad_norm = train_step(model, optimizer, x, y, config, world)
+                except Diverged as error:
+                    raise diverged(iteration, str(error), directory) from None
+                elapsed = time.perf_counter() - step_started
+                step_seconds += elapsed
+                train_seconds += elapsed
+                history["iterations"].append(iteration)
+                history["losses"].append(loss_value)
+                history["learning_rates"].append(learning_rate)
+                if iteration % config.log_interval == 0:
+                    record({"type": "train", "iter": iteration, "loss": loss_value, "lr": learning_rate,
+                            "tokens_per_s": tokens_per_iteration / elapsed, "grad_norm": grad_norm,
+                            "elapsed": train_seconds})
+                progress.step(iteration, loss_value, learning_rate, tokens_per_iteration / elapsed)
+                iteration += 1
+        finally:
+            progress.close()
 
     trained = config.max_iters - start
     final_eval = dict(next(record for record in history["evals"] if record["iteration"] == iteration))
@@ -400,13 +554,15 @@ def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
         f"({final_eval['whole_val_bpb']:.3f} bits/byte)")
     result = TrainResult(model=model, tokenizer=tokenizer, config=config, history=history, final_eval=final_eval,
                          wall_seconds=0.0, tokens_per_second=trained * tokens_per_iteration / step_seconds if trained else 0.0,
-                         checkpoint_dir=directory, plot=plot_losses(history, out_dir / "loss.png") if world.is_main else None)
+                         checkpoint_dir=directory,
+                         plot=plot_metrics(read_metrics(metrics.path), out_dir / "loss.png") if metrics is not None else None)
     if config.sample_tokens and world.is_main:
         result.sample = sample_text(model, tokenizer, "\n", config.sample_tokens, temperature=0.8, top_k=200,
                                     seed=config.seed, device=config.device)
     result.wall_seconds = time.perf_counter() - started
     log(f"done: {trained} iterations in {result.wall_seconds:.1f} s, {result.tokens_per_second:,.0f} tokens/s "
-        f"while training; checkpoint in {directory}" + (f", loss curve {result.plot}" if result.plot else ""))
+        f"while training; checkpoint in {directory}, metrics in {out_dir / METRICS_FILE}"
+        + (f", loss curve {result.plot}" if result.plot else ""))
     if verbose and result.sample:
         print(f"---- sample ----\n{result.sample}\n----------------", flush=True)
     return result
@@ -421,32 +577,6 @@ def sample_text(model: GPT, tokenizer: BPETokenizer, prompt: str, max_new_tokens
         raise ConfigError(str(error)) from None
 
 
-def plot_losses(history: dict[str, list], path: Path) -> Path | None:
-    """Save the loss curve (per-iteration train loss and the evaluations) as a PNG; None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    figure, axes = plt.subplots(figsize=(8, 4.5))
-    axes.plot(history["iterations"], history["losses"], color="tab:blue", alpha=0.35, linewidth=0.8, label="train (batch)")
-    evals = history["evals"]
-    for name, color in (("train", "tab:blue"), ("val", "tab:orange")):
-        axes.plot([record["iteration"] for record in evals], [record[f"{name}_loss"] for record in evals],
-                  "o-", color=color, label=f"{name} (eval)")
-    axes.set_xlabel("iteration")
-    axes.set_ylabel("cross-entropy (nats / token)")
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
-
-
-__all__ = ["TrainConfig", "TrainResult", "PRESETS", "ConfigError", "Checkpoint", "train", "whole_split_loss", "split_windows",
+__all__ = ["TrainConfig", "TrainResult", "TrainingInterrupted", "PRESETS", "ConfigError", "Checkpoint", "train", "whole_split_loss", "split_windows",
            "resolve_config", "load_checkpoint", "save_checkpoint", "find_checkpoint", "sample_text", "build_model",
-           "build_optimizer", "train_step", "evaluate", "estimate_loss"]
+           "build_optimizer", "train_step", "evaluate", "estimate_loss", "evaluate_checkpoint"]
