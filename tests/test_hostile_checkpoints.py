@@ -215,7 +215,7 @@ def test_checkpoint_files_all_get_the_same_mode(trained):
 
 def test_divergence_stops_with_one_line_and_keeps_the_good_checkpoint(workspace, copy):
     result = resume(workspace, copy, "--learning-rate", "1000", "--max-iters", "40", "--grad-clip", "0",
-                    "--warmup-iters", "0")
+                    "--warmup-iters", "0", "--lr-decay-iters", "40")  # a new schedule: resume keeps the old one
     assert_one_line_error(result, "iteration", "non-finite", "learning rate")
     weights = safe_load(copy / "ckpt" / "weights.safetensors")  # the last checkpoint written before the divergence
     assert all(np.isfinite(array).all() for array in weights.values())

@@ -61,7 +61,8 @@ def resolve_config(overrides: dict[str, Any], preset: str | None = None) -> Trai
         out_dir = overrides.get("out_dir", settings["out_dir"])
         saved = read_checkpoint_config(find_checkpoint(out_dir))["train"]
         settings.update({key: value for key, value in saved.items() if key in settings and key not in ("out_dir", "resume")})
-        if saved.get("lr_decay_iters") is None and saved.get("max_iters", -1) >= settings["warmup_iters"]:
+        end, warmup = saved.get("max_iters"), settings["warmup_iters"]  # (validate reports values of another type)
+        if saved.get("lr_decay_iters") is None and isinstance(end, int) and isinstance(warmup, int) and end >= warmup:
             settings["lr_decay_iters"] = saved["max_iters"]  # keep the schedule the run started with, see below
     settings.update(PRESETS[preset] if preset else {})
     settings.update(overrides)
