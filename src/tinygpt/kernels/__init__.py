@@ -40,6 +40,10 @@ def _load_cpu_kernels() -> ModuleType:
     global _cpu_kernels
     if _cpu_kernels is None:
         os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_directory()))  # read by numba when it is imported
+        # OpenMP threads that spin after each kernel steal the cores BLAS's products need, and the other way
+        # round: measured 318 ms per step of the CPU configuration with spinning threads, 57 ms with waiting
+        # ones (read by the OpenMP runtime when it starts; a value the user set is kept)
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         try:
             import numba
 
