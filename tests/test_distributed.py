@@ -192,6 +192,26 @@ def test_two_ranks_train_as_one_process_with_the_global_batch(mpi, tmp_path, cor
     assert load_checkpoint(tmp_path / "two").state["history"] == two["history"]
 
 
+def test_accumulating_ranks_train_as_one_accumulating_process(mpi, tmp_path, corpus, monkeypatch):
+    """2 ranks x batch 2 x 2 micro-steps = one process of batch 4 x 2 micro-steps, per-step losses and all.
+
+    Each step every rank draws the same 2 x (2 x 2) = 8 windows and takes its own 4 (rank_batch), cut in two
+    micro-batches of 2; the one process draws the same 8 windows, cut in two micro-batches of 4. The mean of
+    the four equal-sized micro-batch means is the mean over the 8 windows either way, so the averaged
+    gradients, and with them every step, agree up to float32 reduction order."""
+    from tinygpt.train import TrainConfig, train
+
+    monkeypatch.setenv("TINYGPT_CACHE_DIR", str(tmp_path / "cache"))
+    two = train_ranks(2, tiny_run(tmp_path / "two", corpus, batch_size=2, gradient_accumulation_steps=2),
+                      cache=str(tmp_path / "cache"))
+    one = train(TrainConfig.from_settings(tiny_run(tmp_path / "one", corpus, batch_size=4, gradient_accumulation_steps=2)),
+                verbose=False)
+
+    assert two["status"] == 0 and two["same"], "the ranks ended with different parameters"
+    assert len(two["history"]["losses"]) == 6
+    np.testing.assert_allclose(two["history"]["losses"], one.history["losses"], rtol=1e-5)
+
+
 def test_resume_under_mpiexec_continues_as_an_uninterrupted_run(mpi, tmp_path, corpus):
     cache = str(tmp_path / "cache")
     whole = train_ranks(2, tiny_run(tmp_path / "whole", corpus, dropout=0.1), cache=cache)
