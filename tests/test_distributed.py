@@ -1,11 +1,14 @@
 """tinygpt.distributed: the single-process world, and MPI's collectives under `mpiexec -n 2` (skipped, with
 the reason, where MPI cannot start)."""
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -222,15 +225,16 @@ def test_resume_under_mpiexec_continues_as_an_uninterrupted_run(mpi, tmp_path, c
 
 
 # Rank 1 fails at its fifth step (iteration 4), while rank 0 may be writing the checkpoint of iteration 4;
-# rank 0 would wait for it in the next all-reduce.
+# rank 0 would wait for it in the next all-reduce. Rank 1 notes the time of the failure in FAILED_AT.
 FAIL_ON_RANK_1 = """
-import sys
+import os, sys, time
 import tinygpt.cli as cli, tinygpt.train as training
 from tinygpt.distributed import get_world
 step, steps = training.train_step, []
 def failing_step(*args, **kwargs):
     steps.append(1)
     if get_world().rank == 1 and len(steps) == 5:
+        open(os.environ["FAILED_AT"], "w").write(repr(time.time()))
         raise RuntimeError("injected failure")
     return step(*args, **kwargs)
 training.train_step = failing_step
@@ -242,12 +246,35 @@ def test_one_rank_failing_stops_both_with_one_line(mpi, tmp_path, corpus):
     from tinygpt.train import load_checkpoint
 
     settings = tiny_run(tmp_path / "out", corpus, max_iters=1000, eval_interval=2)
-    result = run_ranks(2, ["-c", FAIL_ON_RANK_1, *cli_args(settings)], timeout=30, TINYGPT_CACHE_DIR=str(tmp_path / "cache"))
+    # Quietly the run fails about 3 s after mpiexec starts (imports, tokenising, 4 steps); the limit only
+    # catches a hang (a rank left waiting) on a loaded machine. Stopping is timed from the failure itself.
+    result = run_ranks(2, ["-c", FAIL_ON_RANK_1, *cli_args(settings)], timeout=120,
+                       TINYGPT_CACHE_DIR=str(tmp_path / "cache"), FAILED_AT=str(tmp_path / "failed-at"))
+    stopped = time.time()
     assert result.returncode != 0
+    assert stopped - float((tmp_path / "failed-at").read_text()) < 10, "the ranks took more than 10 s to stop"
     ours = re.findall(r"tinygpt: .*", result.stderr)  # rank 0's progress bar may precede it on its line
     assert ours == ["tinygpt: error: rank 1 of 2: RuntimeError: injected failure"], result.stderr
     assert "Traceback" not in result.stderr
     assert load_checkpoint(tmp_path / "out").state["iteration"] in (2, 4)  # the last complete checkpoint
+
+
+def test_an_aborting_rank_waits_until_the_launcher_has_read_its_line():
+    from tinygpt.distributed import wait_until_read
+
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, "rb") as reader, os.fdopen(write_end, "w") as writer:
+        print("tinygpt: error: rank 1 of 2: ...", file=writer, flush=True)
+        started = time.monotonic()
+        wait_until_read(writer, timeout=0.3)  # nobody reads: it gives up
+        assert time.monotonic() - started >= 0.3
+        threading.Timer(0.2, lambda: reader.read1(1000)).start()  # the launcher reads after 0.2 s
+        started = time.monotonic()
+        wait_until_read(writer, timeout=30)
+        assert 0.2 <= time.monotonic() - started < 10
+    started = time.monotonic()
+    wait_until_read(io.StringIO(), timeout=30)  # not a pipe: nothing to wait for
+    assert time.monotonic() - started < 1
 
 
 def test_sharing_cores_sets_both_thread_counts():

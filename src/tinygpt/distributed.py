@@ -9,9 +9,12 @@ otherwise. mpi4py is imported only in the first case: it stays the optional `dis
 """
 from __future__ import annotations
 
+import array
 import os
+import stat
 import sys
-from typing import Any, NoReturn
+import time
+from typing import Any, NoReturn, TextIO
 
 import numpy as np
 
@@ -140,8 +143,29 @@ class MPIWorld(World):
 
     def abort(self, message: str, status: int = 1) -> NoReturn:
         print(message, file=sys.stderr, flush=True)
+        wait_until_read(sys.stderr)  # else the launcher may end every rank before it has forwarded the line
         self.comm.Abort(status)
         raise SystemExit(status)  # not reached: Abort ends this process too
+
+
+def wait_until_read(stream: TextIO, timeout: float = 2.0) -> None:
+    """When `stream` is a pipe (a launcher's, that forwards this rank's output), wait until its reader has taken
+    everything written to it, for at most `timeout` seconds. Hydra sends a rank's output and its abort over one
+    connection, in the order it reads them, so a line it has read before the abort is printed before it stops."""
+    import fcntl, termios  # POSIX only, as the pipes are: imported here so that the module loads anywhere
+
+    try:
+        descriptor = stream.fileno()
+        if not stat.S_ISFIFO(os.fstat(descriptor).st_mode):
+            return
+    except (AttributeError, OSError, ValueError):  # no file behind it (a test's capture), or closed
+        return
+    unread, deadline = array.array("i", [0]), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fcntl.ioctl(descriptor, termios.FIONREAD, unread)  # bytes still in the pipe
+        if unread[0] == 0:
+            return
+        time.sleep(0.01)
 
 
 def usable_cores() -> list[int]:
@@ -174,4 +198,4 @@ def get_world() -> World:
     return _world
 
 
-__all__ = ["World", "MPIWorld", "get_world", "launched_by_mpi", "share_cores", "usable_cores", "LAUNCHER_RANK_VARIABLES"]
+__all__ = ["World", "MPIWorld", "get_world", "launched_by_mpi", "share_cores", "usable_cores", "wait_until_read", "LAUNCHER_RANK_VARIABLES"]
