@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -222,6 +223,43 @@ def test_resume_under_mpiexec_continues_as_an_uninterrupted_run(mpi, tmp_path, c
     resumed = train_ranks(2, dict(out_dir=str(tmp_path / "split"), max_iters=6, resume=True), cache=cache)
     assert resumed["same"] and len(resumed["history"]["losses"]) == 6
     assert resumed["history"] == whole["history"]
+
+
+def test_ctrl_c_under_mpiexec_saves_once_and_resumes(mpi, tmp_path, corpus):
+    """Ctrl-C to mpiexec: hydra forwards SIGINT to every rank, they agree to stop (one all-reduce), rank 0
+    saves and says how to resume, and `--resume` takes the steps an uninterrupted run takes."""
+    from tinygpt.train import load_checkpoint
+
+    cache, out_dir = str(tmp_path / "cache"), tmp_path / "out"
+    settings = tiny_run(out_dir, corpus, max_iters=100_000, lr_decay_iters=100_000, eval_interval=100_000, log_interval=1)
+    code = "import sys, tinygpt.cli as cli; sys.exit(cli.main(['train', *sys.argv[1:]]))"
+    launcher = subprocess.Popen([mpiexec(), "-n", "2", sys.executable, "-c", code, *cli_args(settings)], text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=without_launcher(os.environ) | {"TINYGPT_CACHE_DIR": cache})
+    lines = []
+    for line in launcher.stdout:  # rank 0's "iter 2: ..." comes after both ranks' third all-reduce: both are training
+        lines.append(line)
+        if line.startswith("iter 2:"):
+            break
+    launcher.send_signal(signal.SIGINT)
+    try:
+        rest, _ = launcher.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        launcher.kill()
+        raise
+    output = "".join(lines) + rest
+    assert launcher.returncode == 130, output
+    said = re.findall(r"tinygpt: interrupted at iteration (\d+): checkpoint saved in (.*); continue it with: (.*)", output)
+    assert len(said) == 1, output
+    iteration, saved_in, command = int(said[0][0]), said[0][1], said[0][2]
+    assert saved_in == str(out_dir / "ckpt") and command == f"mpiexec -n 2 tinygpt train --out-dir {out_dir} --resume"
+    assert "Traceback" not in output
+    assert load_checkpoint(out_dir).state["iteration"] == iteration
+
+    resumed = train_ranks(2, dict(out_dir=str(out_dir), max_iters=iteration + 2, resume=True), cache=cache)
+    whole = train_ranks(2, settings | dict(out_dir=str(tmp_path / "whole"), max_iters=iteration + 2), cache=cache)
+    assert resumed["same"] and len(resumed["history"]["losses"]) == iteration + 2
+    assert resumed["history"]["losses"] == whole["history"]["losses"]
 
 
 # Rank 1 fails at its fifth step (iteration 4), while rank 0 may be writing the checkpoint of iteration 4;

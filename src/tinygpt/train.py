@@ -522,8 +522,9 @@ def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
                     break
                 if on_any_rank(world, interrupted.is_set()):
                     directory = save()
+                    launcher = f"mpiexec -n {world.world_size} " if world.world_size > 1 else ""
                     raise TrainingInterrupted(f"interrupted at iteration {iteration}: checkpoint saved in {directory}; "
-                                              f"continue it with: tinygpt train --out-dir {out_dir} --resume")
+                                              f"continue it with: {launcher}tinygpt train --out-dir {out_dir} --resume")
                 step_started = time.perf_counter()
                 x, y = rank_batch(splits["train"], config, data_rng, world, micro_batches)
                 learning_rate = optimizer.current_learning_rate
