@@ -9,7 +9,7 @@ For each configuration (tinygpt/bench.py's shapes; batch_size is per rank), in t
 Each is a forward, backward, gradient all-reduce (ranks only) and AdamW step; tokens/s counts every rank's tokens.
 
     python benchmarks/bench_distributed.py                 # shakespeare-char-cpu and large
-    python benchmarks/bench_distributed.py --config large --steps 20
+    python benchmarks/bench_distributed.py --config large --steps 10   # a few minutes on 2 cores
     python benchmarks/bench_distributed.py --quick         # smoke run
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from tinygpt.bench import ADAMW, CONFIGS, batches, build_tinygpt, torch_stepper
+from tinygpt.bench import ADAMW, CONFIGS, batches, build_tinygpt, busy_cores, load_report, torch_stepper
 
 ONE_THREAD = {"NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -138,8 +138,9 @@ def tokens_per_second(config_name: str, result: dict) -> float:
     return result["steps"] * result["batch"] * config["block_size"] * result["ranks"] / result["seconds"]
 
 
-def measure(config_name: str, steps: int, warmup: int) -> dict[str, float]:
-    """tokens/s of every setup, each in its own processes, one after the other."""
+def measure(config_name: str, steps: int, warmup: int) -> dict[str, tuple[float, float]]:
+    """(tokens/s, wall seconds of the whole setup, start-up included) of every setup, each in its own
+    processes, one after the other; each setup's name goes to stderr as it starts."""
     setups = {
         "tinygpt 1 process x 1 thread": lambda: run_tinygpt(config_name, steps, warmup, ranks=1, threads=1),
         "tinygpt 1 process x 2 threads (2B)": lambda: run_tinygpt(config_name, steps, warmup, ranks=1, threads=2, batch_scale=2),
@@ -147,18 +148,29 @@ def measure(config_name: str, steps: int, warmup: int) -> dict[str, float]:
         "torch 1 process x 1 thread": lambda: run_torch(config_name, steps, warmup, ranks=1),
         "torch DDP gloo 2 ranks x 1 thread": lambda: run_torch(config_name, steps, warmup, ranks=2),
     }
-    return {name: tokens_per_second(config_name, dict(run(), steps=steps)) for name, run in setups.items()}
+    measured = {}
+    for name, run in setups.items():
+        print(f"{config_name}: {name} ...", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        rate = tokens_per_second(config_name, dict(run(), steps=steps))
+        measured[name] = (rate, time.perf_counter() - started)
+    return measured
 
 
-def report(config_name: str, rates: dict[str, float]) -> str:
-    config = CONFIGS[config_name]
-    lines = [f"config {config_name} (batch {config['batch_size']} per rank x {config['block_size']} tokens):"]
-    lines += [f"  {name:<36} {rate:>10,.0f} tokens/s" for name, rate in rates.items()]
+def report(config_name: str, measured: dict[str, tuple[float, float]], steps: int, warmup: int) -> str:
+    config, rates = CONFIGS[config_name], {name: rate for name, (rate, _) in measured.items()}
+    lines = [f"config {config_name} (batch {config['batch_size']} per rank x {config['block_size']} tokens), "
+             f"{steps} timed steps after {warmup}:"]
+    lines += [f"  {name:<36} {rate:>10,.0f} tokens/s   ({seconds:.0f} s)" for name, (rate, seconds) in measured.items()]
     ours, theirs = rates["tinygpt 2 ranks x 1 thread"], rates["torch DDP gloo 2 ranks x 1 thread"]
-    lines.append(f"  scaling efficiency, 2 ranks / (2 x 1 rank): tinygpt {ours / (2 * rates['tinygpt 1 process x 1 thread']):.2f}, "
+    speedup = ours / rates["tinygpt 1 process x 1 thread"]
+    lines.append(f"  scaling efficiency, 2 ranks / (2 x 1 rank): tinygpt {speedup / 2:.2f}, "
                  f"torch {theirs / (2 * rates['torch 1 process x 1 thread']):.2f}")
     lines.append(f"  2 ranks / 1 process x 2 threads (tinygpt): {ours / rates['tinygpt 1 process x 2 threads (2B)']:.2f}x")
     lines.append(f"  tinygpt/torch on 2 ranks: {ours / theirs:.2f}x")
+    met = speedup >= 1.8 and ours >= theirs
+    lines.append(f"  goal (2 ranks >= 1.8x one rank, and >= torch DDP): {'met' if met else 'not met'} "
+                 f"({speedup:.2f}x one rank, {ours / theirs:.2f}x DDP); {sum(s for _, s in measured.values()):.0f} s in all")
     return "\n".join(lines)
 
 
@@ -185,8 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configs = ["tiny"] if args.quick else (args.config or ["shakespeare-char-cpu", "large"])
     steps, warmup = (3, 1) if args.quick else (args.steps, args.warmup)
+    print(load_report("before", busy_cores()), flush=True)
     for config_name in configs:
-        print(report(config_name, measure(config_name, steps, warmup)), flush=True)
+        print(report(config_name, measure(config_name, steps, warmup), steps, warmup), flush=True)
+    print(load_report("after", busy_cores()))
     print(" ".join(["command: python benchmarks/bench_distributed.py", *map(shlex.quote, argv)]))
     return 0
 
