@@ -144,8 +144,11 @@ def peak_rss_mb() -> float:
 def worker(framework: str, config_name: str, steps: int, warmup: int) -> None:
     """Train one framework alone in this process; print step times, losses and peak memory as JSON."""
     import tinygpt
+    from tinygpt.memory import keep_freed_memory
 
     config = CONFIGS[config_name]
+    if framework == "tinygpt":
+        keep_freed_memory()  # as the trainer does
     model, step = tinygpt_stepper(config)
     if framework == "torch":
         step = torch_stepper(config, {name: tensor.numpy() for name, tensor in model.named_parameters()})

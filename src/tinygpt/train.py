@@ -34,6 +34,7 @@ from tinygpt.dataset import (check_corpus_file, default_corpus_path, get_batch, 
                              train_val_split)
 from tinygpt.distributed import World, get_world
 from tinygpt.losses import CrossEntropyLoss
+from tinygpt.memory import keep_freed_memory
 from tinygpt.metrics import METRICS_FILE, MetricsLog, plot_metrics, read_metrics
 from tinygpt.nn import GPT, LayerNorm
 from tinygpt.optimizers import (AdamW, Muon, Optimizer, OptimizerGroups, ParameterGroup, clip_grad_norm, cosine_schedule,
@@ -429,6 +430,7 @@ def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
     world = get_world()
     out_dir = Path(config.out_dir)
     verbose = verbose and world.is_main
+    keep_freed_memory()  # every step frees and reallocates the same arrays: reuse them, no page faults (memory.py)
     log = tqdm.write if verbose else (lambda message: None)
     if world.is_main:
         check_out_dir_writable(out_dir)
