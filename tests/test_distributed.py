@@ -320,7 +320,7 @@ def test_sharing_cores_sets_both_thread_counts():
     env = {key: value for key, value in without_launcher(os.environ).items() if key != "NUMBA_NUM_THREADS"}
     threads, blas = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                    env=env | {"NUMBA_NUM_THREADS": "2"}).stdout.split(None, 1)
-    assert (threads, blas.strip()) == ("2", "{2}")
+    assert (threads, blas.strip()) == ("2", "{1}")  # numba's threads share out the products, BLAS runs on one
     alone = subprocess.run([sys.executable, "-c", code.replace("share_cores(4, 2)", "share_cores(2, 2)")],
                            capture_output=True, text=True, check=True, env=env).stdout.split(None, 1)
     assert (alone[0], alone[1].strip()) == ("1", "{1}")

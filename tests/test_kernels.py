@@ -14,7 +14,7 @@ from tinygpt import kernels
 
 KERNEL_NAMES = ["layer_norm_forward", "layer_norm_backward", "gelu_forward", "gelu_backward", "cross_entropy_forward",
                 "cross_entropy_backward", "attention_forward", "attention_backward", "embedding_backward",
-                "adam_update", "sgd_update"]
+                "adam_update", "sgd_update", "matmul", "matmul_nt", "matmul_tn"]
 
 
 def test_both_kernel_sets_define_the_same_kernels_with_the_same_arguments():
@@ -68,3 +68,62 @@ def test_openmp_threads_wait_instead_of_spinning_unless_the_user_chose():
     chosen = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env | {"OMP_WAIT_POLICY": "ACTIVE"})
     default = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert (default.stdout.strip(), chosen.stdout.strip()) == ("PASSIVE", "ACTIVE"), default.stderr + chosen.stderr
+
+
+PRODUCT_SHAPES = [(1, 1, 1), (3, 5, 2), (768, 128, 512), (7, 0, 4), (0, 3, 4), (257, 33, 65)]  # (rows, inner, columns)
+
+
+@pytest.mark.parametrize("rows, inner, columns", PRODUCT_SHAPES)
+def test_products_of_both_kernel_sets_equal_torchs_with_either_operand_transposed(kernel_set, threads, rows, inner, columns):
+    import numpy as np
+    import torch
+
+    threads(2)
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal(shape).astype(np.float32) for shape in ((rows, inner), (inner, columns)))
+    expected = (torch.from_numpy(a).double() @ torch.from_numpy(b).double()).numpy()
+    for a_stored, b_stored in [(a, b), (a, b.T.copy().T), (a.T.copy().T, b)]:  # plain, b^T in place, a^T in place
+        product = kernels.gemm(a_stored, b_stored)
+        assert product.dtype == np.float32 and product.shape == (rows, columns)
+        np.testing.assert_allclose(product, expected, rtol=1e-5, atol=1e-5 * max(inner, 1) ** 0.5)
+
+
+def test_products_do_not_depend_on_the_number_of_threads(threads):
+    """Rows are cut by threads (each row's sums the same BLAS call); a^T b's row blocks by shape alone."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((768, 128)).astype(np.float32), rng.standard_normal((768, 512)).astype(np.float32)
+    threads(1)
+    one = kernels.gemm(a.T, b)
+    threads(2)
+    np.testing.assert_array_equal(kernels.gemm(a.T, b), one)
+
+
+def test_the_products_on_blas_threads_give_blas_its_threads_back_afterwards(threads):
+    from threadpoolctl import threadpool_info
+
+    from tinygpt.kernels.products import on_blas_threads
+
+    threads(2)
+    kernels.for_device("cpu")  # loading the CPU kernels sets BLAS to one thread
+    counts = lambda: {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}  # noqa: E731
+    assert counts() == {1}
+    with on_blas_threads(2):
+        assert counts() == {2}
+    assert counts() == {1}
+
+
+def test_a_forked_child_computes_products_with_a_pool_of_its_own(threads):
+    """The parent's product threads do not exist in a forked child: it must not wait for them."""
+    import multiprocessing
+
+    import numpy as np
+
+    threads(2)
+    a = np.ones((512, 256), dtype=np.float32)
+    kernels.gemm(a, a.T)  # the parent's pool now exists
+    child = multiprocessing.get_context("fork").Process(target=kernels.gemm, args=(a, a.T))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0

@@ -178,13 +178,9 @@ def usable_cores() -> list[int]:
 
 def share_cores(cores: int, ranks: int) -> None:
     """Split `cores` among the `ranks` that may all run on them: cores / ranks threads each (at least 1)
-    unless NUMBA_NUM_THREADS chose, and as many for numpy's BLAS."""
-    from threadpoolctl import threadpool_limits
-
-    threads = max(1, cores // ranks)
-    if "NUMBA_NUM_THREADS" not in os.environ:
-        set_num_threads(min(get_num_threads(), threads))
-    threadpool_limits(limits=threads, user_api="blas")  # BLAS too when NUMBA_NUM_THREADS chose numba's threads
+    for the kernels and the products (tinygpt.set_num_threads), unless NUMBA_NUM_THREADS chose."""
+    chosen = "NUMBA_NUM_THREADS" in os.environ
+    set_num_threads(get_num_threads() if chosen else min(get_num_threads(), max(1, cores // ranks)))
 
 
 _world: World | None = None

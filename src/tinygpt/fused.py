@@ -42,7 +42,7 @@ class Matmul(Operation):
             grad_x = Buffer.from_array(_sum_to_shape(matmul(xp, g, xp.swapaxes(y, -1, -2)), x.shape).reshape(self.x.shape))
         if self.needs_input_grad[1]:
             if y.ndim == 2 and x.ndim > 2:  # one big GEMM instead of a batch of small ones then a sum
-                gy = x.reshape(-1, x.shape[-1]).T @ g.reshape(-1, g.shape[-1])
+                gy = kernels.gemm(x.reshape(-1, x.shape[-1]).T, g.reshape(-1, g.shape[-1]))
             else:
                 gy = _sum_to_shape(xp.matmul(xp.swapaxes(x, -1, -2), g), y.shape)
             grad_y = Buffer.from_array(gy.reshape(self.y.shape))
@@ -66,9 +66,9 @@ class Linear(Operation):
         x = self.x.reshape(-1, self.x.shape[-1])
         grads = [None] * len(self.needs_input_grad)
         if self.needs_input_grad[0]:
-            grads[0] = Buffer.from_array((g @ self.weight.T).reshape(self.x.shape))
+            grads[0] = Buffer.from_array(kernels.gemm(g, self.weight.T).reshape(self.x.shape))
         if self.needs_input_grad[1]:
-            grads[1] = Buffer.from_array(x.T @ g)
+            grads[1] = Buffer.from_array(kernels.gemm(x.T, g))
         if len(grads) > 2 and self.needs_input_grad[2]:
             grads[2] = Buffer.from_array(g.sum(axis=0))
         return tuple(grads)

@@ -307,8 +307,8 @@ def newton_schulz(xp, matrix, steps: int = 5, coefficients: tuple[float, float, 
     x = matrix.T if tall else matrix
     x = x / max(float(xp.sqrt(_squared_norm(xp.ascontiguousarray(x)))), eps)
     for _ in range(steps):
-        gram = x @ x.T
-        x = a * x + (b * gram + c * (gram @ gram)) @ x
+        gram = kernels.gemm(x, x.T)
+        x = a * x + kernels.gemm(b * gram + c * kernels.gemm(gram, gram), x)
     return x.T if tall else x
 
 

@@ -4,6 +4,10 @@ vectorised calls elsewhere (`kernels.array`). Both sets have the same function n
 The CPU kernels are compiled on first use and cached on disk, in NUMBA_CACHE_DIR, which defaults to
 ~/.cache/tinygpt/numba when unset (so that a read-only site-packages works). Where numba cannot be
 imported the CPU runs the array kernels, and a warning says so once.
+
+The CPU kernels share out the matrix products among numba's threads too, each calling BLAS on its own
+rows; so when they load, BLAS is set to one thread (its own threads would spin beside numba's and take
+their cores: docs/operation.md, Threads).
 """
 from __future__ import annotations
 
@@ -14,6 +18,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Iterator
 
+import numpy as np
+
+from tinygpt import backend
 from tinygpt.kernels import array
 
 LAST_KERNEL = "sgd_update"  # the last kernel kernels/cpu.py defines (and numba compiles, at its import)
@@ -49,7 +56,11 @@ def _load_cpu_kernels() -> ModuleType:
 
             if not numba.config.CACHE_DIR:  # numba was imported before NUMBA_CACHE_DIR was set
                 numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
+            from threadpoolctl import threadpool_limits
+
             from tinygpt.kernels import cpu
+
+            threadpool_limits(limits=1, user_api="blas")  # the products share out their rows themselves (products.py)
         except ImportError as error:
             warnings.warn(f"numba cannot be imported ({error}): the CPU runs the array kernels, which are slower")
             cpu = array
@@ -64,6 +75,23 @@ def for_device(device: str) -> ModuleType:
     return _load_cpu_kernels()
 
 
+def gemm(a, b):
+    """a @ b for two matrices: float32 through the device's product kernels (the one that reads a transposed
+    operand in place), other dtypes through the array module."""
+    if a.dtype != np.float32 or b.dtype != np.float32:
+        return a @ b
+    device = backend.device_of(a)
+    xp, kernel_set = backend.array_module(device), for_device(device)
+    out = xp.empty((a.shape[0], b.shape[1]), dtype=np.float32)
+    if b.T.flags.c_contiguous and not b.flags.c_contiguous:
+        kernel_set.matmul_nt(xp.ascontiguousarray(a), b.T, out)
+    elif a.T.flags.c_contiguous and not a.flags.c_contiguous:
+        kernel_set.matmul_tn(a.T, xp.ascontiguousarray(b), out)
+    else:
+        kernel_set.matmul(xp.ascontiguousarray(a), xp.ascontiguousarray(b), out)
+    return out
+
+
 @contextlib.contextmanager
 def array_kernels_on_cpu() -> Iterator[None]:
     """Within this block the CPU runs the array kernels (the tests run every fused op with both sets)."""
@@ -75,4 +103,4 @@ def array_kernels_on_cpu() -> Iterator[None]:
         _array_kernels_on_cpu = before
 
 
-__all__ = ["array_kernels_on_cpu", "cache_directory", "cache_is_warm", "for_device"]
+__all__ = ["array_kernels_on_cpu", "cache_directory", "cache_is_warm", "for_device", "gemm"]

@@ -15,6 +15,21 @@ def _xp(array):
     return backend.array_module(backend.device_of(array))
 
 
+def matmul(a, b, out):
+    """out = a b."""
+    _xp(a).matmul(a, b, out=out)
+
+
+def matmul_nt(a, b, out):
+    """out = a b^T."""
+    _xp(a).matmul(a, b.T, out=out)
+
+
+def matmul_tn(a, b, out):
+    """out = a^T b."""
+    _xp(a).matmul(a.T, b, out=out)
+
+
 def gelu_forward(x, out):
     """out = x/2 (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2/pi), over flat arrays."""
     xp = _xp(x)

@@ -1,4 +1,5 @@
 """CPU kernels: the loops of each fused op's math, compiled by numba (`prange` shares rows among threads).
+The matrix products are in `tinygpt.kernels.products`.
 
 Each kernel writes into arrays its caller allocated and has the same name and arguments as its twin in
 `tinygpt.kernels.array`. Storage is float32; sums over a row accumulate in float64.
@@ -10,6 +11,8 @@ import math
 
 import numpy as np
 from numba import boolean, float32, float64, int64, njit, prange, void
+
+from tinygpt.kernels.products import matmul, matmul_nt, matmul_tn  # noqa: F401  (part of this kernel set)
 
 # The array types of the kernels' signatures: one compiled version of each kernel, compiled once
 Vector, Matrix, Ids = float32[::1], float32[:, ::1], int64[::1]

@@ -1,0 +1,109 @@
+"""The CPU's matrix products: each product's rows cut into one block per thread, every block a
+single-threaded BLAS call (numpy lets go of the GIL inside it), all blocks at once on a small pool of
+threads that wait without spinning.
+
+Why not BLAS's own threads: OpenBLAS's threads spin for a while after each product, and the numba
+kernels that run between products then find their cores taken (measured: 57 ms per step of the CPU
+configuration with BLAS's 2 threads beside numba's, and 4x the CPU time when another process holds a
+core). One set of waiting threads for both keeps the cores free. So BLAS runs on one thread once the
+CPU kernels load (kernels/__init__.py)."""
+from __future__ import annotations
+
+import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
+
+import numba
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+PRODUCT_BLOCKS = 8  # the row blocks of a^T b, fixed so that its sum does not depend on the threads
+MIN_BLOCK_WORK = 1 << 17  # multiply-adds (about 10 us) below which handing a block to a thread costs more than it saves
+_pool: ThreadPoolExecutor | None = None
+_blas_computes = False  # set by on_blas_threads
+
+
+@contextlib.contextmanager
+def on_blas_threads(threads: int) -> Iterator[None]:
+    """Within this block every product is one BLAS call on BLAS's own `threads` threads (the design this
+    replaced; benchmarks/bench_kernels.py --threads compares the two)."""
+    global _blas_computes
+    before, _blas_computes = _blas_computes, True
+    try:
+        with threadpool_limits(limits=threads, user_api="blas"):
+            yield
+    finally:
+        _blas_computes = before
+
+
+def _forget_pool() -> None:
+    """A forked child has none of its parent's threads: it starts a pool of its own when it needs one."""
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _threads() -> int:
+    return 1 if _blas_computes else numba.get_num_threads()
+
+
+def _blocks(rows: int, parts: int) -> list[slice]:
+    parts = max(min(parts, rows), 1)
+    return [slice(part * rows // parts, (part + 1) * rows // parts) for part in range(parts)]
+
+
+def _row_blocks(a, b) -> list[slice]:
+    """One block of a's rows per thread, fewer when the product is too small to be worth sharing."""
+    work = a.shape[0] * a.shape[1] * b.shape[1]
+    return _blocks(a.shape[0], min(_threads(), max(work // MIN_BLOCK_WORK, 1)))
+
+
+def _run_all(calls: list) -> None:
+    """Run the calls (function, arguments) at once: all but the first on the pool, the first on this thread."""
+    global _pool
+    if len(calls) == 1:
+        function, arguments = calls[0]
+        function(*arguments)
+        return
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max(numba.config.NUMBA_NUM_THREADS - 1, 1), thread_name_prefix="tinygpt-products")
+    pending = [_pool.submit(function, *arguments) for function, arguments in calls[1:]]
+    function, arguments = calls[0]
+    function(*arguments)
+    for future in pending:
+        future.result()
+
+
+def matmul(a, b, out):
+    """out = a b, the rows of a (and out) shared among the threads."""
+    _run_all([(np.matmul, (a[rows], b, out[rows])) for rows in _row_blocks(a, b)])
+
+
+def matmul_nt(a, b, out):
+    """out = a b^T, the rows of a (and out) shared among the threads."""
+    _run_all([(np.matmul, (a[rows], b.T, out[rows])) for rows in _row_blocks(a, b.T)])
+
+
+def matmul_tn(a, b, out):
+    """out = a^T b = the sum over PRODUCT_BLOCKS row blocks of a_block^T b_block, the blocks shared among the threads."""
+    blocks = _blocks(a.shape[0], PRODUCT_BLOCKS)
+    if a.shape[0] == 0:
+        out[...] = 0.0
+        return
+    partials = np.empty((len(blocks),) + out.shape, dtype=out.dtype)
+    threads = min(_threads(), max(a.shape[0] * a.shape[1] * b.shape[1] // MIN_BLOCK_WORK, 1))
+    groups = [blocks[first::threads] for first in range(min(threads, len(blocks)))]
+    _run_all([(_products_tn, (a, b, group, partials[first::threads])) for first, group in enumerate(groups)])
+    np.sum(partials, axis=0, out=out)
+
+
+def _products_tn(a, b, blocks: list[slice], partials) -> None:
+    for rows, partial in zip(blocks, partials):
+        np.matmul(a[rows].T, b[rows], out=partial)
+
+
+__all__ = ["matmul", "matmul_nt", "matmul_tn", "on_blas_threads"]
