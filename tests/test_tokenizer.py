@@ -489,6 +489,42 @@ def test_a_tokenizer_read_from_the_original_layout_saves_in_it(original_model, t
     assert reloaded.encode(ORIGINAL_TEXT) == loaded.encode(ORIGINAL_TEXT)
 
 
+# Patterns in which re and regex read a shorthand differently (\w \d \s, their negations, \b \B, in and
+# out of sets, case-insensitive too): read from the original's layout, they split every code point as re.
+SHORTHAND_PATTERNS = [
+    r"\w+|\W+", r"\d+|\D+", r"\s+|\S+", r"[^\W\d]+|[\W\d]+", r"[\s\d]+|[^\s\d]+",
+    r"(?i:[^\W\d_]+|[\W\d_]+)", r"(?i)\w+|\W+", r"(?:\B[\s\S])+|[\s\S]", r"\b[\s\S]+?\b|[\s\S]",
+    r"[\\\]\w-]+ | [^\]\\\w-]+  # a comment with [ \w ] in it", r"(?#[ \w)\w+|\W+",
+]
+ALL_CHARACTERS = "".join(map(chr, range(0x110000)))
+ASCII_CHARACTERS = "".join(map(chr, range(128))) * 2  # ASCII-only text is split by a faster pattern
+
+
+@pytest.mark.parametrize("text", [ALL_CHARACTERS, ASCII_CHARACTERS], ids=["all", "ascii"])
+@pytest.mark.parametrize("pattern", SHORTHAND_PATTERNS)
+def test_an_original_pattern_splits_every_code_point_as_re(pattern, text, tmp_path):
+    path = tmp_path / "shorthands.model"
+    write_original_model(path, pattern, {}, {})
+    loaded = BPETokenizer()
+    loaded.load(path)
+    assert loaded.split_into_chunks(text) == re.findall(re.compile(pattern, re.VERBOSE), text)
+
+
+@pytest.fixture(scope="module")
+def verbose_original(tmp_path_factory) -> BPETokenizer:
+    path = tmp_path_factory.mktemp("verbose") / "verbose.model"
+    write_original_model(path, VERBOSE_PATTERN, {}, {})
+    loaded = BPETokenizer()
+    loaded.load(path)
+    return loaded
+
+
+@settings(max_examples=300)
+@given(text=st.text(max_size=100) | st.text(st.characters(max_codepoint=127), max_size=100))
+def test_the_verbose_original_pattern_splits_any_text_as_re(verbose_original, text):
+    assert verbose_original.split_into_chunks(text) == re.findall(re.compile(VERBOSE_PATTERN, re.VERBOSE), text)
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda lines: ["__import__('os').system('touch hacked')"] + lines[1:], "not a TinyGPT BPE model file"),
     (lambda lines: ["'(unbalanced'"] + lines[1:], "corrupt or truncated"),

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import assert_one_line_error, run_capped
 from tinygpt.tokenizer import MAX_TOKEN_ID, MAX_VOCAB_BYTES, BPETokenizer, RegexPatterns
+from tinygpt.tokenizer_checks import MAX_PATTERN_CHARACTERS
 
 CATASTROPHIC_PATTERN = r"(?:a|a)+$|\s|."
 
@@ -24,6 +25,19 @@ def write_model(path: Path, merges: list[tuple[int, int]], pattern: str = RegexP
     lines += [f"merges {len(merges)}", *(f"{first} {second}" for first, second in merges)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def write_original_model(path: Path, merges: list[tuple[int, int]], pattern: str = RegexPatterns.GPT4,
+                         special_tokens: dict[str, int] | None = None) -> Path:
+    """A .model file in the original TinyGPT's layout: repr(pattern), the special tokens, the merges."""
+    special_tokens = special_tokens or {}
+    lines = [repr(pattern), str(len(special_tokens)), *(f"{token} {index}" for token, index in special_tokens.items())]
+    lines += [f"{first} {second}" for first, second in merges]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+MODEL_WRITERS = {"tinygpt": write_model, "original": write_original_model}
 
 
 def doubling_merges(count: int) -> list[tuple[int, int]]:
@@ -139,22 +153,43 @@ def test_train_refuses_a_vocab_size_beyond_the_bound():
 
 # ---- the stored regex ------------------------------------------------------------------------------
 
-def test_a_catastrophic_backtracking_pattern_times_out_with_one_line(tmp_path):
-    model = write_model(tmp_path / "slow.model", [(97, 97)], pattern=CATASTROPHIC_PATTERN)
+@pytest.mark.parametrize("layout", sorted(MODEL_WRITERS))
+def test_a_catastrophic_backtracking_pattern_times_out_with_one_line(tmp_path, layout):
+    model = MODEL_WRITERS[layout](tmp_path / "slow.model", [(97, 97)], pattern=CATASTROPHIC_PATTERN)
     started = time.perf_counter()
     result = run_capped(["tokenizer", "encode", "--model", str(model), "--text", "a" * 60 + "!"], timeout=60)
     assert_one_line_error(result, "pattern", "timed out")
     assert time.perf_counter() - started < 30
 
 
+@pytest.mark.parametrize("layout", sorted(MODEL_WRITERS))
+def test_a_pattern_that_backtracks_on_the_probe_text_is_refused_at_load_with_one_line(tmp_path, layout):
+    model = MODEL_WRITERS[layout](tmp_path / "probe.model", [(97, 97)], pattern=r"(?:[\s\S]|[\s\S])+~|.")
+    started = time.perf_counter()
+    result = run_capped(["tokenizer", "encode", "--model", str(model), "--text", "a"], timeout=60)
+    assert_one_line_error(result, "probe.model", "timed out on a 50-character probe text")
+    assert time.perf_counter() - started < 30
+
+
+@pytest.mark.parametrize("layout", sorted(MODEL_WRITERS))
+def test_a_pattern_beyond_the_length_bound_is_refused_before_it_is_compiled(tmp_path, layout):
+    pattern = "(?:" + r"\w" * 200_000 + r")|\s|."  # 400 kB here, 230 MB once `re`'s \w is spelt out for `regex`
+    model = MODEL_WRITERS[layout](tmp_path / "long.model", [(97, 97)], pattern=pattern)
+    started = time.perf_counter()
+    result = run_capped(["tokenizer", "encode", "--model", str(model), "--text", "a"], timeout=60)
+    assert_one_line_error(result, "long.model", f"more than the bound of {MAX_PATTERN_CHARACTERS:,}")
+    assert time.perf_counter() - started < 30
+
+
+@pytest.mark.parametrize("layout", sorted(MODEL_WRITERS))
 @pytest.mark.parametrize("pattern, message", [
     (r"(\w+)|\s", "capture group"),
     ("", "empty string"),
     (r"a*", "empty string"),
     (r"\b|\w+|\s|.", "empty string"),
 ])
-def test_a_pattern_with_capture_groups_or_empty_matches_is_refused(tmp_path, pattern, message):
-    model = write_model(tmp_path / "pattern.model", [(97, 98)], pattern=pattern)
+def test_a_pattern_with_capture_groups_or_empty_matches_is_refused(tmp_path, layout, pattern, message):
+    model = MODEL_WRITERS[layout](tmp_path / "pattern.model", [(97, 98)], pattern=pattern)
     with pytest.raises(ValueError, match=f"pattern.model.*{message}"):
         BPETokenizer().load(model)
     with pytest.raises(ValueError, match=message):

@@ -11,6 +11,7 @@ import heapq
 import json
 import re
 from collections import Counter, defaultdict
+from functools import partial
 from itertools import chain
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -23,8 +24,7 @@ from tinygpt.serialization import atomic_write
 from tinygpt.tensor import Tensor
 from tinygpt.tokenizer_checks import (MAX_TOKEN_ID, MAX_VOCAB_BYTES, check_merge_count, check_merges,
                                       check_special_tokens, check_token_id, compile_pattern, split_with_timeout)
-from tinygpt.tokenizer_original import (compile_original_pattern, is_original_layout, original_lines,
-                                        parse_original_lines, split_as_original)
+from tinygpt.tokenizer_original import compile_original_pattern, is_original_layout, original_lines, parse_original_lines
 
 MODEL_FORMAT_VERSION = "tinygpt-bpe v1"
 REPLACEMENT_CHARACTER = "\ufffd".encode("utf-8")
@@ -180,20 +180,19 @@ class BPETokenizer:
 
     @pattern.setter
     def pattern(self, pattern: str) -> None:
-        if self.original_format:  # read from the original TinyGPT's file: compiled as it compiled it
-            self._compiled_pattern = compile_original_pattern(pattern)
-            self._ascii_splitter = None
+        if self.original_format:  # read from the original TinyGPT's file: matching what `re` matched there
+            self._compiled_pattern, ascii_pattern = compile_original_pattern(pattern)
+            self._split_ascii = partial(split_with_timeout, ascii_pattern)
         else:
             self._compiled_pattern = compile_pattern(pattern)
-            self._ascii_splitter = ASCII_SPLITTERS.get(pattern)
+            ours = ASCII_SPLITTERS.get(pattern)
+            self._split_ascii = ours.findall if ours is not None else None
         self._pattern = pattern
 
     def split_into_chunks(self, text: str) -> list[str]:
         """The chunks of `text`: every match of the pattern, in order (see tokenizer_checks for the timeout)."""
-        if self._ascii_splitter is not None and text.isascii():
-            return self._ascii_splitter.findall(text)
-        if self.original_format:
-            return split_as_original(self._compiled_pattern, text)
+        if self._split_ascii is not None and text.isascii():
+            return self._split_ascii(text)
         return split_with_timeout(self._compiled_pattern, text)
 
     @property

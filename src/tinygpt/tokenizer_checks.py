@@ -4,7 +4,8 @@ The bounds are far above any real BPE (GPT-4o's o200k has 200k ids whose bytes t
 enough that a crafted file cannot make loading or encoding allocate more than a few hundred MB:
 - ids (merges and special tokens) are below MAX_TOKEN_ID + 1 = 2**24;
 - the bytes of all learnt tokens together are at most MAX_VOCAB_BYTES = 64 MiB;
-- the split pattern compiles with `regex`, has no capture groups, never matches the empty string, and
+- the split pattern is at most MAX_PATTERN_CHARACTERS = 262,144 characters long (compiling it takes
+  about a microsecond per character), compiles with `regex`, has no capture groups, never matches the empty string, and
   every split of a text runs under a timeout of REGEX_TIMEOUT_SECONDS plus REGEX_SECONDS_PER_CHARACTER
   per character (it is caller-supplied code: a backtracking pattern could otherwise run for hours).
 """
@@ -14,18 +15,21 @@ import regex
 
 MAX_TOKEN_ID = (1 << 24) - 1
 MAX_VOCAB_BYTES = 1 << 26
+MAX_PATTERN_CHARACTERS = 1 << 18
 REGEX_TIMEOUT_SECONDS = 1.0
 REGEX_SECONDS_PER_CHARACTER = 1e-5
 # Text the pattern must split without an empty match: letters, digits, spaces, punctuation, scripts, emoji.
 PATTERN_PROBE = "Hello, world! it's 42nd\n\t  naïve Привет 你好 😀 \r\n  x"
 
 
-def compile_pattern(pattern: str) -> regex.Pattern:
-    """The split pattern compiled with `regex`; ValueError if it is malformed, captures, or matches ''."""
+def compile_pattern(pattern: str, flags: int = 0) -> regex.Pattern:
+    """The split pattern compiled with `regex` (and `flags`); ValueError if it is malformed, captures, or
+    matches ''."""
     if not isinstance(pattern, str):
         raise TypeError(f"the split pattern must be a str, got {type(pattern).__name__}")
+    check_pattern_length(len(pattern))
     try:
-        compiled = regex.compile(pattern)
+        compiled = regex.compile(pattern, flags)
     except regex.error as error:
         raise ValueError(f"the split pattern does not compile ({error})") from None
     if compiled.groups:
@@ -40,6 +44,13 @@ def compile_pattern(pattern: str) -> regex.Pattern:
         raise ValueError(f"the split pattern matches the empty string (at {empty.start() if empty else 0} "
                          "of a probe text): it must consume at least one character per match")
     return compiled
+
+
+def check_pattern_length(length: int, note: str = "") -> None:
+    """ValueError if a split pattern of `length` characters (`note` says which) is beyond the bound."""
+    if length > MAX_PATTERN_CHARACTERS:
+        raise ValueError(f"the split pattern{note} is over {length:,} characters long, more than the bound of "
+                         f"{MAX_PATTERN_CHARACTERS:,}")
 
 
 def split_timeout(text: str) -> float:

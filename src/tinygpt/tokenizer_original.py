@@ -5,10 +5,11 @@
     the rest     one `id_a id_b` line per merge, in the order learnt: merge i makes id 256 + i
 
 The original compiled that pattern with the standard `re` module in verbose mode (whitespace and
-`#` comments ignored), whose `\\w`, `\\d` and `\\s` are not those of `regex`, so it is compiled that way
-here too: the same pattern then splits text into the same chunks, and the same merges give the same ids.
-It is held to the checks of tokenizer_checks (no capture group, no empty match, every character in a
-chunk) but for one: `re` has no timeout, so its splits run without one.
+`#` comments ignored). `re` has no timeout, so here the pattern must compile with `re` (what the original
+refused is refused) but is matched by `regex` in verbose mode, through exactly the checks and the timed
+split of tokenizer_checks. The two modules read `\\w`, `\\d`, `\\s` (and so `\\b`) differently, so those are
+first spelt out as `re` reads them (tokenizer_re_shorthands): the same pattern then splits text into the
+same chunks as the original, and the same merges give the same ids.
 """
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ import io
 import re
 import tokenize
 
-from tinygpt.tokenizer_checks import PATTERN_PROBE, check_chunks_cover
+import regex
+
+from tinygpt.tokenizer_checks import compile_pattern
+from tinygpt.tokenizer_re_shorthands import spell_out_shorthands
 
 QUOTES = ("'", '"')
 
@@ -27,24 +31,16 @@ def is_original_layout(first_line: str) -> bool:
     return first_line.startswith(QUOTES)
 
 
-def compile_original_pattern(pattern: str) -> re.Pattern:
-    """The pattern as the original compiled it (`re`, verbose); ValueError if it does not compile or captures."""
+def compile_original_pattern(pattern: str) -> tuple[regex.Pattern, regex.Pattern]:
+    """The pattern as the original read it (`re`, verbose), compiled with `regex` to match the same chunks
+    (held to compile_pattern's checks), and a faster one that does so in ASCII-only text; ValueError if
+    `re` refuses it or a check fails."""
     try:
-        compiled = re.compile(pattern, re.VERBOSE)
+        re.compile(pattern, re.VERBOSE)
     except re.error as error:
         raise ValueError(f"the split pattern does not compile in verbose mode ({error})") from None
-    if compiled.groups:
-        raise ValueError(f"the split pattern has {compiled.groups} capture group(s); write them (?:...)")
-    empty_match = any(match.start() == match.end() for match in compiled.finditer(PATTERN_PROBE))
-    if empty_match or compiled.fullmatch("") is not None:
-        raise ValueError("the split pattern matches the empty string: it must consume at least one character "
-                         "per match")
-    return compiled
-
-
-def split_as_original(compiled: re.Pattern, text: str) -> list[str]:
-    """The chunks of `text` as the original split it (every match, in order); ValueError if some are lost."""
-    return check_chunks_cover(compiled.findall(text), text)
+    compiled = compile_pattern(spell_out_shorthands(pattern), regex.VERBOSE)
+    return compiled, regex.compile(spell_out_shorthands(pattern, ascii_text=True), regex.VERBOSE)
 
 
 def parse_original_lines(lines: list[str]) -> tuple[str, dict[str, int], list[tuple[int, int]]]:
