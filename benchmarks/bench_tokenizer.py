@@ -8,17 +8,23 @@ Each time is the best of --repeats runs.
 
 With --baseline-src DIR (the src/ of an earlier checkout), training, encoding and the two pathological
 vocabularies (24 doubling merges `a`+`a`, ...; a tokenizer trained on an `abab...` line) are also timed
-for that source tree and for this one, each in its own subprocess, in the same run.
+for that source tree and for this one in the same run: --repeats times each, every time in a fresh
+subprocess (with the same hash seed), the two trees taking turns (which goes first alternates, so a
+change in the machine's load falls on both). Each is timed in CPU seconds of its process (single-threaded
+code: the time other processes hold the core is left out); printed are the median and the spread
+(min-max) of each tree, and the ratio of the medians.
 
     python benchmarks/bench_tokenizer.py            # the full run
     python benchmarks/bench_tokenizer.py --quick    # a smoke run on 100 kB, vocab 300 and 512
-    git worktree add /tmp/baseline HEAD~1 && python benchmarks/bench_tokenizer.py --baseline-src /tmp/baseline/src
+    mkdir /tmp/baseline && git archive HEAD~1 src | tar -x -C /tmp/baseline
+    python benchmarks/bench_tokenizer.py --repeats 5 --baseline-src /tmp/baseline/src
 """
 
 import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,41 +88,52 @@ def many_distinct_chunks(unit: str) -> str:
     return "".join(f" {unit * (index % 13 + 1)}{letters[index % len(letters)]}" for index in range(400))[:2000]
 
 
-def measure(text: str, vocab_sizes: tuple[int, ...], repeats: int, models: dict[str, list[str]]) -> dict[str, float]:
-    """Seconds of training, of cold and warm encoding at each vocab size, and of encoding with each model."""
+def cpu_seconds(function) -> float:
+    """The CPU time of one run of `function()` in this process: unlike the wall time, it does not count the
+    time other processes hold the core, and the code timed here runs on one thread."""
+    start = time.process_time()
+    function()
+    return time.process_time() - start
+
+
+def measure(text: str, vocab_sizes: tuple[int, ...], models: dict[str, list[str]]) -> dict[str, float]:
+    """CPU seconds of training, of cold and then warm encoding at each vocab size, and of encoding with each
+    model (one run each)."""
     seconds = {}
     for vocab_size in vocab_sizes:
         trained = {}
-        seconds[f"train vocab {vocab_size}"] = best_time(lambda: trained.setdefault(0, train_ours(text, vocab_size)),
-                                                         repeats)
+        seconds[f"train vocab {vocab_size}"] = cpu_seconds(lambda: trained.setdefault(0, train_ours(text, vocab_size)))
         tokenizer = trained[0]
-        seconds[f"encode vocab {vocab_size} cold"] = best_time(lambda: tokenizer.encode(text), repeats,
-                                                               before_each=lambda: tokenizer._chunk_cache.clear())
-        seconds[f"encode vocab {vocab_size} warm"] = best_time(lambda: tokenizer.encode(text), repeats)
+        seconds[f"encode vocab {vocab_size} cold"] = cpu_seconds(lambda: tokenizer.encode(text))
+        seconds[f"encode vocab {vocab_size} warm"] = cpu_seconds(lambda: tokenizer.encode(text))
     for name, (model_file, sample) in models.items():
         tokenizer = BPETokenizer()
         tokenizer.load(model_file)
-        seconds[f"encode 2,000 characters, {name}"] = best_time(lambda: tokenizer.encode(sample), repeats,
-                                                                 before_each=lambda: tokenizer._chunk_cache.clear())
+        seconds[f"encode 2,000 characters, {name}"] = cpu_seconds(lambda: tokenizer.encode(sample))
     return seconds
 
 
-def measure_in_subprocess(src: str, args: argparse.Namespace, models: dict, timeout: float) -> dict[str, float | None]:
-    """`measure` with the tinygpt of `src`, in a fresh interpreter; None for what did not finish in time."""
-    request = json.dumps({"quick": args.quick, "repeats": args.repeats,
+def measure_in_subprocess(src: str, args: argparse.Namespace, models: dict, timeout: float,
+                          skipped: set[str]) -> dict[str, float | None]:
+    """One run of `measure` with the tinygpt of `src`, each part in a fresh interpreter; None for the
+    measurements of a part that did not finish in time (it is added to `skipped` and not run again)."""
+    request = json.dumps({"quick": args.quick,
                           "models": {name: [str(path), sample] for name, (path, sample) in models.items()}})
-    names = {}
-    for subset in ("corpus", *models):
+    seconds = {}
+    for part in ("corpus", *models):
+        if part in skipped:
+            continue
         try:
-            result = subprocess.run([sys.executable, __file__, "--worker", subset], input=request, text=True,
-                                    capture_output=True, timeout=timeout, env=os.environ | {"PYTHONPATH": src})
+            result = subprocess.run([sys.executable, __file__, "--worker", part], input=request, text=True,
+                                    capture_output=True, timeout=timeout,
+                                    env=os.environ | {"PYTHONPATH": src, "PYTHONHASHSEED": "0"})
         except subprocess.TimeoutExpired:
-            names[subset] = None
+            skipped.add(part)
             continue
         if result.returncode:
             raise SystemExit(f"the worker for {src} failed:\n{result.stderr}")
-        names.update(json.loads(result.stdout))
-    return names
+        seconds.update(json.loads(result.stdout))
+    return seconds
 
 
 def worker(subset: str) -> None:
@@ -124,10 +141,10 @@ def worker(subset: str) -> None:
     request = json.loads(sys.stdin.read())
     text, vocab_sizes = corpus(request["quick"])
     if subset == "corpus":
-        seconds = measure(text, vocab_sizes, request["repeats"], {})
+        seconds = measure(text, vocab_sizes, {})
     else:
         path, sample = request["models"][subset]
-        seconds = measure(text, (), request["repeats"], {subset: (Path(path), sample)})
+        seconds = measure(text, (), {subset: (Path(path), sample)})
     print(json.dumps(seconds))
 
 
@@ -137,27 +154,43 @@ def corpus(quick: bool) -> tuple[str, tuple[int, ...]]:
 
 
 def compare_with_baseline(args: argparse.Namespace) -> None:
-    """Time the baseline source tree and this one in the same run and print both with their ratio."""
-    current_src = str(Path(__file__).resolve().parents[1] / "src")
+    """Time the baseline source tree and this one, taking turns, and print both with the ratio of the medians."""
+    trees = {"baseline": args.baseline_src, "current": str(Path(__file__).resolve().parents[1] / "src")}
+    runs = {tree: [] for tree in trees}
+    skipped = {tree: set() for tree in trees}
     with tempfile.TemporaryDirectory() as directory:
         models = pathological_models(Path(directory), args.quick)
-        baseline = measure_in_subprocess(args.baseline_src, args, models, args.baseline_timeout)
-        current = measure_in_subprocess(current_src, args, models, args.baseline_timeout)
-    print(f"\nagainst the baseline {args.baseline_src} (seconds, best of {args.repeats})")
-    print(f"  {'measurement':<48} {'baseline':>10} {'current':>10}   current / baseline")
-    for name in current:
-        if name in models or name == "corpus":
-            continue
-        old = baseline.get(name)
-        shown = f"{old:10.4f}" if old is not None else f"> {args.baseline_timeout:.0f} s".rjust(10)
-        ratio = f"{current[name] / old:9.2f}x" if old else "       -"
-        print(f"  {name:<48} {shown} {current[name]:10.4f}   {ratio}")
+        for repeat in range(args.repeats):
+            for tree in sorted(trees, reverse=repeat % 2 == 1):
+                runs[tree].append(measure_in_subprocess(trees[tree], args, models, args.baseline_timeout, skipped[tree]))
+    print(f"\nagainst the baseline {args.baseline_src} (CPU seconds: median and spread (min-max) of {args.repeats} "
+          f"runs, the trees taking turns)")
+    print(f"  {'measurement':<44} {'baseline':>22} {'current':>22}   current / baseline")
+    names = dict.fromkeys(name for tree in trees for run in runs[tree] for name in run)
+    for name in names:
+        baseline, current = (summary([run.get(name) for run in runs[tree]]) for tree in trees)
+        ratio = f"{current[0] / baseline[0]:9.2f}x" if baseline and current else "       -"
+        print(f"  {name:<44} {shown(baseline, args.baseline_timeout)} {shown(current, args.baseline_timeout)}   {ratio}")
+
+
+def summary(times: list[float | None]) -> tuple[float, float, float] | None:
+    """(median, min, max) of `times`, None if some run did not finish."""
+    if None in times:
+        return None
+    return statistics.median(times), min(times), max(times)
+
+
+def shown(times: tuple[float, float, float] | None, timeout: float) -> str:
+    """`median (min-max)`, or that the runs took longer than `timeout`."""
+    text = f"> {timeout:.0f} s" if times is None else f"{times[0]:.4f} ({times[1]:.4f}-{times[2]:.4f})"
+    return text.rjust(22)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run on 100 kB of text")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement (best is kept)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs per measurement (the best is kept; against a baseline: median and spread)")
     parser.add_argument("--baseline-src", metavar="DIR", help="also time the tinygpt of this src/ directory")
     parser.add_argument("--baseline-timeout", type=float, default=600, metavar="S",
                         help="seconds each baseline part may take before it is reported as timed out")

@@ -53,14 +53,16 @@ def test_tinygpt_bench_command_runs_quick():
     assert "throughput ratio tinygpt/torch" in done.stdout
 
 
-def test_bench_tokenizer_times_a_baseline_source_tree_beside_this_one():
+def test_bench_tokenizer_times_a_baseline_source_tree_beside_this_one_with_median_and_spread():
     src = Path(__file__).parent.parent / "src"
-    done = subprocess.run([sys.executable, str(BENCHMARKS[0].parent / "bench_tokenizer.py"), "--quick", "--repeats", "1",
+    done = subprocess.run([sys.executable, str(BENCHMARKS[0].parent / "bench_tokenizer.py"), "--quick", "--repeats", "2",
                            "--baseline-src", str(src)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    for name in ("train vocab 512", "encode vocab 512 cold", "encode 2,000 characters, 24 doubling merges",
-                 "encode 2,000 characters, abab tokenizer"):
-        assert re.search(rf"^  {name}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x$", done.stdout, re.MULTILINE), done.stdout
+    assert "median and spread (min-max) of 2 runs" in done.stdout, done.stdout
+    timed = rf"{NUMBER} \({NUMBER}-{NUMBER}\)"
+    for name in ("train vocab 512", "encode vocab 512 cold", "encode vocab 512 warm",
+                 "encode 2,000 characters, 24 doubling merges", "encode 2,000 characters, abab tokenizer"):
+        assert re.search(rf"^  {name}\s+{timed}\s+{timed}\s+{NUMBER}x$", done.stdout, re.MULTILINE), done.stdout
 
 
 def test_bench_warns_when_another_process_holds_a_core(monkeypatch):
