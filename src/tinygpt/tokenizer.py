@@ -24,7 +24,8 @@ from tinygpt.serialization import atomic_write
 from tinygpt.tensor import Tensor
 from tinygpt.tokenizer_checks import (MAX_TOKEN_ID, MAX_VOCAB_BYTES, check_merge_count, check_merges,
                                       check_special_tokens, check_token_id, compile_pattern, split_with_timeout)
-from tinygpt.tokenizer_original import compile_original_pattern, is_original_layout, original_lines, parse_original_lines
+from tinygpt.tokenizer_original import (compile_original_pattern, is_original_layout, original_lines,
+                                        parse_original_lines)
 
 MODEL_FORMAT_VERSION = "tinygpt-bpe v1"
 REPLACEMENT_CHARACTER = "\ufffd".encode("utf-8")

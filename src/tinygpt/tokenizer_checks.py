@@ -4,10 +4,11 @@ The bounds are far above any real BPE (GPT-4o's o200k has 200k ids whose bytes t
 enough that a crafted file cannot make loading or encoding allocate more than a few hundred MB:
 - ids (merges and special tokens) are below MAX_TOKEN_ID + 1 = 2**24;
 - the bytes of all learnt tokens together are at most MAX_VOCAB_BYTES = 64 MiB;
-- the split pattern is at most MAX_PATTERN_CHARACTERS = 262,144 characters long (compiling it takes
-  about a microsecond per character), compiles with `regex`, has no capture groups, never matches the empty string, and
-  every split of a text runs under a timeout of REGEX_TIMEOUT_SECONDS plus REGEX_SECONDS_PER_CHARACTER
-  per character (it is caller-supplied code: a backtracking pattern could otherwise run for hours).
+- the split pattern is at most MAX_PATTERN_CHARACTERS = 262,144 characters long (compiling takes about a
+  microsecond per character), compiles with `regex`, has no capture groups, never matches the empty
+  string, and every split of a text runs under a timeout of REGEX_TIMEOUT_SECONDS plus
+  REGEX_SECONDS_PER_CHARACTER per character (it is caller-supplied code: a backtracking pattern could
+  otherwise run for hours).
 """
 from __future__ import annotations
 

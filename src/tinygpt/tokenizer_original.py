@@ -20,7 +20,7 @@ import tokenize
 
 import regex
 
-from tinygpt.tokenizer_checks import compile_pattern
+from tinygpt.tokenizer_checks import check_pattern_length, compile_pattern
 from tinygpt.tokenizer_re_shorthands import spell_out_shorthands
 
 QUOTES = ("'", '"')
@@ -35,6 +35,7 @@ def compile_original_pattern(pattern: str) -> tuple[regex.Pattern, regex.Pattern
     """The pattern as the original read it (`re`, verbose), compiled with `regex` to match the same chunks
     (held to compile_pattern's checks), and a faster one that does so in ASCII-only text; ValueError if
     `re` refuses it or a check fails."""
+    check_pattern_length(len(pattern))  # before `re`, which parses a pattern in Python, reads it
     try:
         re.compile(pattern, re.VERBOSE)
     except re.error as error:
