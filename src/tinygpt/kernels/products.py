@@ -56,10 +56,14 @@ def _blocks(rows: int, parts: int) -> list[slice]:
     return [slice(part * rows // parts, (part + 1) * rows // parts) for part in range(parts)]
 
 
+def _sharing_threads(a, b) -> int:
+    """The threads a product a b is shared among: all of them, fewer when it is too small to be worth sharing."""
+    return min(_threads(), max(a.shape[0] * a.shape[1] * b.shape[1] // MIN_BLOCK_WORK, 1))
+
+
 def _row_blocks(a, b) -> list[slice]:
-    """One block of a's rows per thread, fewer when the product is too small to be worth sharing."""
-    work = a.shape[0] * a.shape[1] * b.shape[1]
-    return _blocks(a.shape[0], min(_threads(), max(work // MIN_BLOCK_WORK, 1)))
+    """One block of a's rows per sharing thread."""
+    return _blocks(a.shape[0], _sharing_threads(a, b))
 
 
 def _run_all(calls: list) -> None:
@@ -95,7 +99,7 @@ def matmul_tn(a, b, out):
         out[...] = 0.0
         return
     partials = np.empty((len(blocks),) + out.shape, dtype=out.dtype)
-    threads = min(_threads(), max(a.shape[0] * a.shape[1] * b.shape[1] // MIN_BLOCK_WORK, 1))
+    threads = _sharing_threads(a.T, b)
     groups = [blocks[first::threads] for first in range(min(threads, len(blocks)))]
     _run_all([(_products_tn, (a, b, group, partials[first::threads])) for first, group in enumerate(groups)])
     np.sum(partials, axis=0, out=out)
