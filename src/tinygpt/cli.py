@@ -59,11 +59,16 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_out_dir_argument(parser: argparse.ArgumentParser) -> None:
+    """--out-dir, the directory of the checkpoint a command reads."""
+    parser.add_argument("--out-dir", metavar="DIR", default="out", help="directory of the checkpoint (default: out)")
+
+
 def add_sample_parser(subparsers) -> None:
     parser = subparsers.add_parser("sample", help="continue a prompt with the model of a checkpoint",
                                    description="Sample text from the checkpoint that `tinygpt train` left in --out-dir, "
                                    "printed as it is generated.")
-    parser.add_argument("--out-dir", metavar="DIR", default="out", help="directory of the checkpoint (default: out)")
+    add_out_dir_argument(parser)
     parser.add_argument("--prompt", "--start", dest="prompt", default="\n", help="text to continue, or FILE:path for the "
                         "text of a file, as nanoGPT's sample.py --start (default: a newline)")
     parser.add_argument("--max-new-tokens", type=int, default=500, metavar="N")
@@ -115,7 +120,7 @@ def add_export_parser(subparsers) -> None:
                                    description="Write the checkpoint in --out-dir as a directory that transformers' "
                                    "GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained load: config.json, "
                                    "model.safetensors, tokenizer.json (and vocab.json + merges.txt for GPT-2's pattern).")
-    parser.add_argument("--out-dir", metavar="DIR", default="out", help="directory of the checkpoint (default: out)")
+    add_out_dir_argument(parser)
     parser.add_argument("--to", metavar="PATH", required=True, help="the Hugging Face directory to write")
     parser.set_defaults(handler=run_export)
 
@@ -137,7 +142,7 @@ def add_eval_parser(subparsers) -> None:
                                    description="Evaluate the checkpoint in --out-dir over every block-size window of "
                                    "--data (all of it), or by default of the run's validation split, whose loss then "
                                    "equals the final one `tinygpt train` printed.")
-    parser.add_argument("--out-dir", metavar="DIR", default="out", help="directory of the checkpoint (default: out)")
+    add_out_dir_argument(parser)
     parser.add_argument("--data", metavar="FILE", help="UTF-8 text file (default: the run's validation split)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.set_defaults(handler=run_eval)
