@@ -7,6 +7,7 @@ relative bound while large values are not let off with an absolute one.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -17,6 +18,7 @@ from threadpoolctl import threadpool_limits
 
 import tinygpt
 from tinygpt import Buffer, Tensor, kernels
+from tinygpt.dataset import default_corpus_path
 
 settings.register_profile("tinygpt", deadline=None, derandomize=True, max_examples=60,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -67,6 +69,19 @@ def kernel_set(request):
         return
     with kernels.array_kernels_on_cpu():
         yield request.param
+
+
+# A one-layer run of `tinygpt train` that takes about a second (the tests add --sample-tokens and the rest)
+TINY_TRAIN_FLAGS = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "8", "--batch-size", "4",
+                    "--eval-interval", "2", "--eval-iters", "2", "--warmup-iters", "1"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, request) -> Path:
+    """A directory with a small corpus (the head of Tiny Shakespeare), one per test module."""
+    root = tmp_path_factory.mktemp(request.module.__name__.removeprefix("test_"))
+    (root / "corpus.txt").write_text(default_corpus_path().read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    return root
 
 
 @pytest.fixture

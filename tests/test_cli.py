@@ -11,19 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY_TRAIN_FLAGS
 from tinygpt.dataset import default_corpus_path
 from tinygpt.tokenizer import BPETokenizer
 
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "8", "--batch-size", "4",
-        "--eval-interval", "2", "--eval-iters", "2", "--warmup-iters", "1", "--sample-tokens", "20"]
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    """A directory with a small corpus (the head of Tiny Shakespeare) and a shared token cache."""
-    root = tmp_path_factory.mktemp("cli")
-    (root / "corpus.txt").write_text(default_corpus_path().read_text(encoding="utf-8")[:20_000], encoding="utf-8")
-    return root
+TINY = [*TINY_TRAIN_FLAGS, "--sample-tokens", "20"]
 
 
 def tinygpt(workspace: Path, *args: str, stdin: str | None = None, module: str = "tinygpt") -> subprocess.CompletedProcess:
@@ -340,7 +332,7 @@ def test_redirected_output_gets_plain_lines_not_carriage_returns(workspace):
 
 
 SIGINT_FLAGS = ["--data", "corpus.txt", "--max-iters", "100", "--dropout", "0.1", "--log-interval", "1",
-                "--eval-interval", "100", *TINY[:-2], "--sample-tokens", "0"]
+                "--eval-interval", "100", *TINY_TRAIN_FLAGS, "--sample-tokens", "0"]
 
 
 def test_ctrl_c_saves_the_interrupted_iteration_and_resumes_to_an_uninterrupted_run(workspace):

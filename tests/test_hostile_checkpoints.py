@@ -14,18 +14,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file as safe_load
 
-from conftest import assert_one_line_error, run_capped
-from tinygpt.dataset import default_corpus_path
+from conftest import TINY_TRAIN_FLAGS, assert_one_line_error, run_capped
 
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "8", "--batch-size", "4",
-        "--eval-interval", "2", "--eval-iters", "2", "--warmup-iters", "1", "--sample-tokens", "0"]
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("hostile")
-    (root / "corpus.txt").write_text(default_corpus_path().read_text(encoding="utf-8")[:20_000], encoding="utf-8")
-    return root
+TINY = [*TINY_TRAIN_FLAGS, "--sample-tokens", "0"]
 
 
 def tinygpt(workspace: Path, *args: str, **kwargs):
