@@ -4,6 +4,9 @@ The matrix products are in `tinygpt.kernels.products`.
 Each kernel writes into arrays its caller allocated and has the same name and arguments as its twin in
 `tinygpt.kernels.array`. Storage is float32; sums over a row accumulate in float64.
 With NUMBA_DISABLE_JIT=1 these run as plain Python, which a debugger can step through.
+
+Attention is the one kernel pair that is not a single loop nest: its four T x T products per (batch, head)
+go to BLAS (`products.matmul_stacked`) and only the softmax between them is a numba loop.
 """
 from __future__ import annotations
 
@@ -12,11 +15,15 @@ import math
 import numpy as np
 from numba import boolean, float32, float64, int64, njit, prange, void
 
-from tinygpt.kernels.products import matmul, matmul_nt, matmul_tn  # noqa: F401  (part of this kernel set)
+from tinygpt.kernels.products import matmul, matmul_nt, matmul_tn, matmul_stacked  # noqa: F401  (part of this kernel set)
 
 # The array types of the kernels' signatures: one compiled version of each kernel, compiled once
 Vector, Matrix, Ids = float32[::1], float32[:, ::1], int64[::1]
 Heads, HeadRows = float32[:, :, :, :], float32[:, :, ::1]  # (B, H, T, d) with any strides, (B, H, T)
+Scores = float32[:, :, :, ::1]  # (B, H, Tq, Tk), contiguous
+# Sums may be reordered (so that the compiler vectorises them: 3-4x on a layer norm's row sums) and a * b + c
+# fused; nothing is assumed about NaN or infinity
+FAST = {"reassoc", "contract"}
 
 GELU_C = np.float32(math.sqrt(2.0 / math.pi))
 GELU_CUBIC = np.float32(0.044715)
@@ -28,6 +35,28 @@ TANH_P = tuple(np.float32(a) for a in (4.89352455891786e-03, 6.37261928875436e-0
                                        -2.76076847742355e-16))
 TANH_Q = tuple(np.float32(b) for b in (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04,
                                        1.19825839466702e-06))
+
+
+LOG2E = np.float32(1.0 / math.log(2.0))
+LN2_HI, LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)  # ln 2 in two parts, the first exact in float32
+EXP_P = tuple(np.float32(c) for c in (5.0000001201e-1, 1.6666665459e-1, 4.1665795894e-2, 8.3334519073e-3,
+                                      1.3981999507e-3, 1.9875691500e-4))  # Cephes' expf polynomial
+EXP_LOWEST, EXP_HIGHEST = np.float32(-87.33654), np.float32(88.72283)  # e^x is below float32's normals, above its largest
+POWERS_OF_TWO = np.array([2.0 ** n for n in range(-127, 128)], dtype=np.float32)
+
+
+@njit(inline="always", cache=True)
+def exp(x):
+    """e^x in float32 (within 1 ulp): x = n ln2 + r with |r| <= ln2 / 2, e^r by a polynomial, 2^n from a table;
+    0 below EXP_LOWEST. Unlike math.exp, a scalar libm call, it vectorises (4x faster over a row)."""
+    x = min(x, EXP_HIGHEST)
+    n = min(max(np.floor(x * LOG2E + np.float32(0.5)), np.float32(-127.0)), np.float32(127.0))
+    r = x - n * LN2_HI - n * LN2_LO
+    p = EXP_P[5]
+    for i in range(4, -1, -1):
+        p = p * r + EXP_P[i]
+    e_x = (p * r * r + r + np.float32(1.0)) * POWERS_OF_TWO[np.int32(n) + np.int32(127)]
+    return e_x if x >= EXP_LOWEST else np.float32(0.0)
 
 
 @njit(inline="always", cache=True)
@@ -63,7 +92,7 @@ def gelu_backward(grad, x, grad_x):
         grad_x[i] = grad[i] * slope
 
 
-@njit(void(Matrix, Vector, Vector, float64, Matrix, Vector, Vector), parallel=True, cache=True)
+@njit(void(Matrix, Vector, Vector, float64, Matrix, Vector, Vector), parallel=True, cache=True, fastmath=FAST)
 def layer_norm_forward(x, weight, bias, eps, out, mean, rstd):
     """out = (x - mean) * rstd * weight + bias per row, rstd = 1 / sqrt(var + eps)."""
     rows, width = x.shape
@@ -82,7 +111,7 @@ def layer_norm_forward(x, weight, bias, eps, out, mean, rstd):
         mean[r], rstd[r] = m, s
 
 
-@njit(void(Matrix, Matrix, Vector, Vector, Vector, Matrix, Vector, Vector), parallel=True, cache=True)
+@njit(void(Matrix, Matrix, Vector, Vector, Vector, Matrix, Vector, Vector), parallel=True, cache=True, fastmath=FAST)
 def layer_norm_backward(grad, x, weight, mean, rstd, grad_x, grad_weight, grad_bias):
     """With xh = (x - mean) rstd and dxh = grad * weight:
     grad_x = rstd (dxh - mean(dxh) - xh mean(dxh xh)), grad_weight = sum_rows grad xh, grad_bias = sum_rows grad."""
@@ -111,7 +140,7 @@ def layer_norm_backward(grad, x, weight, mean, rstd, grad_x, grad_weight, grad_b
         grad_bias[c] = bias_parts[:, c].sum()
 
 
-@njit(void(Matrix, Ids, Vector, Vector), parallel=True, cache=True)
+@njit(void(Matrix, Ids, Vector, Vector), parallel=True, cache=True, fastmath=FAST)
 def cross_entropy_forward(logits, targets, losses, log_normalizer):
     """log_normalizer = logsumexp(logits) per row (shifted by the row max), losses = log_normalizer - logits[target].
     In float32 but for the sum of the exponentials, as PyTorch's log-softmax."""
@@ -122,18 +151,18 @@ def cross_entropy_forward(logits, targets, losses, log_normalizer):
             largest = max(largest, logits[r, c])
         total = 0.0
         for c in range(classes):
-            total += math.exp(logits[r, c] - largest)
+            total += exp(logits[r, c] - largest)
         log_normalizer[r] = largest + np.float32(math.log(total))
         losses[r] = log_normalizer[r] - logits[r, targets[r]]
 
 
-@njit(void(Matrix, Ids, Vector, Vector, Matrix), parallel=True, cache=True)
+@njit(void(Matrix, Ids, Vector, Vector, Matrix), parallel=True, cache=True, fastmath=FAST)
 def cross_entropy_backward(logits, targets, log_normalizer, grad_rows, grad_logits):
     """grad_logits = grad_rows * (softmax(logits) - onehot(targets)), softmax = exp(logits - log_normalizer), in float32."""
     rows, classes = logits.shape
     for r in prange(rows):
         for c in range(classes):
-            grad_logits[r, c] = grad_rows[r] * math.exp(logits[r, c] - log_normalizer[r])
+            grad_logits[r, c] = grad_rows[r] * exp(logits[r, c] - log_normalizer[r])
         grad_logits[r, targets[r]] -= grad_rows[r]
 
 
@@ -149,86 +178,77 @@ def embedding_backward(ids, grad, grad_weight):
                 grad_weight[ids[r], c] += grad[r, c]
 
 
-@njit(void(Heads, Heads, Heads, float64, Heads, Heads, HeadRows), parallel=True, cache=True)
 def attention_forward(q, k, v, scale, keep, out, log_normalizer):
     """P = softmax(q k^T scale) over the keys each query sees (query i: keys 0 .. i + Tk - Tq), out = (P * keep) v,
     log_normalizer = logsumexp of each row of scaled scores, all of shape (B, H, T, .); keep: dropout factors or empty.
-    One (batch, head) per thread, one query row at a time: no T x T array. The innermost loops run along
-    contiguous rows of k^T and v (copied per head), where the compiler vectorises them."""
-    batch, heads, queries, dims = q.shape
-    keys = k.shape[2]
-    dropout = keep.size > 0
-    for pair in prange(batch * heads):
-        b, h = pair // heads, pair % heads
-        keys_t, values = np.ascontiguousarray(k[b, h].T), np.ascontiguousarray(v[b, h])  # (d, Tk), (Tk, d)
-        scores = np.empty(keys, dtype=np.float32)
-        row = np.empty(dims, dtype=np.float32)
-        for i in range(queries):
-            seen = i + keys - queries + 1
-            scores[:seen] = 0.0
-            for c in range(dims):
-                scaled_q = q[b, h, i, c] * np.float32(scale)
-                for j in range(seen):
-                    scores[j] += scaled_q * keys_t[c, j]
-            largest = scores[:seen].max()
-            total = 0.0
-            for j in range(seen):
-                scores[j] = math.exp(scores[j] - largest)
-                total += scores[j]
-            row[:] = 0.0
-            for j in range(seen):
-                p = scores[j] / np.float32(total)
-                if dropout:
-                    p *= keep[b, h, i, j]
-                for c in range(dims):
-                    row[c] += p * values[j, c]
-            out[b, h, i, :] = row
-            log_normalizer[b, h, i] = largest + math.log(total)
+    The products on BLAS; the T x T scores live only during this call (the backward recomputes them)."""
+    scores = np.empty(q.shape[:3] + (k.shape[2],), dtype=np.float32)
+    matmul_stacked(q, k.swapaxes(2, 3), scores)
+    causal_softmax(scores, scale, keep, log_normalizer)
+    matmul_stacked(scores, v, out)
 
 
-@njit(void(Heads, Heads, Heads, Heads, float64, Heads, HeadRows, Heads, Heads, Heads), parallel=True, cache=True)
 def attention_backward(grad, q, k, v, scale, keep, log_normalizer, grad_q, grad_k, grad_v):
     """With P = exp(q k^T scale - log_normalizer) (causal) recomputed and A = P * keep:
-    grad_v = A^T grad, dP = (grad v^T) * keep, dS = P (dP - sum_j P dP), grad_q = dS k scale, grad_k = dS^T q scale.
-    As the forward: per (batch, head), one query row at a time, innermost loops along contiguous rows."""
-    batch, heads, queries, dims = q.shape
-    keys = k.shape[2]
+    grad_v = A^T grad, dP = (grad v^T) * keep, dS = P (dP - sum_j P dP), grad_q = dS k scale, grad_k = dS^T q scale."""
+    probs = np.empty(q.shape[:3] + (k.shape[2],), dtype=np.float32)
+    dscores = np.empty_like(probs)
+    matmul_stacked(q, k.swapaxes(2, 3), probs)
+    matmul_stacked(grad, v.swapaxes(2, 3), dscores)
+    causal_softmax_backward(probs, dscores, scale, keep, log_normalizer)
+    matmul_stacked(probs.swapaxes(2, 3), grad, grad_v)
+    matmul_stacked(dscores, k, grad_q)
+    matmul_stacked(dscores.swapaxes(2, 3), q, grad_k)
+
+
+@njit(void(Scores, float64, Heads, HeadRows), parallel=True, cache=True, fastmath=FAST)
+def causal_softmax(scores, scale, keep, log_normalizer):
+    """In place, row by row of (B, H, Tq, Tk) scores: P = softmax(scores scale) over the keys query i sees
+    (0 .. i + Tk - Tq; the others 0), scores = P * keep (keep: dropout factors or empty),
+    log_normalizer = logsumexp of the row's scaled scores."""
+    batch, heads, queries, keys = scores.shape
     dropout = keep.size > 0
-    for pair in prange(batch * heads):
-        b, h = pair // heads, pair % heads
-        keys_t, values_t = np.ascontiguousarray(k[b, h].T), np.ascontiguousarray(v[b, h].T)  # (d, Tk) each
-        keys_rows = np.ascontiguousarray(k[b, h])
-        head_grad_k, head_grad_v = np.zeros((keys, dims), dtype=np.float32), np.zeros((keys, dims), dtype=np.float32)
-        probs, weights = np.empty(keys, dtype=np.float32), np.empty(keys, dtype=np.float32)
-        dprobs = np.empty(keys, dtype=np.float32)
-        query, grad_row, row = np.empty(dims, dtype=np.float32), np.empty(dims, dtype=np.float32), np.empty(dims, dtype=np.float32)
-        for i in range(queries):
-            seen = i + keys - queries + 1
-            query[:], grad_row[:] = q[b, h, i, :], grad[b, h, i, :]
-            probs[:seen], dprobs[:seen] = 0.0, 0.0
-            for c in range(dims):
-                scaled_q, g = query[c] * np.float32(scale), grad_row[c]
-                for j in range(seen):
-                    probs[j] += scaled_q * keys_t[c, j]
-                    dprobs[j] += g * values_t[c, j]
-            projection = 0.0
-            for j in range(seen):
-                probs[j] = math.exp(probs[j] - log_normalizer[b, h, i])
-                weights[j] = probs[j]
-                if dropout:
-                    dprobs[j] *= keep[b, h, i, j]
-                    weights[j] *= keep[b, h, i, j]
-                projection += probs[j] * dprobs[j]
-            row[:] = 0.0
-            for j in range(seen):
-                dscore = probs[j] * (dprobs[j] - np.float32(projection)) * np.float32(scale)
-                for c in range(dims):
-                    head_grad_v[j, c] += weights[j] * grad_row[c]
-                    head_grad_k[j, c] += dscore * query[c]
-                    row[c] += dscore * keys_rows[j, c]
-            grad_q[b, h, i, :] = row
-        grad_k[b, h, :, :] = head_grad_k
-        grad_v[b, h, :, :] = head_grad_v
+    for row in prange(batch * heads * queries):
+        b, h, i = row // (heads * queries), row // queries % heads, row % queries
+        seen = i + keys - queries + 1
+        s = scores[b, h, i]
+        largest = np.float32(-np.inf)
+        for j in range(seen):
+            s[j] *= np.float32(scale)
+            largest = max(largest, s[j])
+        total = 0.0
+        for j in range(seen):
+            s[j] = exp(s[j] - largest)
+            total += s[j]
+        inverse = np.float32(1.0 / total)
+        for j in range(seen):
+            s[j] *= keep[b, h, i, j] * inverse if dropout else inverse
+        s[seen:] = 0.0
+        log_normalizer[b, h, i] = largest + math.log(total)
+
+
+@njit(void(Scores, Scores, float64, Heads, HeadRows), parallel=True, cache=True, fastmath=FAST)
+def causal_softmax_backward(probs, dscores, scale, keep, log_normalizer):
+    """In place, row by row, from scores = q k^T and dscores = grad v^T: probs = A = P * keep with
+    P = exp(scores scale - log_normalizer) (0 where the query does not see the key), dscores = dS scale with
+    dP = dscores * keep, dS = P (dP - sum_j P dP)."""
+    batch, heads, queries, keys = probs.shape
+    dropout = keep.size > 0
+    for row in prange(batch * heads * queries):
+        b, h, i = row // (heads * queries), row // queries % heads, row % queries
+        seen = i + keys - queries + 1
+        p, d = probs[b, h, i], dscores[b, h, i]
+        projection = 0.0
+        for j in range(seen):
+            p[j] = exp(p[j] * np.float32(scale) - log_normalizer[b, h, i])
+            if dropout:
+                d[j] *= keep[b, h, i, j]
+            projection += p[j] * d[j]
+        for j in range(seen):
+            d[j] = p[j] * (d[j] - np.float32(projection)) * np.float32(scale)
+            if dropout:
+                p[j] *= keep[b, h, i, j]
+        p[seen:], d[seen:] = 0.0, 0.0
 
 
 @njit(void(Vector, Vector, Vector, Vector, int64, float64, float64, float64, float64, float64, float64),

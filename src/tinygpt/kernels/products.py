@@ -105,9 +105,19 @@ def matmul_tn(a, b, out):
     np.sum(partials, axis=0, out=out)
 
 
+def matmul_stacked(a, b, out):
+    """out[i, j] = a[i, j] b[i, j] for stacks (B, H, ., .) of matrices, either operand possibly a transposed view:
+    the stack (its first axis, or its second when the first is shorter than the threads) shared among the threads,
+    one single-threaded BLAS call per matrix."""
+    threads = min(_threads(), max(a[0, 0].size * b.shape[-1] * a.shape[0] * a.shape[1] // MIN_BLOCK_WORK, 1))
+    axis = 0 if a.shape[0] >= threads else 1
+    parts = [(slice(None),) * axis + (part,) for part in _blocks(a.shape[axis], threads)]
+    _run_all([(np.matmul, (a[part], b[part], out[part])) for part in parts])
+
+
 def _products_tn(a, b, blocks: list[slice], partials) -> None:
     for rows, partial in zip(blocks, partials):
         np.matmul(a[rows].T, b[rows], out=partial)
 
 
-__all__ = ["matmul", "matmul_nt", "matmul_tn", "on_blas_threads"]
+__all__ = ["matmul", "matmul_nt", "matmul_tn", "matmul_stacked", "on_blas_threads"]
