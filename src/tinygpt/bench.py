@@ -159,7 +159,23 @@ def worker(framework: str, config_name: str, steps: int, warmup: int) -> None:
         losses.append(step(x, y))
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    print(json.dumps({"times": times, "losses": losses, "peak_rss_mb": peak_rss_mb(), "threads": tinygpt.get_num_threads()}))
+    print(json.dumps({"times": times, "losses": losses, "peak_rss_mb": peak_rss_mb(), "threads": tinygpt.get_num_threads(),
+                      "blas": blas_kernel(framework)}))
+
+
+def blas_kernel(framework: str) -> str:
+    """Which BLAS computes a framework's products, with the processor kernel it picked (OpenBLAS picks one at
+    start, and OPENBLAS_CORETYPE may force an older one: on AVX-512 machines its SkylakeX kernel is 2x Haswell's)."""
+    if framework == "torch":
+        import torch
+
+        return f"torch {'MKL' if torch.backends.mkl.is_available() else 'BLAS'} ({torch.backends.cpu.get_cpu_capability()})"
+    from threadpoolctl import threadpool_info
+
+    blas = next((info for info in threadpool_info() if info["user_api"] == "blas"), None)
+    if blas is None:
+        return "numpy's BLAS (unknown)"
+    return f"numpy's {blas['internal_api']} {blas['version']} ({blas.get('architecture') or 'its default kernel'})"
 
 
 def run_worker(framework: str, config_name: str, steps: int, warmup: int) -> dict:
@@ -226,6 +242,7 @@ def run(config_name: str, steps: int, warmup: int, rounds: int = 3, max_rounds: 
     tokens = config["batch_size"] * config["block_size"]
     first_losses = {name: np.array(results[0]["losses"]) for name, results in runs.items()}
     result = {"config": config_name, "torch_threads": torch.get_num_threads(), "tinygpt_threads": runs["tinygpt"][0]["threads"],
+              "blas": {name: results[0]["blas"] for name, results in runs.items()},
               "steps": steps, "rounds": len(ratios), "round_ratios": ratios, "spread": spread(ratios),
               "first_loss_difference": float(abs(first_losses["tinygpt"][0] - first_losses["torch"][0])),
               "max_loss_difference": float(np.abs(first_losses["tinygpt"] - first_losses["torch"]).max())}
@@ -241,7 +258,11 @@ def run(config_name: str, steps: int, warmup: int, rounds: int = 3, max_rounds: 
 def report(result: dict) -> str:
     lines = [f"config {result['config']}: median of {result['rounds']} x {result['steps']} timed steps, "
              f"each framework alone in its own process, threads: tinygpt {result['tinygpt_threads']}, "
-             f"torch {result['torch_threads']}"]
+             f"torch {result['torch_threads']}",
+             f"  products: tinygpt on {result['blas']['tinygpt']}, torch on {result['blas']['torch']}"]
+    if os.environ.get("OPENBLAS_CORETYPE"):
+        lines.append(f"  OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} is set: numpy's OpenBLAS runs that kernel, "
+                     "not the one it would pick for this processor (docs/operation.md, Threads)")
     for name in ("tinygpt", "torch"):
         row = result[name]
         lines.append(f"  {name:8s} {row['ms_per_iter']:8.2f} ms/iter {row['tokens_per_s']:10.0f} tokens/s, "
