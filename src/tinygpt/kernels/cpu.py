@@ -5,8 +5,9 @@ Each kernel writes into arrays its caller allocated and has the same name and ar
 `tinygpt.kernels.array`. Storage is float32; sums over a row accumulate in float64.
 With NUMBA_DISABLE_JIT=1 these run as plain Python, which a debugger can step through.
 
-Attention is the one kernel pair that is not a single loop nest: its four T x T products per (batch, head)
-go to BLAS (`products.matmul_stacked`) and only the softmax between them is a numba loop.
+Attention is the one kernel pair that is not a single loop nest: its T x T products per (batch, head) go to
+BLAS and only the softmax between them is a numba loop; each thread takes a share of the batch
+(`products.share_batch`) and runs products and softmax for them in turn.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import math
 import numpy as np
 from numba import boolean, float32, float64, int64, njit, prange, void
 
-from tinygpt.kernels.products import matmul, matmul_nt, matmul_tn, matmul_stacked  # noqa: F401  (part of this kernel set)
+from tinygpt.kernels.products import matmul, matmul_nt, matmul_tn, share_batch  # noqa: F401  (part of this kernel set)
 
 # The array types of the kernels' signatures: one compiled version of each kernel, compiled once
 Vector, Matrix, Ids = float32[::1], float32[:, ::1], int64[::1]
@@ -24,6 +25,9 @@ Scores = float32[:, :, :, ::1]  # (B, H, Tq, Tk), contiguous
 # Sums may be reordered (so that the compiler vectorises them: 3-4x on a layer norm's row sums) and a * b + c
 # fused; nothing is assumed about NaN or infinity
 FAST = {"reassoc", "contract"}
+# A score's softmax (three passes over a row, an exp) costs about as much as 100 multiply-adds of a product
+# (1 ns against 0.01 ns on one core), for attention's share of the threads (products.share_batch)
+SOFTMAX_WORK = 100
 
 GELU_C = np.float32(math.sqrt(2.0 / math.pi))
 GELU_CUBIC = np.float32(0.044715)
@@ -181,34 +185,43 @@ def embedding_backward(ids, grad, grad_weight):
 def attention_forward(q, k, v, scale, keep, out, log_normalizer):
     """P = softmax(q k^T scale) over the keys each query sees (query i: keys 0 .. i + Tk - Tq), out = (P * keep) v,
     log_normalizer = logsumexp of each row of scaled scores, all of shape (B, H, T, .); keep: dropout factors or empty.
-    The products on BLAS; the T x T scores live only during this call (the backward recomputes them)."""
+    The T x T scores live only during this call (the backward recomputes them)."""
     scores = np.empty(q.shape[:3] + (k.shape[2],), dtype=np.float32)
-    matmul_stacked(q, k.swapaxes(2, 3), scores)
+    share_batch(_attention_forward_heads, (q, k, v, keep, out, log_normalizer, scores),
+                scores.size * (2 * q.shape[3] + SOFTMAX_WORK), scale)
+
+
+def _attention_forward_heads(q, k, v, keep, out, log_normalizer, scores, scale):
+    np.matmul(q, k.swapaxes(2, 3), out=scores)
     causal_softmax(scores, scale, keep, log_normalizer)
-    matmul_stacked(scores, v, out)
+    np.matmul(scores, v, out=out)
 
 
 def attention_backward(grad, q, k, v, scale, keep, log_normalizer, grad_q, grad_k, grad_v):
     """With P = exp(q k^T scale - log_normalizer) (causal) recomputed and A = P * keep:
     grad_v = A^T grad, dP = (grad v^T) * keep, dS = P (dP - sum_j P dP), grad_q = dS k scale, grad_k = dS^T q scale."""
     probs = np.empty(q.shape[:3] + (k.shape[2],), dtype=np.float32)
-    dscores = np.empty_like(probs)
-    matmul_stacked(q, k.swapaxes(2, 3), probs)
-    matmul_stacked(grad, v.swapaxes(2, 3), dscores)
+    stacks = (grad, q, k, v, keep, log_normalizer, grad_q, grad_k, grad_v, probs, np.empty_like(probs))
+    share_batch(_attention_backward_heads, stacks, probs.size * (5 * q.shape[3] + SOFTMAX_WORK), scale)
+
+
+def _attention_backward_heads(grad, q, k, v, keep, log_normalizer, grad_q, grad_k, grad_v, probs, dscores, scale):
+    np.matmul(q, k.swapaxes(2, 3), out=probs)
+    np.matmul(grad, v.swapaxes(2, 3), out=dscores)
     causal_softmax_backward(probs, dscores, scale, keep, log_normalizer)
-    matmul_stacked(probs.swapaxes(2, 3), grad, grad_v)
-    matmul_stacked(dscores, k, grad_q)
-    matmul_stacked(dscores.swapaxes(2, 3), q, grad_k)
+    np.matmul(probs.swapaxes(2, 3), grad, out=grad_v)
+    np.matmul(dscores, k, out=grad_q)
+    np.matmul(dscores.swapaxes(2, 3), q, out=grad_k)
 
 
-@njit(void(Scores, float64, Heads, HeadRows), parallel=True, cache=True, fastmath=FAST)
+@njit(void(Scores, float64, Heads, HeadRows), nogil=True, cache=True, fastmath=FAST)
 def causal_softmax(scores, scale, keep, log_normalizer):
     """In place, row by row of (B, H, Tq, Tk) scores: P = softmax(scores scale) over the keys query i sees
     (0 .. i + Tk - Tq; the others 0), scores = P * keep (keep: dropout factors or empty),
     log_normalizer = logsumexp of the row's scaled scores."""
     batch, heads, queries, keys = scores.shape
     dropout = keep.size > 0
-    for row in prange(batch * heads * queries):
+    for row in range(batch * heads * queries):
         b, h, i = row // (heads * queries), row // queries % heads, row % queries
         seen = i + keys - queries + 1
         s = scores[b, h, i]
@@ -227,14 +240,14 @@ def causal_softmax(scores, scale, keep, log_normalizer):
         log_normalizer[b, h, i] = largest + math.log(total)
 
 
-@njit(void(Scores, Scores, float64, Heads, HeadRows), parallel=True, cache=True, fastmath=FAST)
+@njit(void(Scores, Scores, float64, Heads, HeadRows), nogil=True, cache=True, fastmath=FAST)
 def causal_softmax_backward(probs, dscores, scale, keep, log_normalizer):
     """In place, row by row, from scores = q k^T and dscores = grad v^T: probs = A = P * keep with
     P = exp(scores scale - log_normalizer) (0 where the query does not see the key), dscores = dS scale with
     dP = dscores * keep, dS = P (dP - sum_j P dP)."""
     batch, heads, queries, keys = probs.shape
     dropout = keep.size > 0
-    for row in prange(batch * heads * queries):
+    for row in range(batch * heads * queries):
         b, h, i = row // (heads * queries), row // queries % heads, row % queries
         seen = i + keys - queries + 1
         p, d = probs[b, h, i], dscores[b, h, i]

@@ -100,14 +100,12 @@ def matmul_tn(a, b, out):
     _run_all([(np.matmul, (a[:, rows].T, b, out[rows])) for rows in _row_blocks(a.T, b)])
 
 
-def matmul_stacked(a, b, out):
-    """out[i, j] = a[i, j] b[i, j] for stacks (B, H, ., .) of matrices, either operand possibly a transposed view:
-    the stack (its first axis, or its second when the first is shorter than the threads) shared among the threads,
-    one single-threaded BLAS call per matrix."""
-    threads = min(_threads(), max(a[0, 0].size * b.shape[-1] * a.shape[0] * a.shape[1] // MIN_BLOCK_WORK, 1))
-    axis = 0 if a.shape[0] >= threads else 1
-    parts = [(slice(None),) * axis + (part,) for part in _blocks(a.shape[axis], threads)]
-    _run_all([(np.matmul, (a[part], b[part], out[part])) for part in parts])
+def share_batch(function, stacks: tuple, multiply_adds: int, *arguments) -> None:
+    """function(*parts, *arguments) for parts of stacks (B, ...) cut along B, all parts at once on the threads
+    (C-contiguous stacks give C-contiguous parts); fewer parts where the multiply-adds are too few to share.
+    The function calls BLAS and numba kernels that let go of the GIL (attention: kernels/cpu.py)."""
+    threads = min(_threads(), max(multiply_adds // MIN_BLOCK_WORK, 1))
+    _run_all([(function, tuple(stack[rows] for stack in stacks) + arguments) for rows in _blocks(len(stacks[0]), threads)])
 
 
-__all__ = ["matmul", "matmul_nt", "matmul_tn", "matmul_stacked", "on_blas_threads"]
+__all__ = ["matmul", "matmul_nt", "matmul_tn", "share_batch", "on_blas_threads"]
