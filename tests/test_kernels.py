@@ -14,7 +14,7 @@ from tinygpt import kernels
 
 KERNEL_NAMES = ["layer_norm_forward", "layer_norm_backward", "gelu_forward", "gelu_backward", "cross_entropy_forward",
                 "cross_entropy_backward", "attention_forward", "attention_backward", "embedding_backward",
-                "adam_update", "sgd_update", "matmul", "matmul_nt", "matmul_tn"]
+                "adam_update", "sgd_update", "matmul", "matmul_nt", "matmul_tn", "matmul_stacked"]
 
 
 def test_both_kernel_sets_define_the_same_kernels_with_the_same_arguments():
@@ -91,6 +91,22 @@ def test_products_of_both_kernel_sets_equal_torchs_with_either_operand_transpose
     for a_stored, b_stored in [(a, b), (a, b.T.copy().T), (a.T.copy().T, b)]:  # plain, b^T in place, a^T in place
         product = kernels.gemm(a_stored, b_stored)
         assert product.dtype == np.float32 and product.shape == (rows, columns)
+        np.testing.assert_allclose(product, expected, rtol=1e-5, atol=1e-5 * max(inner, 1) ** 0.5)
+
+
+@pytest.mark.parametrize("count, rows, inner, columns", [(1, 3, 5, 2), (4, 128, 384, 128), (5, 7, 0, 3), (3, 33, 17, 65)])
+def test_stacked_products_of_both_kernel_sets_equal_torchs(kernel_set, threads, count, rows, inner, columns):
+    """Stacks of matrices (Muon's Newton-Schulz), each whole matrix on one thread; either operand transposed."""
+    import numpy as np
+    import torch
+
+    threads(2)
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal(shape).astype(np.float32) for shape in ((count, rows, inner), (count, inner, columns)))
+    expected = (torch.from_numpy(a).double() @ torch.from_numpy(b).double()).numpy()
+    for a_stored, b_stored in [(a, b), (a, b.swapaxes(1, 2).copy().swapaxes(1, 2)), (a.swapaxes(1, 2).copy().swapaxes(1, 2), b)]:
+        product = kernels.gemm(a_stored, b_stored)
+        assert product.dtype == np.float32 and product.shape == (count, rows, columns)
         np.testing.assert_allclose(product, expected, rtol=1e-5, atol=1e-5 * max(inner, 1) ** 0.5)
 
 

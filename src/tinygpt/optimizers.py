@@ -301,15 +301,17 @@ MUON_SCALINGS = ("original", "match_rms_adamw")
 def newton_schulz(xp, matrix, steps: int = 5, coefficients: tuple[float, float, float] = NEWTON_SCHULZ_COEFFICIENTS,
                   eps: float = 1e-7):
     """X = G / max(|G|_F, eps), then X <- a X + (b A + c A^2) X with A = X X^T, on the wide side of G:
-    about U S' V^T for G = U S V^T, S' in (0.5, 1.5) (the orthogonal factor, to within what training needs)."""
+    about U S' V^T for G = U S V^T, S' in (0.5, 1.5) (the orthogonal factor, to within what training needs).
+    G is a matrix or a stack (n, ., .) of matrices of one shape, each orthogonalised on its own."""
     a, b, c = coefficients
-    tall = matrix.shape[0] > matrix.shape[1]
-    x = matrix.T if tall else matrix
-    x = x / max(float(xp.sqrt(_squared_norm(xp.ascontiguousarray(x)))), eps)
+    tall = matrix.shape[-2] > matrix.shape[-1]
+    x = xp.ascontiguousarray(xp.swapaxes(matrix, -1, -2) if tall else matrix)
+    norms = [xp.sqrt(_squared_norm(one)) for one in x.reshape((-1,) + x.shape[-2:])]
+    x = x / xp.maximum(xp.stack(norms), eps).astype(x.dtype).reshape(x.shape[:-2] + (1, 1))
     for _ in range(steps):
-        gram = kernels.gemm(x, x.T)
+        gram = kernels.gemm(x, xp.swapaxes(x, -1, -2))
         x = a * x + kernels.gemm(b * gram + c * kernels.gemm(gram, gram), x)
-    return x.T if tall else x
+    return xp.swapaxes(x, -1, -2) if tall else x
 
 
 class Muon(Optimizer):
@@ -346,16 +348,40 @@ class Muon(Optimizer):
             return 0.2 * math.sqrt(max(inputs, outputs))
         return math.sqrt(max(1.0, outputs / inputs))
 
+    def update(self) -> None:
+        """One step for every matrix with a gradient. Matrices of one shape are orthogonalised together, as one
+        stack: the same math, in fewer and larger products (the speedrun's 16 matrices: 4 stacks)."""
+        self.step_learning_rate = self.current_learning_rate
+        self.step_count += 1
+        stacks: dict[tuple, list[tuple[Tensor, Any]]] = {}
+        for name, parameter in self.module.named_parameters():
+            if parameter.requires_grad and parameter.grad is not None:
+                direction = self._direction(parameter, self.state.setdefault(name, {}))
+                stacks.setdefault((parameter.shape, parameter.device), []).append((parameter, direction))
+        for members in stacks.values():
+            xp = members[0][0].buffer.xp
+            directions = xp.stack([direction for _, direction in members])
+            orthogonal = newton_schulz(xp, directions, self.ns_steps, self.ns_coefficients, self.eps)
+            for (parameter, _), update in zip(members, orthogonal):
+                self._step(parameter, update)
+                parameter._version += 1
+
     def apply_single(self, parameter: Tensor, state: dict[str, Any]) -> None:
-        p, g = parameter.buffer.array, parameter.grad.buffer.array
-        xp, learning_rate = parameter.buffer.xp, self.step_learning_rate
+        direction = self._direction(parameter, state)
+        self._step(parameter, newton_schulz(parameter.buffer.xp, direction, self.ns_steps, self.ns_coefficients, self.eps))
+
+    def _direction(self, parameter: Tensor, state: dict[str, Any]):
+        """The momentum step: B = mu B + (1 - mu) g, and the direction to orthogonalise."""
+        g, xp = parameter.grad.buffer.array, parameter.buffer.xp
         if "momentum_buffer" not in state:
-            state["momentum_buffer"] = xp.zeros_like(p)
+            state["momentum_buffer"] = xp.zeros_like(parameter.buffer.array)
         momentum = state["momentum_buffer"]
         momentum *= self.momentum
         momentum += (1.0 - self.momentum) * g
-        direction = (1.0 - self.momentum) * g + self.momentum * momentum if self.nesterov else momentum
-        orthogonal = newton_schulz(xp, direction, self.ns_steps, self.ns_coefficients, self.eps)
+        return (1.0 - self.momentum) * g + self.momentum * momentum if self.nesterov else momentum
+
+    def _step(self, parameter: Tensor, orthogonal) -> None:
+        p, learning_rate = parameter.buffer.array, self.step_learning_rate
         p *= 1.0 - learning_rate * self.weight_decay
         p -= (learning_rate * self.shape_scale(p.shape)) * orthogonal
 

@@ -80,14 +80,16 @@ def for_device(device: str) -> ModuleType:
 
 
 def gemm(a, b):
-    """a @ b for two matrices: float32 through the device's product kernels (the one that reads a transposed
-    operand in place), other dtypes through the array module."""
+    """a @ b for two matrices, or two stacks (n, ., .) of them: float32 through the device's product kernels (for
+    matrices, the one that reads a transposed operand in place), other dtypes through the array module."""
     if a.dtype != np.float32 or b.dtype != np.float32:
         return a @ b
     device = backend.device_of(a)
     xp, kernel_set = backend.array_module(device), for_device(device)
-    out = xp.empty((a.shape[0], b.shape[1]), dtype=np.float32)
-    if b.T.flags.c_contiguous and not b.flags.c_contiguous:
+    out = xp.empty(a.shape[:-1] + b.shape[-1:], dtype=np.float32)
+    if a.ndim == 3:
+        kernel_set.matmul_stacked(a, b, out)
+    elif b.T.flags.c_contiguous and not b.flags.c_contiguous:
         kernel_set.matmul_nt(xp.ascontiguousarray(a), b.T, out)
     elif a.T.flags.c_contiguous and not a.flags.c_contiguous:
         kernel_set.matmul_tn(a.T, xp.ascontiguousarray(b), out)

@@ -30,6 +30,11 @@ def matmul_tn(a, b, out):
     _xp(a).matmul(a.T, b, out=out)
 
 
+def matmul_stacked(a, b, out):
+    """out[i] = a[i] b[i] for stacks (n, ., .) of matrices."""
+    _xp(a).matmul(a, b, out=out)
+
+
 def gelu_forward(x, out):
     """out = x/2 (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2/pi), over flat arrays."""
     xp = _xp(x)

@@ -107,6 +107,12 @@ def matmul_tn(a, b, out):
     _run_all([(np.matmul, (a[:, rows].T, b, out[rows])) for rows in _row_blocks(a.T, b)])
 
 
+def matmul_stacked(a, b, out):
+    """out[i] = a[i] b[i] for stacks (n, ., .) of matrices, either operand possibly a transposed view: whole
+    matrices shared among the threads, one single-threaded BLAS call each."""
+    share_batch(np.matmul, (a, b, out), a[0].size * b.shape[-1] * len(a))
+
+
 def share_batch(function, stacks: tuple, multiply_adds: int, *arguments) -> None:
     """function(*parts, *arguments) for parts of stacks (B, ...) cut along B, all parts at once on the threads
     (C-contiguous stacks give C-contiguous parts); fewer parts where the multiply-adds are too few to share.
@@ -115,4 +121,4 @@ def share_batch(function, stacks: tuple, multiply_adds: int, *arguments) -> None
     _run_all([(function, tuple(stack[rows] for stack in stacks) + arguments) for rows in _blocks(len(stacks[0]), threads)])
 
 
-__all__ = ["matmul", "matmul_nt", "matmul_tn", "share_batch", "on_blas_threads"]
+__all__ = ["matmul", "matmul_nt", "matmul_tn", "matmul_stacked", "share_batch", "on_blas_threads"]
