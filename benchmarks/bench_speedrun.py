@@ -27,6 +27,7 @@ from bench_nanogpt_loss import nanogpt_split_loss, nanogpt_trainer
 from tinygpt import backend
 from tinygpt.bench import build_torch
 from tinygpt.dataset import get_batch
+from tinygpt.memory import keep_freed_memory
 from tinygpt.train import (DATA_STREAM, build_model, build_optimizer, corpus_path, load_tokens, resolve_config,
                            train_step, train_tokenizer, whole_split_loss)
 
@@ -143,6 +144,7 @@ def main() -> None:
     if args.quick:
         torch.set_num_threads(1)  # a smoke run beside other work: torch's spinning threads would only wait for cores
 
+    keep_freed_memory()  # as `tinygpt train` does; PyTorch's CPU allocator is malloc too, so both frameworks gain
     met, ratios = 0, []
     for seed in settings["seeds"]:
         print(f"seed {seed}:", flush=True)

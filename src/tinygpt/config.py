@@ -38,11 +38,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # hidden matrices, AdamW on the rest, warmup-stable-decay, rotary, QK-norm, RMSNorm, ReLU^2, an untied
     # zero-initialised head and projections, soft-capped logits. Chosen by whole-split val loss per iteration.
     "shakespeare-speedrun-cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0, bias=False,
-                                     rotary=True, qk_norm=True, norm="rmsnorm", mlp_activation="relu2", tied_head=False,
-                                     zero_init_projections=True, logit_soft_cap=30.0, optimizer="muon",
+                                     rotary=True, qk_norm=True, norm="rmsnorm", mlp_activation="relu2", tied_head=True,
+                                     zero_init_projections=False, logit_soft_cap=30.0, optimizer="muon",
                                      muon_learning_rate=0.03, muon_momentum=0.95, learning_rate=3e-3, min_lr=0.0,
                                      schedule="wsd", decay_fraction=0.5, warmup_iters=50, weight_decay=0.0, beta2=0.99,
-                                     grad_clip=1.0, max_iters=500, eval_interval=250, eval_iters=50),
+                                     grad_clip=1.0, max_iters=400, eval_interval=200, eval_iters=50),
     # nanoGPT's config/train_shakespeare_char.py as it is (a GPU run).
     "shakespeare-char-gpu": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, dropout=0.2, bias=False,
                                  max_iters=5000, learning_rate=1e-3, min_lr=1e-4, warmup_iters=100,
