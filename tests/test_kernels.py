@@ -14,7 +14,7 @@ from tinygpt import kernels
 
 KERNEL_NAMES = ["layer_norm_forward", "layer_norm_backward", "gelu_forward", "gelu_backward", "cross_entropy_forward",
                 "cross_entropy_backward", "attention_forward", "attention_backward", "embedding_backward",
-                "adam_update", "sgd_update", "matmul", "matmul_nt", "matmul_tn", "matmul_stacked"]
+                "adam_update", "sgd_update", "matmul", "matmul_nt", "matmul_tn", "matmul_stacked", "at_once"]
 
 
 def test_both_kernel_sets_define_the_same_kernels_with_the_same_arguments():
@@ -108,6 +108,20 @@ def test_stacked_products_of_both_kernel_sets_equal_torchs(kernel_set, threads, 
         product = kernels.gemm(a_stored, b_stored)
         assert product.dtype == np.float32 and product.shape == (count, rows, columns)
         np.testing.assert_allclose(product, expected, rtol=1e-5, atol=1e-5 * max(inner, 1) ** 0.5)
+
+
+def test_products_at_once_equal_the_products_one_by_one(kernel_set, threads):
+    """A Linear's two gradients, collected in one block and run together when it ends (each on half the threads)."""
+    import numpy as np
+
+    threads(2)
+    rng = np.random.default_rng(2)
+    g, w, x = (rng.standard_normal(shape).astype(np.float32) for shape in [(768, 384), (128, 384), (768, 128)])
+    expected = (g @ w.T.astype(np.float64), x.T.astype(np.float64) @ g)
+    with kernels.products_at_once("cpu"):
+        grad_x, grad_w = kernels.gemm(g, w.T), kernels.gemm(x.T, g)
+    for ours, reference in zip((grad_x, grad_w), expected):
+        np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5 * 768 ** 0.5)
 
 
 def test_products_on_two_threads_equal_those_on_one_up_to_float32_rounding(threads):

@@ -65,10 +65,13 @@ class Linear(Operation):
         g = grad.array.reshape(-1, grad.shape[-1])
         x = self.x.reshape(-1, self.x.shape[-1])
         grads = [None] * len(self.needs_input_grad)
-        if self.needs_input_grad[0]:
-            grads[0] = Buffer.from_array(kernels.gemm(g, self.weight.T).reshape(self.x.shape))
-        if self.needs_input_grad[1]:
-            grads[1] = Buffer.from_array(kernels.gemm(x.T, g))
+        with kernels.products_at_once(grad.device):  # the two products together, each on its share of the threads
+            grad_x = kernels.gemm(g, self.weight.T) if self.needs_input_grad[0] else None
+            grad_weight = kernels.gemm(x.T, g) if self.needs_input_grad[1] else None
+        if grad_x is not None:
+            grads[0] = Buffer.from_array(grad_x.reshape(self.x.shape))
+        if grad_weight is not None:
+            grads[1] = Buffer.from_array(grad_weight)
         if len(grads) > 2 and self.needs_input_grad[2]:
             grads[2] = Buffer.from_array(g.sum(axis=0))
         return tuple(grads)

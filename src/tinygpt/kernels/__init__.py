@@ -98,6 +98,12 @@ def gemm(a, b):
     return out
 
 
+def products_at_once(device: str):
+    """A block whose products (gemm) run together when it ends, where the device's kernels can (the CPU's:
+    each on its share of the threads); read their results after the block."""
+    return for_device(device).at_once()
+
+
 @contextlib.contextmanager
 def array_kernels_on_cpu() -> Iterator[None]:
     """Within this block the CPU runs the array kernels (the tests run every fused op with both sets)."""
@@ -109,4 +115,4 @@ def array_kernels_on_cpu() -> Iterator[None]:
         _array_kernels_on_cpu = before
 
 
-__all__ = ["array_kernels_on_cpu", "cache_directory", "cache_is_warm", "for_device", "gemm"]
+__all__ = ["array_kernels_on_cpu", "cache_directory", "cache_is_warm", "for_device", "gemm", "products_at_once"]

@@ -16,7 +16,7 @@ import math
 import numpy as np
 from numba import boolean, float32, float64, int64, njit, prange, void
 
-from tinygpt.kernels.products import matmul, matmul_nt, matmul_stacked, matmul_tn, share_batch  # noqa: F401  (part of this kernel set)
+from tinygpt.kernels.products import at_once, matmul, matmul_nt, matmul_stacked, matmul_tn, share_batch  # noqa: F401  (part of this kernel set)
 
 # The array types of the kernels' signatures: one compiled version of each kernel, compiled once
 Vector, Matrix, Ids = float32[::1], float32[:, ::1], int64[::1]

@@ -28,6 +28,7 @@ MIN_BLOCK_WORK = 1 << 23
 LEAD_WORK = 1 << 22
 _pool: ThreadPoolExecutor | None = None
 _blas_computes = False  # set by on_blas_threads
+_deferred: list | None = None  # the calls collected inside at_once()
 
 
 @contextlib.contextmanager
@@ -43,6 +44,25 @@ def on_blas_threads(threads: int) -> Iterator[None]:
         _blas_computes = before
 
 
+@contextlib.contextmanager
+def at_once() -> Iterator[None]:
+    """Within this block the products are collected and run together when it ends, two at a time each on half
+    of the threads (the two gradients of a Linear: one hand-over instead of two, and whole rows of work per
+    thread). Their outputs are written only when the block ends."""
+    global _deferred
+    if _deferred is not None:  # already collecting: the outer block runs these too
+        yield
+        return
+    _deferred = []
+    try:
+        yield
+        calls = _deferred
+    finally:
+        _deferred = None
+    if calls:
+        _run_all(calls)
+
+
 def _forget_pool() -> None:
     """A forked child has none of its parent's threads: it starts a pool of its own when it needs one."""
     global _pool
@@ -54,7 +74,10 @@ if hasattr(os, "register_at_fork"):
 
 
 def _threads() -> int:
-    return 1 if _blas_computes else numba.get_num_threads()
+    """The threads one product is shared among: all, one where BLAS computes, half inside at_once()."""
+    if _blas_computes:
+        return 1
+    return max(numba.get_num_threads() // (1 if _deferred is None else 2), 1)
 
 
 def _blocks(rows: int, parts: int, lead: int = 0) -> list[slice]:
@@ -77,8 +100,12 @@ def _row_blocks(a, b) -> list[slice]:
 
 
 def _run_all(calls: list) -> None:
-    """Run the calls (function, arguments) at once: all but the first on the pool, the first on this thread."""
+    """Run the calls (function, arguments) at once: all but the first on the pool, the first on this thread
+    (inside at_once(): when the block ends, with the other products')."""
     global _pool
+    if _deferred is not None:
+        _deferred.extend(calls)
+        return
     if len(calls) == 1:
         function, arguments = calls[0]
         function(*arguments)
@@ -121,4 +148,4 @@ def share_batch(function, stacks: tuple, multiply_adds: int, *arguments) -> None
     _run_all([(function, tuple(stack[rows] for stack in stacks) + arguments) for rows in _blocks(len(stacks[0]), threads)])
 
 
-__all__ = ["matmul", "matmul_nt", "matmul_tn", "matmul_stacked", "share_batch", "on_blas_threads"]
+__all__ = ["matmul", "matmul_nt", "matmul_tn", "matmul_stacked", "share_batch", "at_once", "on_blas_threads"]
