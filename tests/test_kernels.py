@@ -166,3 +166,40 @@ def test_a_forked_child_computes_products_with_a_pool_of_its_own(threads):
     child.start()
     child.join(timeout=60)
     assert child.exitcode == 0
+
+
+def test_the_cpu_exp_equals_numpys_at_the_edges_of_float32():
+    """NaN stays NaN, +-inf and overflow give inf and 0 (a NaN once indexed outside the table of 2^n)."""
+    import numpy as np
+    from numba import njit
+
+    from tinygpt.kernels.cpu import EXP_LOWEST, exp
+
+    @njit
+    def exp_of_each(x, out):
+        for i in range(x.size):
+            out[i] = exp(x[i])
+
+    x = np.array([np.nan, np.inf, -np.inf, 1e30, -1e30, 100.0, 88.7, 20.5, 1.0, 0.0, -1e-7, -30.0, -87.3, -100.0], np.float32)
+    ours = np.empty_like(x)
+    exp_of_each(x, ours)
+    expected = np.where(x < EXP_LOWEST, 0.0, np.exp(x.astype(np.float64))).astype(np.float32)  # below: 0, not subnormal
+    np.testing.assert_allclose(ours, expected, rtol=2 * np.finfo(np.float32).eps)
+
+
+def test_a_nan_logit_or_score_gives_nan_with_both_kernel_sets(kernel_set):
+    """As PyTorch: NaN in, NaN out (the trainer then stops with one line), never a crash."""
+    import numpy as np
+
+    from tinygpt.kernels import array, cpu
+    kernel = cpu if kernel_set == "numba" else array
+    logits = np.array([[0.0, np.nan, 1.0], [0.0, 1.0, 2.0]], np.float32)
+    losses, normalizer = np.empty(2, np.float32), np.empty(2, np.float32)
+    kernel.cross_entropy_forward(logits, np.array([0, 1]), losses, normalizer)
+    assert np.isnan(losses[0]) and np.isfinite(losses[1])
+    q, v = np.random.default_rng(0).standard_normal((2, 1, 1, 3, 4)).astype(np.float32)
+    k = q.copy()
+    k[0, 0, 1, 2] = np.nan  # key 1: the first query does not see it, the others do
+    out, log_normalizer = np.empty_like(q), np.empty((1, 1, 3), np.float32)
+    kernel.attention_forward(q, k, v, 0.5, np.zeros((0, 0, 0, 0), np.float32), out, log_normalizer)
+    assert np.isfinite(out[0, 0, 0]).all() and np.isnan(out[0, 0, 1:]).all()

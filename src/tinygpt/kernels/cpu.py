@@ -51,16 +51,21 @@ POWERS_OF_TWO = np.array([2.0 ** n for n in range(-127, 128)], dtype=np.float32)
 
 @njit(inline="always", cache=True)
 def exp(x):
-    """e^x in float32 (within 1 ulp): x = n ln2 + r with |r| <= ln2 / 2, e^r by a polynomial, 2^n from a table;
-    0 below EXP_LOWEST. Unlike math.exp, a scalar libm call, it vectorises (4x faster over a row)."""
-    x = min(x, EXP_HIGHEST)
-    n = min(max(np.floor(x * LOG2E + np.float32(0.5)), np.float32(-127.0)), np.float32(127.0))
+    """e^x in float32 (within 2 ulp): x = n ln2 + r with |r| <= ln2 / 2, e^r by a polynomial, 2^n from a table
+    (2^128, past float32's powers, as 2 x 2^127); 0 below EXP_LOWEST, inf above EXP_HIGHEST, NaN for NaN.
+    Unlike math.exp, a scalar libm call, it vectorises (4x faster over a row)."""
+    n = min(max(np.floor(x * LOG2E + np.float32(0.5)), np.float32(-127.0)), np.float32(128.0))
     r = x - n * LN2_HI - n * LN2_LO
     p = EXP_P[5]
     for i in range(4, -1, -1):
         p = p * r + EXP_P[i]
-    e_x = (p * r * r + r + np.float32(1.0)) * POWERS_OF_TWO[np.int32(n) + np.int32(127)]
-    return e_x if x >= EXP_LOWEST else np.float32(0.0)
+    index = min(max(np.int32(n) + np.int32(127), np.int32(0)), np.int32(254))  # NaN's n lands inside the table too
+    e_x = (p * r * r + r + np.float32(1.0)) * POWERS_OF_TWO[index] * (np.float32(2.0) if n > 127 else np.float32(1.0))
+    if x < EXP_LOWEST:
+        return np.float32(0.0)
+    if x > EXP_HIGHEST:
+        return np.float32(np.inf)
+    return e_x
 
 
 @njit(inline="always", cache=True)
