@@ -357,7 +357,7 @@ class Muon(Optimizer):
         for name, parameter in self.module.named_parameters():
             if parameter.requires_grad and parameter.grad is not None:
                 direction = self._direction(parameter, self.state.setdefault(name, {}))
-                stacks.setdefault((parameter.shape, parameter.device), []).append((parameter, direction))
+                stacks.setdefault((parameter.shape, parameter.dtype, parameter.device), []).append((parameter, direction))
         for members in stacks.values():
             xp = members[0][0].buffer.xp
             directions = xp.stack([direction for _, direction in members])

@@ -5,8 +5,8 @@ The CPU kernels are compiled on first use and cached on disk, in NUMBA_CACHE_DIR
 ~/.cache/tinygpt/numba when unset (so that a read-only site-packages works). Where numba cannot be
 imported the CPU runs the array kernels, and a warning says so once.
 
-The CPU kernels share out the matrix products among numba's threads too, each calling BLAS on its own
-rows; so when they load, BLAS is set to one thread (its own threads would spin beside numba's and take
+The CPU kernels share out the matrix products among a pool of as many threads as numba's, each calling
+BLAS on its own rows; so when they load, BLAS is set to one thread (its own threads would spin beside numba's and take
 their cores: docs/operation.md, Threads).
 """
 from __future__ import annotations
@@ -49,17 +49,24 @@ def cache_is_warm() -> bool:
     return any(cache_directory().glob(f"**/cpu.{LAST_KERNEL}-{first + 1}.py*.nbi"))
 
 
+def prepare_numba() -> None:
+    """What numba and its OpenMP runtime read when they start: where compiled kernels are cached, and how
+    the OpenMP threads wait. Called by kernels/cpu.py before it defines (and compiles) a kernel."""
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_directory()))  # read by numba when it is imported
+    if "OMP_WAIT_POLICY" not in os.environ:  # else the user chose
+        os.environ.setdefault("GOMP_SPINCOUNT", OPENMP_WAITING["GOMP_SPINCOUNT"])
+        os.environ["OMP_WAIT_POLICY"] = OPENMP_WAITING["OMP_WAIT_POLICY"]
+    import numba
+
+    if not numba.config.CACHE_DIR:  # numba was imported before NUMBA_CACHE_DIR was set
+        numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
+
+
 def _load_cpu_kernels() -> ModuleType:
     global _cpu_kernels
     if _cpu_kernels is None:
-        os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_directory()))  # read by numba when it is imported
-        if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:  # else the user chose
-            os.environ.update(OPENMP_WAITING)
         try:
-            import numba
-
-            if not numba.config.CACHE_DIR:  # numba was imported before NUMBA_CACHE_DIR was set
-                numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
+            import numba  # noqa: F401  (can it be imported: the test of the fallback below)
             from threadpoolctl import threadpool_limits
 
             from tinygpt.kernels import cpu
@@ -88,6 +95,7 @@ def gemm(a, b):
     xp, kernel_set = backend.array_module(device), for_device(device)
     out = xp.empty(a.shape[:-1] + b.shape[-1:], dtype=np.float32)
     if a.ndim == 3:
+        assert b.ndim == 3, "gemm: a stack of matrices times a stack of matrices"
         kernel_set.matmul_stacked(a, b, out)
     elif b.T.flags.c_contiguous and not b.flags.c_contiguous:
         kernel_set.matmul_nt(xp.ascontiguousarray(a), b.T, out)

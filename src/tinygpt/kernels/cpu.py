@@ -14,9 +14,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import boolean, float32, float64, int64, njit, prange, void
 
-from tinygpt.kernels.products import at_once, matmul, matmul_nt, matmul_stacked, matmul_tn, share_batch  # noqa: F401  (part of this kernel set)
+from tinygpt.kernels import prepare_numba
+
+prepare_numba()  # the cache directory and how OpenMP's threads wait, before numba compiles anything
+from numba import boolean, float32, float64, int64, njit, prange, void  # noqa: E402
+
+from tinygpt.kernels.products import (at_once, matmul, matmul_nt, matmul_stacked, matmul_tn,  # noqa: F401, E402
+                                      share_batch)  # (part of this kernel set)
 
 # The array types of the kernels' signatures: one compiled version of each kernel, compiled once
 Vector, Matrix, Ids = float32[::1], float32[:, ::1], int64[::1]
@@ -51,7 +56,7 @@ POWERS_OF_TWO = np.array([2.0 ** n for n in range(-127, 128)], dtype=np.float32)
 
 @njit(inline="always", cache=True)
 def exp(x):
-    """e^x in float32 (within 2 ulp): x = n ln2 + r with |r| <= ln2 / 2, e^r by a polynomial, 2^n from a table
+    """e^x in float32 (within 1-2 ulp): x = n ln2 + r with |r| <= ln2 / 2, e^r by a polynomial, 2^n from a table
     (2^128, past float32's powers, as 2 x 2^127); 0 below EXP_LOWEST, inf above EXP_HIGHEST, NaN for NaN.
     Unlike math.exp, a scalar libm call, it vectorises (4x faster over a row)."""
     n = min(max(np.floor(x * LOG2E + np.float32(0.5)), np.float32(-127.0)), np.float32(128.0))
@@ -59,7 +64,8 @@ def exp(x):
     p = EXP_P[5]
     for i in range(4, -1, -1):
         p = p * r + EXP_P[i]
-    index = min(max(np.int32(n) + np.int32(127), np.int32(0)), np.int32(254))  # NaN's n lands inside the table too
+    n = n if n == n else np.float32(0.0)  # NaN (min and max keep it): any index; the result is NaN anyway
+    index = min(max(np.int32(n) + np.int32(127), np.int32(0)), np.int32(254))
     e_x = (p * r * r + r + np.float32(1.0)) * POWERS_OF_TWO[index] * (np.float32(2.0) if n > 127 else np.float32(1.0))
     if x < EXP_LOWEST:
         return np.float32(0.0)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+from concurrent.futures import wait
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
@@ -28,7 +30,7 @@ MIN_BLOCK_WORK = 1 << 23
 LEAD_WORK = 1 << 22
 _pool: ThreadPoolExecutor | None = None
 _blas_computes = False  # set by on_blas_threads
-_deferred: list | None = None  # the calls collected inside at_once()
+_collecting = threading.local()  # .calls: the product calls at_once() collects on this thread, else None
 
 
 @contextlib.contextmanager
@@ -46,21 +48,28 @@ def on_blas_threads(threads: int) -> Iterator[None]:
 
 @contextlib.contextmanager
 def at_once() -> Iterator[None]:
-    """Within this block the products are collected and run together when it ends, two at a time each on half
-    of the threads (the two gradients of a Linear: one hand-over instead of two, and whole rows of work per
-    thread). Their outputs are written only when the block ends."""
-    global _deferred
-    if _deferred is not None:  # already collecting: the outer block runs these too
+    """Within this block this thread's products (every kernel here) are collected and all run together when
+    it ends, each on half of the threads (the two gradients of a Linear: one hand-over instead of two, and
+    whole rows of work per thread); on one thread, one after another. Their outputs are written only when
+    the block ends."""
+    if _deferred() is not None:  # already collecting: the outer block runs these too
         yield
         return
-    _deferred = []
+    _collecting.calls = []
     try:
         yield
-        calls = _deferred
+        calls = _collecting.calls
     finally:
-        _deferred = None
-    if calls:
+        _collecting.calls = None
+    if len(calls) > numba.get_num_threads() or _blas_computes:
+        for function, arguments in calls:
+            function(*arguments)
+    elif calls:
         _run_all(calls)
+
+
+def _deferred() -> list | None:
+    return getattr(_collecting, "calls", None)
 
 
 def _forget_pool() -> None:
@@ -77,7 +86,7 @@ def _threads() -> int:
     """The threads one product is shared among: all, one where BLAS computes, half inside at_once()."""
     if _blas_computes:
         return 1
-    return max(numba.get_num_threads() // (1 if _deferred is None else 2), 1)
+    return max(numba.get_num_threads() // (1 if _deferred() is None else 2), 1)
 
 
 def _blocks(rows: int, parts: int, lead: int = 0) -> list[slice]:
@@ -103,8 +112,9 @@ def _run_all(calls: list) -> None:
     """Run the calls (function, arguments) at once: all but the first on the pool, the first on this thread
     (inside at_once(): when the block ends, with the other products')."""
     global _pool
-    if _deferred is not None:
-        _deferred.extend(calls)
+    deferred = _deferred()
+    if deferred is not None:
+        deferred.extend(calls)
         return
     if len(calls) == 1:
         function, arguments = calls[0]
@@ -113,8 +123,11 @@ def _run_all(calls: list) -> None:
     if _pool is None:
         _pool = ThreadPoolExecutor(max(numba.config.NUMBA_NUM_THREADS - 1, 1), thread_name_prefix="tinygpt-products")
     pending = [_pool.submit(function, *arguments) for function, arguments in calls[1:]]
-    function, arguments = calls[0]
-    function(*arguments)
+    try:
+        function, arguments = calls[0]
+        function(*arguments)
+    finally:
+        wait(pending)  # even when this thread's call raised: no thread goes on writing into the outputs
     for future in pending:
         future.result()
 
@@ -137,7 +150,7 @@ def matmul_tn(a, b, out):
 def matmul_stacked(a, b, out):
     """out[i] = a[i] b[i] for stacks (n, ., .) of matrices, either operand possibly a transposed view: whole
     matrices shared among the threads, one single-threaded BLAS call each."""
-    share_batch(np.matmul, (a, b, out), a[0].size * b.shape[-1] * len(a))
+    share_batch(np.matmul, (a, b, out), a.size * b.shape[-1])
 
 
 def share_batch(function, stacks: tuple, multiply_adds: int, *arguments) -> None:
