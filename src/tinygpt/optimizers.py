@@ -43,10 +43,16 @@ class Optimizer:
         """Apply one step to every trainable parameter that has a gradient."""
         self.step_learning_rate = self.current_learning_rate
         self.step_count += 1
-        for name, parameter in self.module.named_parameters():
-            if parameter.requires_grad and parameter.grad is not None:
-                self.apply_single(parameter, self.state.setdefault(name, {}))
-                parameter._version += 1
+        updated = [(name, p) for name, p in self.module.named_parameters() if p.requires_grad and p.grad is not None]
+        self.apply_all(updated)
+        for _, parameter in updated:
+            parameter._version += 1
+
+    def apply_all(self, parameters: list[tuple[str, Tensor]]) -> None:
+        """Update these (name, parameter) pairs in place: one at a time through apply_single, unless an
+        optimizer does better with all of them at once (Muon: stacks of same-shape matrices)."""
+        for name, parameter in parameters:
+            self.apply_single(parameter, self.state.setdefault(name, {}))
 
     def step(self) -> None:
         """The same as update() (PyTorch's name)."""
@@ -348,23 +354,19 @@ class Muon(Optimizer):
             return 0.2 * math.sqrt(max(inputs, outputs))
         return math.sqrt(max(1.0, outputs / inputs))
 
-    def update(self) -> None:
-        """One step for every matrix with a gradient. Matrices of one shape are orthogonalised together, as one
-        stack: the same math, in fewer and larger products (the speedrun's 16 matrices: 4 stacks)."""
-        self.step_learning_rate = self.current_learning_rate
-        self.step_count += 1
+    def apply_all(self, parameters: list[tuple[str, Tensor]]) -> None:
+        """Matrices of one shape are orthogonalised together, as one stack: the same math, in fewer and larger
+        products (the speedrun's 16 matrices: 4 stacks)."""
         stacks: dict[tuple, list[tuple[Tensor, Any]]] = {}
-        for name, parameter in self.module.named_parameters():
-            if parameter.requires_grad and parameter.grad is not None:
-                direction = self._direction(parameter, self.state.setdefault(name, {}))
-                stacks.setdefault((parameter.shape, parameter.dtype, parameter.device), []).append((parameter, direction))
+        for name, parameter in parameters:
+            direction = self._direction(parameter, self.state.setdefault(name, {}))
+            stacks.setdefault((parameter.shape, parameter.dtype, parameter.device), []).append((parameter, direction))
         for members in stacks.values():
             xp = members[0][0].buffer.xp
             directions = xp.stack([direction for _, direction in members])
             orthogonal = newton_schulz(xp, directions, self.ns_steps, self.ns_coefficients, self.eps)
             for (parameter, _), update in zip(members, orthogonal):
                 self._step(parameter, update)
-                parameter._version += 1
 
     def apply_single(self, parameter: Tensor, state: dict[str, Any]) -> None:
         direction = self._direction(parameter, state)

@@ -6,8 +6,8 @@ The CPU kernels are compiled on first use and cached on disk, in NUMBA_CACHE_DIR
 imported the CPU runs the array kernels, and a warning says so once.
 
 The CPU kernels share out the matrix products among a pool of as many threads as numba's, each calling
-BLAS on its own rows; so when they load, BLAS is set to one thread (its own threads would spin beside numba's and take
-their cores: docs/operation.md, Threads).
+BLAS on its own rows; so when they load, BLAS is set to one thread (its own threads would spin beside
+numba's and take their cores: docs/operation.md, Threads).
 """
 from __future__ import annotations
 

@@ -232,8 +232,7 @@ def causal_softmax(scores, scale, keep, log_normalizer):
     log_normalizer = logsumexp of the row's scaled scores."""
     batch, heads, queries, keys = scores.shape
     dropout = keep.size > 0
-    for row in range(batch * heads * queries):
-        b, h, i = row // (heads * queries), row // queries % heads, row % queries
+    for b, h, i in np.ndindex(batch, heads, queries):
         seen = i + keys - queries + 1
         s = scores[b, h, i]
         largest = np.float32(-np.inf)
@@ -258,8 +257,7 @@ def causal_softmax_backward(probs, dscores, scale, keep, log_normalizer):
     dP = dscores * keep, dS = P (dP - sum_j P dP)."""
     batch, heads, queries, keys = probs.shape
     dropout = keep.size > 0
-    for row in range(batch * heads * queries):
-        b, h, i = row // (heads * queries), row // queries % heads, row % queries
+    for b, h, i in np.ndindex(batch, heads, queries):
         seen = i + keys - queries + 1
         p, d = probs[b, h, i], dscores[b, h, i]
         projection = 0.0

@@ -12,8 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from concurrent.futures import wait
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Iterator
 
 import numba
