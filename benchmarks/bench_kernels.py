@@ -9,7 +9,6 @@ update per step). It checks first that both sets give the same results.
 
     python benchmarks/bench_kernels.py                 # both configurations
     python benchmarks/bench_kernels.py --quick         # a smoke run on a tiny configuration
-    python benchmarks/bench_kernels.py --threads       # also: training steps with the products on TinyGPT's threads vs BLAS's
 """
 from __future__ import annotations
 
@@ -23,9 +22,8 @@ import numpy as np
 
 import tinygpt
 from tinygpt import kernels
-from tinygpt.bench import CONFIGS, batches, tinygpt_stepper
+from tinygpt.bench import CONFIGS
 from tinygpt.kernels import array as array_kernels
-from tinygpt.kernels.products import on_blas_threads
 
 TINY = dict(n_layer=1, n_head=2, n_embd=16, block_size=8, batch_size=2, vocab_size=65)
 
@@ -97,29 +95,9 @@ def compare(config: dict, repeats: int) -> list[tuple[str, float, float]]:
     return rows
 
 
-def compare_product_threads(config: dict, steps: int) -> dict[str, list[float]]:
-    """Training steps (ms) alternating the products on TinyGPT's threads (BLAS on one, the default) and on
-    BLAS's own threads (as many as numba's), in one process so that both see the same machine load."""
-    _, step = tinygpt_stepper(config)
-    data = list(batches(config, 2 * steps + 2))
-    step(*data[0])
-    label = f"products on BLAS's {tinygpt.get_num_threads()} threads"
-    times: dict[str, list[float]] = {"products on TinyGPT's threads": [], label: []}
-    for index in range(steps):
-        start = time.perf_counter()
-        step(*data[2 * index + 1])
-        times["products on TinyGPT's threads"].append(1e3 * (time.perf_counter() - start))
-        with on_blas_threads(tinygpt.get_num_threads()):
-            start = time.perf_counter()
-            step(*data[2 * index + 2])
-            times[label].append(1e3 * (time.perf_counter() - start))
-    return times
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run on a tiny configuration")
-    parser.add_argument("--threads", action="store_true", help="also compare whose threads compute the products, on whole training steps")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args(argv)
     configs = {"tiny": TINY} if args.quick else {name: CONFIGS[name] for name in ("shakespeare-char-cpu", "large")}
@@ -133,10 +111,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {kernel} | {array_ms:.2f} | {numba_ms:.2f} | {array_ms / max(numba_ms, 1e-9):.1f}x |")
         total_array, total_numba = sum(r[1] for r in rows), sum(r[2] for r in rows)
         print(f"| all | {total_array:.2f} | {total_numba:.2f} | {total_array / max(total_numba, 1e-9):.1f}x |")
-        if args.threads:
-            for option, times in compare_product_threads(config, 2 if args.quick else 10).items():
-                print(f"  training step, {option}: median {statistics.median(times):.1f} ms "
-                      f"(min {min(times):.1f}, max {max(times):.1f}, {len(times)} steps)")
     return 0
 
 

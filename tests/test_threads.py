@@ -1,12 +1,11 @@
-"""Threads: set_num_threads sets numba's and BLAS's, results do not depend on the count, and importing
-tinygpt changes nothing process-wide."""
+"""Threads: set_num_threads sets BLAS's, an engine runs on one unless told, results do not depend on the count,
+and importing tinygpt changes nothing process-wide."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
 
-import numba
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
@@ -23,12 +22,24 @@ def _blas_thread_counts() -> list[int]:
     return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
 
 
-def test_set_num_threads_sets_numbas_and_blas_threads(threads):
+def test_set_num_threads_sets_blas_threads(threads):
     threads(1)
-    assert tinygpt.get_num_threads() == numba.get_num_threads() == 1
-    assert set(_blas_thread_counts()) == {1}
+    assert tinygpt.get_num_threads() == 1 and set(_blas_thread_counts()) == {1}
     threads(2)
-    assert tinygpt.get_num_threads() == min(2, numba.config.NUMBA_NUM_THREADS)
+    assert tinygpt.get_num_threads() == 2 and set(_blas_thread_counts()) == {2}
+
+
+def test_an_engine_computes_on_one_thread_unless_set_num_threads_chose(threads, monkeypatch):
+    from tinygpt import threads as threads_module
+
+    threads(2)
+    monkeypatch.setattr(threads_module, "_chosen", None)  # as in a process where nobody chose
+    with threads_module.engine_threads():
+        assert set(_blas_thread_counts()) == {1}
+    assert set(_blas_thread_counts()) == {2}
+    threads(2)
+    with threads_module.engine_threads():
+        assert set(_blas_thread_counts()) == {2}
 
 
 @pytest.mark.parametrize("count", [0, -1, 1.5, True])

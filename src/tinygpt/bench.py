@@ -1,14 +1,18 @@
-"""Training-step benchmark: the same GPT in TinyGPT and in PyTorch eager, from the same weights.
+"""Training-step benchmark of what a user runs: TinyGPT's default layout (one single-threaded rank per core, the
+recipe's batch split among them, as `tinygpt train` runs it) against PyTorch eager at every thread count up to
+the cores (its best is the peer) and PyTorch DDP on as many single-threaded ranks as TinyGPT, from the same
+weights, on the same batches, each step a forward, backward, gradient all-reduce (ranks) and AdamW.
 
-Each framework trains (forward, backward, AdamW) alone in a fresh process, alternating over a few
-rounds; the same process reports its peak memory. Run it as `tinygpt bench` or
-`python benchmarks/bench_training.py`.
+Every setup trains alone in fresh processes; rounds alternate the setups so that all see the same drift in the
+machine's load, and `--load` keeps a background process busy for about 30% of one core throughout. Peak memory
+is that of all of a setup's processes together. Run it as `tinygpt bench` or `python benchmarks/bench_training.py`.
 """
 from __future__ import annotations
 
 import json
 import os
 import resource
+import socket
 import subprocess
 import sys
 import time
@@ -24,8 +28,9 @@ CONFIGS = {
     "tiny": dict(n_layer=1, n_head=2, n_embd=16, block_size=8, batch_size=2, vocab_size=65),
 }
 ADAMW = dict(lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
-SPREAD_TOLERANCE = 0.05  # rounds are added until the per-round ratios lie within 5% of their median
+SPREAD_TOLERANCE = 0.2  # per-round ratios spread wider than this around their median are not quoted
 BUSY_CORE_LIMIT = 0.5  # cores kept busy by other processes beyond which the ratios are called unreliable
+LOAD_SHARE = 0.3  # the share of one core that --load keeps busy
 
 
 def build_tinygpt(config: dict):
@@ -87,12 +92,17 @@ def build_torch(config: dict, weights: dict[str, np.ndarray]):
     return model
 
 
-def tinygpt_stepper(config: dict):
+def tinygpt_stepper(config: dict, world=None):
+    """A training step as `tinygpt train` takes it: this rank's share of the batch, gradients averaged over the
+    ranks, AdamW."""
+    from tinygpt.distributed import World
     from tinygpt.losses import CrossEntropyLoss
     from tinygpt.optimizers import AdamW
     from tinygpt.tensor import Tensor
 
+    world = world or World()
     model = build_tinygpt(config)
+    world.broadcast_parameters(model)
     optimizer = AdamW(model, ADAMW["lr"], ADAMW["betas"], ADAMW["eps"], ADAMW["weight_decay"])
     loss_fn = CrossEntropyLoss()
 
@@ -100,8 +110,9 @@ def tinygpt_stepper(config: dict):
         loss = loss_fn(model(Tensor(x)), Tensor(y), reduction="mean")
         optimizer.zero_grad()
         loss.backward()
+        value = world.average_gradients(model, loss.item())
         optimizer.update()
-        return loss.item()
+        return value
     return model, step
 
 
@@ -141,26 +152,65 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker(framework: str, config_name: str, steps: int, warmup: int) -> None:
-    """Train one framework alone in this process; print step times, losses and peak memory as JSON."""
-    import tinygpt
-    from tinygpt.memory import keep_freed_memory
-
-    config = CONFIGS[config_name]
-    if framework == "tinygpt":
-        keep_freed_memory()  # as the trainer does
-    model, step = tinygpt_stepper(config)
-    if framework == "torch":
-        step = torch_stepper(config, {name: tensor.numpy() for name, tensor in model.named_parameters()})
-        del model
+def timed_steps(step, config: dict, steps: int, warmup: int, rank: int, ranks: int) -> tuple[list[float], list[float]]:
+    """Seconds and loss of each step after `warmup`; every rank takes its share of the same global batches."""
+    share = slice(rank * config["batch_size"] // ranks, (rank + 1) * config["batch_size"] // ranks)
     times, losses = [], []
     for i, (x, y) in enumerate(batches(config, warmup + steps)):
         start = time.perf_counter()
-        losses.append(step(x, y))
+        losses.append(step(x[share], y[share]))
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    print(json.dumps({"times": times, "losses": losses, "peak_rss_mb": peak_rss_mb(), "threads": tinygpt.get_num_threads(),
-                      "blas": blas_kernel(framework)}))
+    return times, losses
+
+
+def worker(setup: str, config_name: str, steps: int, warmup: int, threads: int = 1) -> None:
+    """Train one setup ("tinygpt", "torch" on `threads` threads, or "ddp": one of its ranks) in this process; its
+    first rank prints step times, losses and the peak memory of all its ranks as JSON."""
+    config = CONFIGS[config_name]
+    if setup == "tinygpt":
+        times, losses, memory, layout = tinygpt_worker(config, steps, warmup)
+    else:
+        times, losses, memory, layout = torch_worker(config, steps, warmup, threads, distributed=setup == "ddp")
+    if memory is not None:
+        print(json.dumps({"times": times, "losses": losses, "peak_rss_mb": memory, "layout": layout,
+                          "blas": blas_kernel("tinygpt" if setup == "tinygpt" else "torch")}))
+
+
+def tinygpt_worker(config: dict, steps: int, warmup: int):
+    from tinygpt.distributed import get_world
+    from tinygpt.memory import keep_freed_memory
+    from tinygpt.threads import engine_threads, get_num_threads
+
+    world = get_world()
+    keep_freed_memory()  # as the trainer does
+    with engine_threads():
+        _, step = tinygpt_stepper(config, world)
+        times, losses = timed_steps(step, config, steps, warmup, world.rank, world.world_size)
+        threads = get_num_threads()
+    memory = world.gather(peak_rss_mb())
+    layout = f"{world.world_size} rank{'s' if world.world_size > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}"
+    return times, losses, sum(memory) if memory is not None else None, layout
+
+
+def torch_worker(config: dict, steps: int, warmup: int, threads: int, distributed: bool):
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(threads)
+    rank, ranks = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if distributed else (0, 1)
+    weights = {name: tensor.numpy() for name, tensor in build_tinygpt(config).named_parameters()}
+    if distributed:
+        dist.init_process_group("gloo", rank=rank, world_size=ranks)
+    step = torch_stepper(config, weights, torch.nn.parallel.DistributedDataParallel if distributed else (lambda model: model))
+    times, losses = timed_steps(step, config, steps, warmup, rank, ranks)
+    memory = [peak_rss_mb()]
+    if distributed:
+        memory = [None] * ranks
+        dist.all_gather_object(memory, peak_rss_mb())
+        dist.destroy_process_group()
+    layout = f"DDP {ranks} ranks x {threads} thread" if distributed else f"1 process x {threads} thread{'s' if threads > 1 else ''}"
+    return times, losses, sum(memory) if rank == 0 else None, layout
 
 
 def blas_kernel(framework: str) -> str:
@@ -178,10 +228,53 @@ def blas_kernel(framework: str) -> str:
     return f"numpy's {blas['internal_api']} {blas['version']} ({blas.get('architecture') or 'its default kernel'})"
 
 
-def run_worker(framework: str, config_name: str, steps: int, warmup: int) -> dict:
-    code = f"from tinygpt import bench; bench.worker({framework!r}, {config_name!r}, {steps}, {warmup})"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+# ---- launching the setups --------------------------------------------------------------------------
+def worker_code(setup: str, config_name: str, steps: int, warmup: int, threads: int = 1) -> list[str]:
+    return [sys.executable, "-c", f"from tinygpt import bench; bench.worker({setup!r}, {config_name!r}, {steps}, "
+                                  f"{warmup}, {threads})"]
+
+
+def last_json(output: str) -> dict:
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def run_tinygpt(config_name: str, steps: int, warmup: int, ranks: int) -> dict:
+    """TinyGPT as `tinygpt train` lays it out: `ranks` ranks under mpiexec sharing the batch, or one process."""
+    from tinygpt.distributed import LAUNCHER_RANK_VARIABLES, SPLIT_BATCH_VARIABLE, mpiexec_path
+
+    command = worker_code("tinygpt", config_name, steps, warmup)
+    env = {key: value for key, value in os.environ.items() if key not in LAUNCHER_RANK_VARIABLES}
+    if ranks > 1:
+        command, env = [mpiexec_path(), "-n", str(ranks), *command], env | {SPLIT_BATCH_VARIABLE: "1"}
+    return last_json(subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout)
+
+
+def run_torch(config_name: str, steps: int, warmup: int, threads: int) -> dict:
+    command = worker_code("torch", config_name, steps, warmup, threads)
+    return last_json(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+
+
+def run_ddp(config_name: str, steps: int, warmup: int, ranks: int) -> dict:
+    """PyTorch DDP (gloo, on loopback): `ranks` processes of one thread, each its share of the batch."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(ranks))
+    processes = [subprocess.Popen(worker_code("ddp", config_name, steps, warmup), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=env | {"RANK": str(rank)}) for rank in range(ranks)]
+    outputs = [process.communicate() for process in processes]
+    failed = next((process for process in processes if process.returncode), None)
+    if failed is not None:
+        raise subprocess.CalledProcessError(failed.returncode, "ddp worker", stderr=outputs[processes.index(failed)][1])
+    return last_json(outputs[0][0])
+
+
+def start_load() -> subprocess.Popen:
+    """A process that keeps about LOAD_SHARE of one core busy (busy 30 ms, asleep 70 ms), as other work would."""
+    busy = round(0.1 * LOAD_SHARE, 3)
+    code = (f"import time\nwhile True:\n    end = time.perf_counter() + {busy}\n"
+            f"    while time.perf_counter() < end: pass\n    time.sleep({round(0.1 - busy, 3)})")
+    return subprocess.Popen([sys.executable, "-c", code])
 
 
 def cpu_times() -> tuple[int, int] | None:
@@ -221,91 +314,106 @@ def spread(ratios: list[float]) -> float:
     return (max(ratios) - min(ratios)) / float(np.median(ratios))
 
 
-def rounds_are_enough(ratios: list[float], minimum: int, maximum: int) -> bool:
-    """At least `minimum` rounds, then more until the spread is within SPREAD_TOLERANCE or `maximum` is reached."""
-    return len(ratios) >= maximum or (len(ratios) >= minimum and spread(ratios) <= SPREAD_TOLERANCE)
+def setups(config_name: str, steps: int, warmup: int, cores: int) -> dict[str, Callable[[], dict]]:
+    """Every setup of one round, by name, in the order they run."""
+    from tinygpt.distributed import default_ranks
+
+    ranks = default_ranks(cores, CONFIGS[config_name]["batch_size"])
+    chosen = {"tinygpt": lambda: run_tinygpt(config_name, steps, warmup, ranks)}
+    for threads in range(1, cores + 1):
+        chosen[f"torch {threads}"] = lambda threads=threads: run_torch(config_name, steps, warmup, threads)
+    chosen["ddp"] = lambda: run_ddp(config_name, steps, warmup, ranks)
+    return chosen
 
 
-def run(config_name: str, steps: int, warmup: int, rounds: int = 3, max_rounds: int | None = None) -> dict:
-    """Each framework trains alone in a fresh process (so neither pays for the other's spinning BLAS or
-    OpenMP threads), alternating over at least `rounds` rounds so that both see the same drift in machine load,
-    and over more (up to max_rounds, default 2 x rounds) until the per-round ratios agree within 5%."""
-    import torch
-
-    config = CONFIGS[config_name]
-    runs: dict[str, list[dict]] = {"tinygpt": [], "torch": []}
-    ratios: list[float] = []
-    while not ratios or not rounds_are_enough(ratios, rounds, max_rounds or 2 * rounds):
-        for name in runs:
-            runs[name].append(run_worker(name, config_name, steps, warmup))
-        ratios.append(float(np.median(runs["torch"][-1]["times"]) / np.median(runs["tinygpt"][-1]["times"])))
-    tokens = config["batch_size"] * config["block_size"]
-    first_losses = {name: np.array(results[0]["losses"]) for name, results in runs.items()}
-    result = {"config": config_name, "torch_threads": torch.get_num_threads(), "tinygpt_threads": runs["tinygpt"][0]["threads"],
-              "blas": {name: results[0]["blas"] for name, results in runs.items()},
-              "steps": steps, "rounds": len(ratios), "round_ratios": ratios, "spread": spread(ratios),
-              "first_loss_difference": float(abs(first_losses["tinygpt"][0] - first_losses["torch"][0])),
-              "max_loss_difference": float(np.abs(first_losses["tinygpt"] - first_losses["torch"]).max())}
-    for name, results in runs.items():
-        ms = 1000 * float(np.median([t for r in results for t in r["times"]]))
-        result[name] = {"ms_per_iter": ms, "tokens_per_s": tokens / ms * 1000,
-                        "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}
-    result["speedup"] = result["torch"]["ms_per_iter"] / result["tinygpt"]["ms_per_iter"]
-    result["memory_ratio"] = result["tinygpt"]["peak_rss_mb"] / result["torch"]["peak_rss_mb"]
-    return result
+def run(config_name: str, steps: int, warmup: int, rounds: int = 5, cores: int | None = None,
+        progress: Callable[[str], None] = lambda line: None) -> dict:
+    """`rounds` rounds of every setup, alternating; per round the ratio of TinyGPT's median step to PyTorch
+    eager's best and to DDP's. Each finished setup is told to `progress` as a line."""
+    cores = cores or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    runs: dict[str, list[dict]] = {}
+    for round_index in range(rounds):
+        for name, measure in setups(config_name, steps, warmup, cores).items():
+            runs.setdefault(name, []).append(measure())
+            progress(f"  round {round_index + 1}/{rounds}: {runs[name][-1]['layout']:<24} "
+                     f"{1000 * np.median(runs[name][-1]['times']):8.2f} ms/step")
+    medians = {name: [float(np.median(result["times"])) for result in results] for name, results in runs.items()}
+    eager = [name for name in runs if name.startswith("torch ")]
+    best = min(eager, key=lambda name: float(np.median(medians[name])))
+    per_round = {"eager": [min(medians[name][i] for name in eager) / medians["tinygpt"][i] for i in range(rounds)],
+                 "ddp": [medians["ddp"][i] / medians["tinygpt"][i] for i in range(rounds)]}
+    tokens = CONFIGS[config_name]["batch_size"] * CONFIGS[config_name]["block_size"]
+    rows = {name: {"layout": results[0]["layout"], "ms_per_step": 1000 * float(np.median(medians[name])),
+                   "tokens_per_s": tokens / float(np.median(medians[name])),
+                   "peak_rss_mb": max(result["peak_rss_mb"] for result in results)} for name, results in runs.items()}
+    return {"config": config_name, "steps": steps, "warmup": warmup, "rounds": rounds, "rows": rows, "best_eager": best,
+            "blas": {"tinygpt": runs["tinygpt"][0]["blas"], "torch": runs["ddp"][0]["blas"]},
+            "ratios": {peer: float(np.median(values)) for peer, values in per_round.items()},
+            "round_ratios": per_round, "spread": {peer: spread(values) for peer, values in per_round.items()},
+            "memory_ratio": {"eager": rows["tinygpt"]["peak_rss_mb"] / rows[best]["peak_rss_mb"],
+                             "ddp": rows["tinygpt"]["peak_rss_mb"] / rows["ddp"]["peak_rss_mb"]},
+            "max_loss_difference": float(np.abs(np.array(runs["tinygpt"][0]["losses"])
+                                                - np.array(runs[best][0]["losses"])).max())}
 
 
 def report(result: dict) -> str:
-    lines = [f"config {result['config']}: median of {result['rounds']} x {result['steps']} timed steps, "
-             f"each framework alone in its own process, threads: tinygpt {result['tinygpt_threads']}, "
-             f"torch {result['torch_threads']}",
+    config = CONFIGS[result["config"]]
+    lines = [f"config {result['config']} (batch {config['batch_size']} x {config['block_size']} tokens): median of "
+             f"{result['rounds']} rounds x {result['steps']} timed steps after {result['warmup']}, each setup alone in "
+             "its own processes, rounds alternating",
              f"  products: tinygpt on {result['blas']['tinygpt']}, torch on {result['blas']['torch']}"]
     if os.environ.get("OPENBLAS_CORETYPE"):
         lines.append(f"  OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} is set: numpy's OpenBLAS runs that kernel, "
-                     "not the one it would pick for this processor (docs/operation.md, Threads)")
-    for name in ("tinygpt", "torch"):
-        row = result[name]
-        lines.append(f"  {name:8s} {row['ms_per_iter']:8.2f} ms/iter {row['tokens_per_s']:10.0f} tokens/s, "
-                     f"peak RSS {row['peak_rss_mb']:.0f} MB")
-    lines.append(f"  throughput ratio tinygpt/torch: {result['speedup']:.2f}x, peak memory ratio tinygpt/torch: "
-                 f"{result['memory_ratio']:.2f}")
-    verdict = ("within" if result["spread"] <= SPREAD_TOLERANCE else "NOT within") + f" {SPREAD_TOLERANCE:.0%}"
-    lines.append(f"  per-round ratios {min(result['round_ratios']):.2f}-{max(result['round_ratios']):.2f} over "
-                 f"{result['rounds']} rounds: spread {result['spread']:.1%}, {verdict}"
-                 + ("" if result["spread"] <= SPREAD_TOLERANCE else " (a busy or drifting machine: do not quote them)"))
-    lines.append(f"  loss difference: step 1 {result['first_loss_difference']:.1e}, largest over the run "
-                 f"{result['max_loss_difference']:.1e} (Adam amplifies float32 rounding in near-zero gradients)")
+                     "not the one it would pick for this processor")
+    for name, row in result["rows"].items():
+        lines.append(f"  {'tinygpt' if name == 'tinygpt' else 'torch':8s} {row['layout']:<24} {row['ms_per_step']:8.2f} "
+                     f"ms/step {row['tokens_per_s']:10,.0f} tokens/s, peak memory {row['peak_rss_mb']:.0f} MB")
+    for peer, label in (("eager", f"torch eager at its best ({result['rows'][result['best_eager']]['layout']})"),
+                        ("ddp", "torch DDP")):
+        rounds, width = result["round_ratios"][peer], result["spread"][peer]
+        verdict = "quotable" if width <= SPREAD_TOLERANCE else "too wide to quote"
+        lines.append(f"  tinygpt / {label}: {result['ratios'][peer]:.2f}x (rounds {min(rounds):.2f}-{max(rounds):.2f}, "
+                     f"spread {width:.0%}: {verdict}), peak memory ratio {result['memory_ratio'][peer]:.2f}")
+    lines.append(f"  largest loss difference from torch over the run: {result['max_loss_difference']:.1e}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = OneLineParser(prog="tinygpt bench", description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), action="append",
                         help="configuration(s) to run (default: shakespeare-char-cpu and large)")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3, help="fresh processes per framework, alternated; more are "
-                        "run (up to twice as many) until the per-round ratios agree within 5%%")
-    parser.add_argument("--quick", action="store_true", help="smoke run: tiny config, 2 steps")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per setup and round (default: 30)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default: 5)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of every setup, alternating (default: 5)")
+    parser.add_argument("--load", action="store_true", help="keep about 30%% of one core busy in the background")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny config, 2 steps, 1 round")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.rounds < 1 or args.warmup < 0:
         parser.error("--steps and --rounds must be at least 1, --warmup at least 0")
     try:
         import torch  # noqa: F401
     except ImportError:
-        print("tinygpt bench needs PyTorch as its peer: pip install 'tinygpt[test]'", file=sys.stderr)
+        print("tinygpt: error: tinygpt bench needs PyTorch as its peer (pip install torch)", file=sys.stderr)
         return 1
     configs = ["tiny"] if args.quick else (args.config or ["shakespeare-char-cpu", "large"])
     steps, warmup, rounds = (2, 1, 1) if args.quick else (args.steps, args.warmup, args.rounds)
-    print("command:", " ".join(["tinygpt bench"] + (argv if argv is not None else sys.argv[1:])))
+    print("command:", " ".join(["tinygpt bench", *argv]))
     print(load_report("before", busy_cores()), flush=True)
-    for name in configs:
-        try:
-            print(report(run(name, steps, warmup, rounds, rounds if args.quick else None)), flush=True)
-        except subprocess.CalledProcessError as error:
-            reason = (error.stderr or "").strip().splitlines()[-1:] or [f"exit status {error.returncode}"]
-            print(f"tinygpt bench: error: a benchmark worker failed: {reason[0]}", file=sys.stderr)
-            return 1
+    load = start_load() if args.load else None
+    try:
+        for name in configs:
+            print(f"config {name}: {rounds} rounds ...", flush=True)
+            print(report(run(name, steps, warmup, rounds, progress=lambda line: print(line, flush=True))), flush=True)
+    except subprocess.CalledProcessError as error:
+        reason = (error.stderr or "").strip().splitlines()[-1:] or [f"exit status {error.returncode}"]
+        print(f"tinygpt: error: a benchmark worker failed: {reason[0]}", file=sys.stderr)
+        return 1
+    finally:
+        if load is not None:
+            load.kill()
+            load.wait()
+    print(f"background load: a process busy {LOAD_SHARE:.0%} of one core throughout" if args.load else "background load: none")
     print(load_report("after", busy_cores()))
     return 0
 

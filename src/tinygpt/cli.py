@@ -23,7 +23,8 @@ import tinygpt
 from tinygpt import bench
 from tinygpt.config import read_config_file, setting_schema
 from tinygpt.dataset import default_corpus_path, read_corpus_text
-from tinygpt.distributed import get_world, launched_by_mpi
+from tinygpt.distributed import (RANKS_VARIABLE, get_world, launch_ranks, launched_by_mpi, requested_ranks,
+                                 why_mpi_cannot_start)
 from tinygpt.flags import OneLineParser, add_setting_flags
 from tinygpt.gpt2_tokenizer import save_gpt2_tokenizer
 from tinygpt.sampling import read_prompt, stream_text
@@ -44,18 +45,47 @@ def add_train_parser(subparsers) -> None:
     parser.add_argument("--config", metavar="FILE", help="a .toml or .json file of settings named as the flags "
                         "with underscores (n_layer = 4); flags given override it")
     add_setting_flags(parser, setting_schema())
+    add_ranks_argument(parser)
     parser.set_defaults(handler=run_train)
+
+
+def add_ranks_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ranks", type=int, metavar="N", help="processes to split the work among, one thread each "
+                        f"(default: {RANKS_VARIABLE}, else one per core that divides the batch; 1: one process)")
+
+
+def use_the_cores(args: argparse.Namespace, batch_size: int | None, device: str) -> None:
+    """Start the command again as one rank per core under MPI (distributed.launch_ranks, which does not return),
+    unless one rank is asked for, MPI started this process already, or the work runs on a GPU. Where MPI
+    cannot start, one warning, and the work runs in this process."""
+    if launched_by_mpi() or device != "cpu":
+        return
+    try:
+        ranks = requested_ranks(args.ranks, batch_size)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if ranks == 1:
+        return
+    reason = why_mpi_cannot_start()
+    if reason is not None:
+        print(f"tinygpt: warning: {reason}: running in one process", file=sys.stderr)
+        return
+    launch_ranks(ranks, args.argv)
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig of a `tinygpt train` command line: defaults, checkpoint, preset, config file, flags."""
-    flags = {key: value for key, value in vars(args).items() if key not in ("command", "handler", "preset", "config")}
+    flags = {key: value for key, value in vars(args).items()
+             if key not in ("command", "handler", "preset", "config", "ranks", "argv")}
     file_settings = read_config_file(args.config) if args.config else {}
     return resolve_config(file_settings | flags, args.preset)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    train(train_config(args))
+    config = train_config(args)
+    config.validate()
+    use_the_cores(args, config.batch_size, config.device)
+    train(config)
     return 0
 
 
@@ -145,13 +175,16 @@ def add_eval_parser(subparsers) -> None:
     add_out_dir_argument(parser)
     parser.add_argument("--data", metavar="FILE", help="UTF-8 text file (default: the run's validation split)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    add_ranks_argument(parser)
     parser.set_defaults(handler=run_eval)
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    use_the_cores(args, None, args.device)
     result = evaluate_checkpoint(args.out_dir, args.data, args.device)
-    print(f"loss {result['loss']:.4f} ({result['bpb']:.3f} bits/byte) over {result['tokens']:,} tokens of "
-          f"{result['source']}")
+    if get_world().is_main:
+            print(f"loss {result['loss']:.4f} ({result['bpb']:.3f} bits/byte) over {result['tokens']:,} tokens of "
+              f"{result['source']}")
     return 0
 
 
@@ -276,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return args.handler(args)
     except (ConfigError, OSError) as error:

@@ -1,7 +1,8 @@
 """Data-parallel training over MPI (mpi4py): the same program on every rank, gradients averaged in one
 all-reduce per step, so every rank takes the same optimizer step and holds the same parameters.
 
-    mpiexec -n 2 tinygpt train          # two ranks on this machine; see docs/distributed.md
+    tinygpt train                       # one single-threaded rank per core, the recipe's batch split among them
+    mpiexec -n 2 tinygpt train          # two ranks of batch_size each; see docs/distributed.md
 
 `get_world()` is an `MPIWorld` when the process was started by an MPI launcher (MPICH's or Intel's hydra,
 Open MPI's mpirun, Slurm's srun through PMIx) and a single-process `World`, whose collectives do nothing,
@@ -11,19 +12,24 @@ from __future__ import annotations
 
 import array
 import os
+import shutil
 import stat
 import sys
 import time
+from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 import numpy as np
 
 from tinygpt.module import Module
-from tinygpt.threads import get_num_threads, set_num_threads
+from tinygpt.threads import set_num_threads
 from tinygpt.tensor import Tensor
 
 # Each launcher tells its processes their rank in one of these (hydra: PMI_RANK; Slurm and Open MPI 5: PMIX_RANK).
 LAUNCHER_RANK_VARIABLES = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK")
+RANKS_VARIABLE = "TINYGPT_RANKS"  # how many ranks `tinygpt train` and `tinygpt eval` start, as --ranks
+SPLIT_BATCH_VARIABLE = "TINYGPT_SPLIT_BATCH"  # set by launch_ranks: batch_size is the global batch, split among ranks
+TERMINAL_VARIABLE = "TINYGPT_TERMINAL"  # set by launch_ranks when its stderr is a terminal (the ranks' is a pipe)
 
 
 def launched_by_mpi() -> bool:
@@ -37,6 +43,7 @@ class World:
     rank = 0
     world_size = 1
     local_size = 1  # ranks on this machine
+    splits_batch = True  # whether batch_size is the global batch (split among ranks) or each rank's
 
     @property
     def is_main(self) -> bool:
@@ -122,6 +129,7 @@ class MPIWorld(World):
         self._mpi = MPI
         self.comm = MPI.COMM_WORLD
         self.rank, self.world_size = self.comm.Get_rank(), self.comm.Get_size()
+        self.splits_batch = os.environ.get(SPLIT_BATCH_VARIABLE) == "1"
         machine = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
         self.local_size = machine.Get_size()
         cores, masks = usable_cores(), machine.allgather(usable_cores())
@@ -177,10 +185,60 @@ def usable_cores() -> list[int]:
 
 
 def share_cores(cores: int, ranks: int) -> None:
-    """Split `cores` among the `ranks` that may all run on them: cores / ranks threads each (at least 1)
-    for the kernels and the products (tinygpt.set_num_threads), unless NUMBA_NUM_THREADS chose."""
-    chosen = "NUMBA_NUM_THREADS" in os.environ
-    set_num_threads(get_num_threads() if chosen else min(get_num_threads(), max(1, cores // ranks)))
+    """Split `cores` among the `ranks` that may all run on them: cores / ranks BLAS threads each (at least 1)."""
+    set_num_threads(max(1, cores // ranks))
+
+
+def default_ranks(cores: int, batch_size: int | None = None) -> int:
+    """One rank per core, as many as divide the batch into equal shares (all the cores without a batch)."""
+    most = max(cores, 1) if batch_size is None else min(max(cores, 1), batch_size)
+    return max(ranks for ranks in range(1, most + 1) if batch_size is None or batch_size % ranks == 0)
+
+
+def requested_ranks(flag: int | None, batch_size: int | None = None) -> int:
+    """The ranks a command starts: --ranks, else TINYGPT_RANKS, else default_ranks on the cores this process
+    may use; a number that does not divide the batch into equal shares raises ValueError."""
+    value = flag if flag is not None else os.environ.get(RANKS_VARIABLE)
+    if value is None:
+        return default_ranks(len(usable_cores()), batch_size)
+    source = "--ranks" if flag is not None else RANKS_VARIABLE
+    try:
+        ranks = int(value)
+    except ValueError:
+        raise ValueError(f"{source} must be a whole number, got {value!r}") from None
+    if ranks < 1:
+        raise ValueError(f"{source} must be at least 1, got {ranks}")
+    if batch_size is not None and batch_size % ranks:
+        raise ValueError(f"{source} {ranks} does not split --batch-size {batch_size} into equal shares: choose a "
+                         f"divisor of {batch_size}")
+    return ranks
+
+
+def mpiexec_path() -> str | None:
+    """The MPI launcher of this environment (pip's mpich puts it beside python), else the first on PATH."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    return str(beside) if beside.exists() else shutil.which("mpiexec")
+
+
+def why_mpi_cannot_start() -> str | None:
+    """None where launch_ranks can start ranks, else why not."""
+    try:
+        import mpi4py  # noqa: F401  (the package only: MPI itself starts in each rank)
+    except ImportError as error:
+        return f"MPI cannot start ({error}; pip install mpi4py mpich)"
+    if mpiexec_path() is None:
+        return "MPI cannot start (no mpiexec beside python or on PATH; pip install mpich)"
+    return None
+
+
+def launch_ranks(ranks: int, argv: list[str]) -> NoReturn:
+    """Replace this process by `mpiexec -n ranks python -m tinygpt argv`, each rank told that batch_size is the
+    global batch. Ctrl-C reaches mpiexec, which forwards it to every rank once; killing it ends every rank."""
+    launcher = mpiexec_path()
+    env = dict(os.environ, **{SPLIT_BATCH_VARIABLE: "1"}, **({TERMINAL_VARIABLE: "1"} if sys.stderr.isatty() else {}))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(launcher, [launcher, "-n", str(ranks), sys.executable, "-m", "tinygpt", *argv], env)
 
 
 _world: World | None = None
@@ -194,4 +252,6 @@ def get_world() -> World:
     return _world
 
 
-__all__ = ["World", "MPIWorld", "get_world", "launched_by_mpi", "share_cores", "usable_cores", "wait_until_read", "LAUNCHER_RANK_VARIABLES"]
+__all__ = ["World", "MPIWorld", "get_world", "launched_by_mpi", "share_cores", "usable_cores", "wait_until_read",
+           "default_ranks", "requested_ranks", "launch_ranks", "why_mpi_cannot_start", "mpiexec_path",
+           "LAUNCHER_RANK_VARIABLES", "RANKS_VARIABLE", "SPLIT_BATCH_VARIABLE", "TERMINAL_VARIABLE"]

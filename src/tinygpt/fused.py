@@ -42,7 +42,7 @@ class Matmul(Operation):
             grad_x = Buffer.from_array(_sum_to_shape(matmul(xp, g, xp.swapaxes(y, -1, -2)), x.shape).reshape(self.x.shape))
         if self.needs_input_grad[1]:
             if y.ndim == 2 and x.ndim > 2:  # one big GEMM instead of a batch of small ones then a sum
-                gy = kernels.gemm(x.reshape(-1, x.shape[-1]).T, g.reshape(-1, g.shape[-1]))
+                gy = xp.matmul(x.reshape(-1, x.shape[-1]).T, g.reshape(-1, g.shape[-1]))
             else:
                 gy = _sum_to_shape(xp.matmul(xp.swapaxes(x, -1, -2), g), y.shape)
             grad_y = Buffer.from_array(gy.reshape(self.y.shape))
@@ -65,9 +65,8 @@ class Linear(Operation):
         g = grad.array.reshape(-1, grad.shape[-1])
         x = self.x.reshape(-1, self.x.shape[-1])
         grads = [None] * len(self.needs_input_grad)
-        with kernels.products_at_once(grad.device):  # the two products together, each on its share of the threads
-            grad_x = kernels.gemm(g, self.weight.T) if self.needs_input_grad[0] else None
-            grad_weight = kernels.gemm(x.T, g) if self.needs_input_grad[1] else None
+        grad_x = grad.xp.matmul(g, self.weight.T) if self.needs_input_grad[0] else None
+        grad_weight = grad.xp.matmul(x.T, g) if self.needs_input_grad[1] else None
         if grad_x is not None:
             grads[0] = Buffer.from_array(grad_x.reshape(self.x.shape))
         if grad_weight is not None:

@@ -315,8 +315,8 @@ def newton_schulz(xp, matrix, steps: int = 5, coefficients: tuple[float, float, 
     norms = [xp.sqrt(_squared_norm(one)) for one in x.reshape((-1,) + x.shape[-2:])]
     x = x / xp.maximum(xp.stack(norms), eps).astype(x.dtype).reshape(x.shape[:-2] + (1, 1))
     for _ in range(steps):
-        gram = kernels.gemm(x, xp.swapaxes(x, -1, -2))
-        x = a * x + kernels.gemm(b * gram + c * kernels.gemm(gram, gram), x)
+        gram = xp.matmul(x, xp.swapaxes(x, -1, -2))
+        x = a * x + xp.matmul(b * gram + c * xp.matmul(gram, gram), x)
     return xp.swapaxes(x, -1, -2) if tall else x
 
 

@@ -1,8 +1,8 @@
-"""How many threads TinyGPT computes with on the CPU: numba's threads run the kernels and share out the
-matrix products, each thread calling BLAS on one thread for its rows (one pool: BLAS's own threads would spin
-beside numba's). Both are read and set here, through numba and threadpoolctl; nothing changes at import
-(numba starts with every CPU the process may use; BLAS goes to one thread when the CPU kernels load).
-Without numba, BLAS's threads compute the products."""
+"""How many threads one engine (a process, or a rank of `tinygpt train`) computes with on the CPU. The kernels'
+loops run on one thread; the matrix products run on BLAS's threads, set here through threadpoolctl. An engine
+runs on one thread unless set_num_threads chose more: the cores are used by data, one rank per core
+(docs/distributed.md), which keeps its speed on a busy machine where threads handing work to each other do not.
+Nothing changes at import."""
 from __future__ import annotations
 
 import contextlib
@@ -10,32 +10,20 @@ from typing import Iterator
 
 from threadpoolctl import threadpool_info, threadpool_limits
 
-
-def _numba():
-    """numba, or None where it cannot be imported (the array kernels then run with BLAS alone)."""
-    try:
-        import numba
-    except ImportError:
-        return None
-    return numba
+_chosen: int | None = None  # the count set_num_threads was given
 
 
 def set_num_threads(threads: int) -> None:
-    """Compute with `threads` threads on the CPU: numba's, which run the kernels and the products (BLAS stays on
-    one thread); without numba, BLAS's."""
+    """Compute the matrix products of this process with `threads` BLAS threads, also inside train()."""
+    global _chosen
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"the number of threads must be a whole number of at least 1, got {threads!r}")
-    numba = _numba()
-    if numba is not None:
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    threadpool_limits(limits=1 if numba is not None else threads, user_api="blas")
+    _chosen = threads
+    threadpool_limits(limits=threads, user_api="blas")
 
 
 def get_num_threads() -> int:
-    """The threads the kernels run on (numba's), or BLAS's where numba is missing."""
-    numba = _numba()
-    if numba is not None:
-        return numba.get_num_threads()
+    """The threads BLAS computes the products with."""
     return max((pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"), default=1)
 
 
@@ -46,4 +34,9 @@ def blas_threads(threads: int) -> Iterator[None]:
         yield
 
 
-__all__ = ["blas_threads", "get_num_threads", "set_num_threads"]
+def engine_threads() -> contextlib.AbstractContextManager:
+    """A block in which BLAS runs on the threads of one engine: set_num_threads' count, else one."""
+    return blas_threads(_chosen or 1)
+
+
+__all__ = ["blas_threads", "engine_threads", "get_num_threads", "set_num_threads"]

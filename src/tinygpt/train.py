@@ -10,6 +10,7 @@ loop: data, evaluation, the training step, and the run from start (or a checkpoi
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import tempfile
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from tinygpt import backend, kernels
+from tinygpt import backend
 from tinygpt.checkpoint import (CHECKPOINT_DIR, TOKENIZER_PREFIX, Checkpoint, check_architecture, find_checkpoint,
                                 load_checkpoint, random_state, read_checkpoint_config, restore_training_state,
                                 save_checkpoint)
@@ -32,7 +33,7 @@ from tinygpt.checkpoint_checks import check_finite_weights
 from tinygpt.config import PRESETS, ConfigError, TrainConfig, setting_schema
 from tinygpt.dataset import (check_corpus_file, default_corpus_path, get_batch, read_corpus_text, tokenize_corpus,
                              train_val_split)
-from tinygpt.distributed import World, get_world
+from tinygpt.distributed import TERMINAL_VARIABLE, World, get_world
 from tinygpt.losses import CrossEntropyLoss
 from tinygpt.memory import keep_freed_memory
 from tinygpt.metrics import METRICS_FILE, MetricsLog, plot_metrics, read_metrics
@@ -42,6 +43,7 @@ from tinygpt.optimizers import (AdamW, Muon, Optimizer, OptimizerGroups, Paramet
 from tinygpt.pretrained import load_pretrained
 from tinygpt.sampling import stream_text
 from tinygpt.tensor import Tensor, no_grad
+from tinygpt.threads import engine_threads, get_num_threads
 from tinygpt.tokenizer import BPETokenizer
 
 DATA_STREAM, EVAL_STREAM = 1, 2  # the sampler's and the evaluation's random streams, apart from init's
@@ -190,12 +192,18 @@ def bytes_per_token(tokens: np.ndarray, tokenizer: BPETokenizer, chunk: int = 1 
 
 
 # ---- evaluation ----------------------------------------------------------------------------------
+def sequences_per_rank(config: TrainConfig, world: World) -> int:
+    """A rank's share of each batch: an equal share of batch_size under `tinygpt train`'s own ranks (and in one
+    process), all of batch_size on each rank under an explicit mpiexec (the global batch is batch_size x ranks)."""
+    return config.batch_size // world.world_size if world.splits_batch else config.batch_size
+
+
 def rank_batch(tokens: np.ndarray, config: TrainConfig, rng: np.random.Generator, world: World,
                per_rank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """This rank's share of a global batch: every rank draws the same per_rank x ranks windows (per_rank:
-    batch_size by default) from the same generator and takes its own per_rank of them, so the ranks together
-    see one process's batch."""
-    per_rank = per_rank or config.batch_size
+    sequences_per_rank by default) from the same generator and takes its own per_rank of them, so the ranks
+    together see one process's batch."""
+    per_rank = per_rank or sequences_per_rank(config, world)
     x, y = get_batch(tokens, config.model.max_seq_length, per_rank * world.world_size, rng)
     share = slice(world.rank * per_rank, (world.rank + 1) * per_rank)
     return x[share], y[share]
@@ -263,6 +271,11 @@ def evaluate_checkpoint(out_dir: str | Path, data: str | Path | None = None, dev
     (all of it), or by default of the run's validation split: then it is the final whole-split loss the trainer
     printed. Returns {"loss", "bpb", "tokens", "source"}."""
     check_device(device)
+    with engine_threads():
+        return _evaluate_checkpoint(out_dir, data, device)
+
+
+def _evaluate_checkpoint(out_dir: str | Path, data: str | Path | None, device: str) -> dict[str, Any]:
     checkpoint = load_checkpoint(out_dir)
     known = {setting.name for setting in setting_schema()}
     settings = {key: value for key, value in checkpoint.config["train"].items() if key in known}
@@ -373,7 +386,8 @@ class ProgressReport:
     log_interval iterations instead of carriage-return updates. Nothing when not verbose."""
 
     def __init__(self, config: TrainConfig, start: int, verbose: bool) -> None:
-        self.plain = verbose and not sys.stderr.isatty()
+        terminal = sys.stderr.isatty() or os.environ.get(TERMINAL_VARIABLE) == "1"  # a rank's stderr is mpiexec's pipe
+        self.plain = verbose and not terminal
         self.bar = tqdm(total=config.max_iters, initial=start, disable=not verbose or self.plain, unit="it",
                         mininterval=0.5, dynamic_ncols=True)
         self.log_interval, self.recent_rate = config.log_interval, 0.0
@@ -388,6 +402,14 @@ class ProgressReport:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def describe_layout(config: TrainConfig, world: World) -> str:
+    """How the work is split, e.g. "2 ranks x 1 thread, 6 sequences each"."""
+    threads = get_num_threads() if config.device == "cpu" else 0
+    processes = f"{world.world_size} ranks" if world.world_size > 1 else "1 process"
+    cores = f" x {threads} thread{'s' if threads > 1 else ''}" if threads else ""
+    return f"{processes}{cores}, {sequences_per_rank(config, world)} sequences each"
 
 
 def check_out_dir_writable(out_dir: Path) -> None:
@@ -423,7 +445,12 @@ def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
     Progress goes to stderr, evaluations and the final sample to stdout, when verbose; every log_interval-th
     iteration and every evaluation also to <out_dir>/metrics.jsonl. Ctrl-C saves a checkpoint and raises
     TrainingInterrupted. Under mpiexec every rank runs this, on its share of each batch (see
-    docs/distributed.md); rank 0 alone writes and prints."""
+    docs/distributed.md); rank 0 alone writes and prints. BLAS runs on one thread (threads.engine_threads)."""
+    with engine_threads():
+        return _train(config, verbose)
+
+
+def _train(config: TrainConfig, verbose: bool) -> TrainResult:
     started = time.perf_counter()
     config.validate()
     check_device(config.device)
@@ -480,12 +507,9 @@ def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
                               f"{config.max_iters}: give a larger --max-iters to continue it")
     metrics = MetricsLog(out_dir / METRICS_FILE, start if checkpoint is not None else None) if world.is_main else None
     log(f"{model.num_parameters():,} parameters, {len(splits['train']):,} train and {len(splits['val']):,} val tokens, "
-        f"iterations {start} -> {config.max_iters} on {config.device}"
-        + (f", {world.world_size} ranks of batch {config.batch_size}" if world.world_size > 1 else ""))
-    if config.device == "cpu" and not kernels.cache_is_warm():
-        log("compiling kernels (once)")
+        f"iterations {start} -> {config.max_iters} on {config.device}: {describe_layout(config, world)}")
 
-    micro_batches = config.batch_size * config.gradient_accumulation_steps  # per rank and step
+    micro_batches = sequences_per_rank(config, world) * config.gradient_accumulation_steps  # per rank and step
     tokens_per_iteration = micro_batches * config.model.max_seq_length * world.world_size
     step_seconds = 0.0
     evaluated = {record["iteration"] for record in history["evals"]}
@@ -524,7 +548,7 @@ def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
                     break
                 if on_any_rank(world, interrupted.is_set()):
                     directory = save()
-                    launcher = f"mpiexec -n {world.world_size} " if world.world_size > 1 else ""
+                    launcher = f"mpiexec -n {world.world_size} " if not world.splits_batch else ""
                     raise TrainingInterrupted(f"interrupted at iteration {iteration}: checkpoint saved in {directory}; "
                                               f"continue it with: {launcher}tinygpt train --out-dir {out_dir} --resume")
                 step_started = time.perf_counter()

@@ -2,9 +2,7 @@
 (numpy on the CPU, CuPy on the GPU). They run on device="cuda", and on the CPU where numba is missing."""
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Iterator
 
 import numpy as np
 
@@ -15,32 +13,6 @@ GELU_C = math.sqrt(2.0 / math.pi)
 
 def _xp(array):
     return backend.array_module(backend.device_of(array))
-
-
-@contextlib.contextmanager
-def at_once() -> Iterator[None]:
-    """The products inside this block: here each runs when called (the device orders its own work)."""
-    yield
-
-
-def matmul(a, b, out):
-    """out = a b."""
-    _xp(a).matmul(a, b, out=out)
-
-
-def matmul_nt(a, b, out):
-    """out = a b^T."""
-    _xp(a).matmul(a, b.T, out=out)
-
-
-def matmul_tn(a, b, out):
-    """out = a^T b."""
-    _xp(a).matmul(a.T, b, out=out)
-
-
-def matmul_stacked(a, b, out):
-    """out[i] = a[i] b[i] for stacks (n, ., .) of matrices."""
-    _xp(a).matmul(a, b, out=out)
 
 
 def gelu_forward(x, out):

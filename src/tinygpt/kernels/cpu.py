@@ -1,13 +1,12 @@
-"""CPU kernels: the loops of each fused op's math, compiled by numba (`prange` shares rows among threads).
-The matrix products are in `tinygpt.kernels.products`.
+"""CPU kernels: the loops of each fused op's math, compiled by numba, on one thread: `tinygpt train` uses the
+cores by data (one rank per core), not by splitting each loop among threads.
 
 Each kernel writes into arrays its caller allocated and has the same name and arguments as its twin in
 `tinygpt.kernels.array`. Storage is float32; sums over a row accumulate in float64.
 With NUMBA_DISABLE_JIT=1 these run as plain Python, which a debugger can step through.
 
 Attention is the one kernel pair that is not a single loop nest: its T x T products per (batch, head) go to
-BLAS and only the softmax between them is a numba loop; each thread takes a share of the batch
-(`products.share_batch`) and runs products and softmax for them in turn.
+BLAS and only the softmax between them is a numba loop.
 """
 from __future__ import annotations
 
@@ -17,22 +16,16 @@ import numpy as np
 
 from tinygpt.kernels import prepare_numba
 
-prepare_numba()  # the cache directory and how OpenMP's threads wait, before numba compiles anything
-from numba import boolean, float32, float64, int64, njit, prange, void  # noqa: E402
-
-from tinygpt.kernels.products import (at_once, matmul, matmul_nt, matmul_stacked, matmul_tn,  # noqa: F401, E402
-                                      share_batch)  # (part of this kernel set)
+prepare_numba()  # the cache directory, before numba compiles anything
+from numba import boolean, float32, float64, int64, njit, void  # noqa: E402
 
 # The array types of the kernels' signatures: one compiled version of each kernel, compiled once
 Vector, Matrix, Ids = float32[::1], float32[:, ::1], int64[::1]
 Heads, HeadRows = float32[:, :, :, :], float32[:, :, ::1]  # (B, H, T, d) with any strides, (B, H, T)
 Scores = float32[:, :, :, ::1]  # (B, H, Tq, Tk), contiguous
-# Sums may be reordered (so that the compiler vectorises them: 3-4x on a layer norm's row sums) and a * b + c
-# fused; nothing is assumed about NaN or infinity
+# Sums may be reordered (so that the compiler vectorises them) and a * b + c fused; nothing is assumed about
+# NaN or infinity
 FAST = {"reassoc", "contract"}
-# A score's softmax (three passes over a row, an exp) costs about as much as 100 multiply-adds of a product
-# (1 ns against 0.01 ns on one core), for attention's share of the threads (products.share_batch)
-SOFTMAX_WORK = 100
 
 GELU_C = np.float32(math.sqrt(2.0 / math.pi))
 GELU_CUBIC = np.float32(0.044715)
@@ -58,7 +51,7 @@ POWERS_OF_TWO = np.array([2.0 ** n for n in range(-127, 128)], dtype=np.float32)
 def exp(x):
     """e^x in float32 (within 1-2 ulp): x = n ln2 + r with |r| <= ln2 / 2, e^r by a polynomial, 2^n from a table
     (2^128, past float32's powers, as 2 x 2^127); 0 below EXP_LOWEST, inf above EXP_HIGHEST, NaN for NaN.
-    Unlike math.exp, a scalar libm call, it vectorises (4x faster over a row)."""
+    Unlike math.exp, a scalar libm call, it vectorises."""
     n = min(max(np.floor(x * LOG2E + np.float32(0.5)), np.float32(-127.0)), np.float32(128.0))
     r = x - n * LN2_HI - n * LN2_LO
     p = EXP_P[5]
@@ -88,18 +81,18 @@ def tanh(u):
     return u * p / q
 
 
-@njit(void(Vector, Vector), parallel=True, cache=True)
+@njit(void(Vector, Vector), cache=True)
 def gelu_forward(x, out):
     """out = x/2 (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2/pi), over flat arrays."""
-    for i in prange(x.size):
+    for i in range(x.size):
         xi = x[i]
         out[i] = np.float32(0.5) * xi * (np.float32(1.0) + tanh(GELU_C * (xi + GELU_CUBIC * xi * xi * xi)))
 
 
-@njit(void(Vector, Vector, Vector), parallel=True, cache=True)
+@njit(void(Vector, Vector, Vector), cache=True)
 def gelu_backward(grad, x, grad_x):
     """grad_x = grad * ((1 + t)/2 + x/2 (1 - t^2) c (1 + 3*0.044715 x^2)), t = tanh(c (x + 0.044715 x^3))."""
-    for i in prange(x.size):
+    for i in range(x.size):
         xi = x[i]
         t = tanh(GELU_C * (xi + GELU_CUBIC * xi * xi * xi))
         slope = np.float32(0.5) * (np.float32(1.0) + t) + np.float32(0.5) * xi * (np.float32(1.0) - t * t) * GELU_C * (
@@ -107,11 +100,11 @@ def gelu_backward(grad, x, grad_x):
         grad_x[i] = grad[i] * slope
 
 
-@njit(void(Matrix, Vector, Vector, float64, Matrix, Vector, Vector), parallel=True, cache=True, fastmath=FAST)
+@njit(void(Matrix, Vector, Vector, float64, Matrix, Vector, Vector), cache=True, fastmath=FAST)
 def layer_norm_forward(x, weight, bias, eps, out, mean, rstd):
     """out = (x - mean) * rstd * weight + bias per row, rstd = 1 / sqrt(var + eps)."""
     rows, width = x.shape
-    for r in prange(rows):
+    for r in range(rows):
         total = 0.0
         for c in range(width):
             total += x[r, c]
@@ -126,41 +119,39 @@ def layer_norm_forward(x, weight, bias, eps, out, mean, rstd):
         mean[r], rstd[r] = m, s
 
 
-@njit(void(Matrix, Matrix, Vector, Vector, Vector, Matrix, Vector, Vector), parallel=True, cache=True, fastmath=FAST)
+@njit(void(Matrix, Matrix, Vector, Vector, Vector, Matrix, Vector, Vector), cache=True, fastmath=FAST)
 def layer_norm_backward(grad, x, weight, mean, rstd, grad_x, grad_weight, grad_bias):
     """With xh = (x - mean) rstd and dxh = grad * weight:
     grad_x = rstd (dxh - mean(dxh) - xh mean(dxh xh)), grad_weight = sum_rows grad xh, grad_bias = sum_rows grad."""
     rows, width = x.shape
-    parts = max(min(rows, 64), 1)  # row blocks, each with its own partial sums of grad_weight and grad_bias
-    weight_parts = np.zeros((parts, width))
-    bias_parts = np.zeros((parts, width))
-    for part in prange(parts):
-        for r in range(part * rows // parts, (part + 1) * rows // parts):
-            mean_dxh = 0.0
-            mean_dxh_xh = 0.0
-            for c in range(width):
-                xh = (x[r, c] - mean[r]) * rstd[r]
-                dxh = grad[r, c] * weight[c]
-                mean_dxh += dxh
-                mean_dxh_xh += dxh * xh
-                weight_parts[part, c] += grad[r, c] * xh
-                bias_parts[part, c] += grad[r, c]
-            mean_dxh /= width
-            mean_dxh_xh /= width
-            for c in range(width):
-                xh = (x[r, c] - mean[r]) * rstd[r]
-                grad_x[r, c] = rstd[r] * (grad[r, c] * weight[c] - mean_dxh - xh * mean_dxh_xh)
-    for c in prange(width):
-        grad_weight[c] = weight_parts[:, c].sum()
-        grad_bias[c] = bias_parts[:, c].sum()
+    weight_sums = np.zeros(width)
+    bias_sums = np.zeros(width)
+    for r in range(rows):
+        mean_dxh = 0.0
+        mean_dxh_xh = 0.0
+        for c in range(width):
+            xh = (x[r, c] - mean[r]) * rstd[r]
+            dxh = grad[r, c] * weight[c]
+            mean_dxh += dxh
+            mean_dxh_xh += dxh * xh
+            weight_sums[c] += grad[r, c] * xh
+            bias_sums[c] += grad[r, c]
+        mean_dxh /= width
+        mean_dxh_xh /= width
+        for c in range(width):
+            xh = (x[r, c] - mean[r]) * rstd[r]
+            grad_x[r, c] = rstd[r] * (grad[r, c] * weight[c] - mean_dxh - xh * mean_dxh_xh)
+    for c in range(width):
+        grad_weight[c] = weight_sums[c]
+        grad_bias[c] = bias_sums[c]
 
 
-@njit(void(Matrix, Ids, Vector, Vector), parallel=True, cache=True, fastmath=FAST)
+@njit(void(Matrix, Ids, Vector, Vector), cache=True, fastmath=FAST)
 def cross_entropy_forward(logits, targets, losses, log_normalizer):
     """log_normalizer = logsumexp(logits) per row (shifted by the row max), losses = log_normalizer - logits[target].
     In float32 but for the sum of the exponentials, as PyTorch's log-softmax."""
     rows, classes = logits.shape
-    for r in prange(rows):
+    for r in range(rows):
         largest = logits[r, 0]
         for c in range(1, classes):
             largest = max(largest, logits[r, c])
@@ -171,26 +162,24 @@ def cross_entropy_forward(logits, targets, losses, log_normalizer):
         losses[r] = log_normalizer[r] - logits[r, targets[r]]
 
 
-@njit(void(Matrix, Ids, Vector, Vector, Matrix), parallel=True, cache=True, fastmath=FAST)
+@njit(void(Matrix, Ids, Vector, Vector, Matrix), cache=True, fastmath=FAST)
 def cross_entropy_backward(logits, targets, log_normalizer, grad_rows, grad_logits):
     """grad_logits = grad_rows * (softmax(logits) - onehot(targets)), softmax = exp(logits - log_normalizer), in float32."""
     rows, classes = logits.shape
-    for r in prange(rows):
+    for r in range(rows):
         for c in range(classes):
             grad_logits[r, c] = grad_rows[r] * exp(logits[r, c] - log_normalizer[r])
         grad_logits[r, targets[r]] -= grad_rows[r]
 
 
-@njit(void(Ids, Matrix, Matrix), parallel=True, cache=True)
+@njit(void(Ids, Matrix, Matrix), cache=True)
 def embedding_backward(ids, grad, grad_weight):
-    """grad_weight[ids[r]] += grad[r] for each row r (repeated ids accumulate); columns shared among threads."""
+    """grad_weight[ids[r]] += grad[r] for each row r (repeated ids accumulate)."""
     rows, width = grad.shape
     grad_weight[:] = 0.0
-    parts = max(min(width // 16, 64), 1)
-    for part in prange(parts):
-        for r in range(rows):
-            for c in range(part * width // parts, (part + 1) * width // parts):
-                grad_weight[ids[r], c] += grad[r, c]
+    for r in range(rows):
+        for c in range(width):
+            grad_weight[ids[r], c] += grad[r, c]
 
 
 def attention_forward(q, k, v, scale, keep, out, log_normalizer):
@@ -198,11 +187,6 @@ def attention_forward(q, k, v, scale, keep, out, log_normalizer):
     log_normalizer = logsumexp of each row of scaled scores, all of shape (B, H, T, .); keep: dropout factors or empty.
     The T x T scores live only during this call (the backward recomputes them)."""
     scores = np.empty(q.shape[:3] + (k.shape[2],), dtype=np.float32)
-    share_batch(_attention_forward_heads, (q, k, v, keep, out, log_normalizer, scores),
-                scores.size * (2 * q.shape[3] + SOFTMAX_WORK), scale)
-
-
-def _attention_forward_heads(q, k, v, keep, out, log_normalizer, scores, scale):
     np.matmul(q, k.swapaxes(2, 3), out=scores)
     causal_softmax(scores, scale, keep, log_normalizer)
     np.matmul(scores, v, out=out)
@@ -212,11 +196,7 @@ def attention_backward(grad, q, k, v, scale, keep, log_normalizer, grad_q, grad_
     """With P = exp(q k^T scale - log_normalizer) (causal) recomputed and A = P * keep:
     grad_v = A^T grad, dP = (grad v^T) * keep, dS = P (dP - sum_j P dP), grad_q = dS k scale, grad_k = dS^T q scale."""
     probs = np.empty(q.shape[:3] + (k.shape[2],), dtype=np.float32)
-    stacks = (grad, q, k, v, keep, log_normalizer, grad_q, grad_k, grad_v, probs, np.empty_like(probs))
-    share_batch(_attention_backward_heads, stacks, probs.size * (5 * q.shape[3] + SOFTMAX_WORK), scale)
-
-
-def _attention_backward_heads(grad, q, k, v, keep, log_normalizer, grad_q, grad_k, grad_v, probs, dscores, scale):
+    dscores = np.empty_like(probs)
     np.matmul(q, k.swapaxes(2, 3), out=probs)
     np.matmul(grad, v.swapaxes(2, 3), out=dscores)
     causal_softmax_backward(probs, dscores, scale, keep, log_normalizer)
@@ -225,7 +205,7 @@ def _attention_backward_heads(grad, q, k, v, keep, log_normalizer, grad_q, grad_
     np.matmul(dscores.swapaxes(2, 3), q, out=grad_k)
 
 
-@njit(void(Scores, float64, Heads, HeadRows), nogil=True, cache=True, fastmath=FAST)
+@njit(void(Scores, float64, Heads, HeadRows), cache=True, fastmath=FAST)
 def causal_softmax(scores, scale, keep, log_normalizer):
     """In place, row by row of (B, H, Tq, Tk) scores: P = softmax(scores scale) over the keys query i sees
     (0 .. i + Tk - Tq; the others 0), scores = P * keep (keep: dropout factors or empty),
@@ -250,7 +230,7 @@ def causal_softmax(scores, scale, keep, log_normalizer):
         log_normalizer[b, h, i] = largest + math.log(total)
 
 
-@njit(void(Scores, Scores, float64, Heads, HeadRows), nogil=True, cache=True, fastmath=FAST)
+@njit(void(Scores, Scores, float64, Heads, HeadRows), cache=True, fastmath=FAST)
 def causal_softmax_backward(probs, dscores, scale, keep, log_normalizer):
     """In place, row by row, from scores = q k^T and dscores = grad v^T: probs = A = P * keep with
     P = exp(scores scale - log_normalizer) (0 where the query does not see the key), dscores = dS scale with
@@ -274,14 +254,14 @@ def causal_softmax_backward(probs, dscores, scale, keep, log_normalizer):
 
 
 @njit(void(Vector, Vector, Vector, Vector, int64, float64, float64, float64, float64, float64, float64),
-      parallel=True, cache=True)
+      cache=True)
 def adam_update(values, grads, exp_avg, exp_avg_sq, decayed, learning_rate, beta1, beta2, eps, weight_decay, step):
     """p *= 1 - lr wd (the first `decayed` values), m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2,
     p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps), over flat arrays (torch.optim.AdamW's steps)."""
     step_size = learning_rate / (1.0 - beta1 ** step)
     correction = math.sqrt(1.0 - beta2 ** step)
     decay = 1.0 - learning_rate * weight_decay
-    for i in prange(values.size):
+    for i in range(values.size):
         g = grads[i]
         m = beta1 * exp_avg[i] + (1.0 - beta1) * g
         v = beta2 * exp_avg_sq[i] + (1.0 - beta2) * g * g
@@ -290,11 +270,11 @@ def adam_update(values, grads, exp_avg, exp_avg_sq, decayed, learning_rate, beta
         exp_avg[i], exp_avg_sq[i] = m, v
 
 
-@njit(void(Vector, Vector, Vector, float64, float64, float64, float64, boolean, boolean), parallel=True, cache=True)
+@njit(void(Vector, Vector, Vector, float64, float64, float64, float64, boolean, boolean), cache=True)
 def sgd_update(values, grads, momentum_buffer, learning_rate, momentum, dampening, weight_decay, nesterov, first_step):
     """g += wd p; b = g (first step) or momentum b + (1 - dampening) g; p -= lr (g + momentum b if nesterov else b),
     over flat arrays (torch.optim.SGD's steps); without momentum p -= lr g and the buffer is not touched."""
-    for i in prange(values.size):
+    for i in range(values.size):
         g = grads[i] + weight_decay * values[i]
         if momentum != 0.0:
             b = g if first_step else momentum * momentum_buffer[i] + (1.0 - dampening) * g
