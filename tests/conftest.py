@@ -25,6 +25,11 @@ settings.register_profile("tinygpt", deadline=None, derandomize=True, max_exampl
 settings.register_profile("thorough", deadline=None, derandomize=False, max_examples=1000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "tinygpt"))
 
+# The commands the tests start run in one process, as `--ranks 1`: several tests change the command from inside
+# (a crash injected in this process) and each of the others would pay MPI's start-up. tests/test_ranks.py runs
+# the default, one rank per core, and removes this.
+os.environ["TINYGPT_RANKS"] = "1"
+
 SEED = 1234
 LAYOUTS = ("contiguous", "permuted", "stepped", "expanded")
 
@@ -54,7 +59,7 @@ def fixed_seeds():
 
 @pytest.fixture
 def threads():
-    """threads(n) sets TinyGPT's CPU thread count (numba's and BLAS's) for one test; restored afterwards."""
+    """threads(n) sets TinyGPT's CPU thread count (BLAS's) for one test; restored afterwards."""
     before, blas = tinygpt.get_num_threads(), threadpool_limits(limits=None)  # records BLAS's threads
     yield tinygpt.set_num_threads
     tinygpt.set_num_threads(before)

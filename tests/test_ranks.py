@@ -103,6 +103,18 @@ def test_eval_splits_the_windows_among_ranks_and_equals_one_process(mpi, tmp_pat
     assert loss(two.stdout) == pytest.approx(loss(one.stdout), abs=1e-4)
 
 
+@pytest.mark.parametrize("problem, message", [
+    (dict(data="no-such-file.txt"), "corpus file no-such-file.txt does not exist"),
+    (dict(block_size=100_000), "too short for block size 100000"),
+])
+def test_bad_input_is_one_line_from_every_rank(mpi, tmp_path, corpus, problem, message):
+    result = tinygpt(["train", *cli_args(tiny_run(tmp_path / "out", corpus) | problem), "--ranks", "2"], tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tinygpt: error: ") and message in lines[0], result.stderr
+
+
 def start(args: list[str], tmp_path: Path, **env) -> subprocess.Popen:
     environment = {key: value for key, value in without_launcher(os.environ).items()
                    if key not in (RANKS_VARIABLE, SPLIT_BATCH_VARIABLE)}

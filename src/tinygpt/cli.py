@@ -54,23 +54,21 @@ def add_ranks_argument(parser: argparse.ArgumentParser) -> None:
                         f"(default: {RANKS_VARIABLE}, else one per core that divides the batch; 1: one process)")
 
 
-def use_the_cores(args: argparse.Namespace, batch_size: int | None, device: str) -> None:
-    """Start the command again as one rank per core under MPI (distributed.launch_ranks, which does not return),
-    unless one rank is asked for, MPI started this process already, or the work runs on a GPU. Where MPI
-    cannot start, one warning, and the work runs in this process."""
+def ranks_to_start(args: argparse.Namespace, batch_size: int | None, device: str) -> int:
+    """How many ranks the command starts under MPI (distributed.launch_ranks): one per core that splits the batch,
+    or --ranks; 1, to work in this process, where MPI started it already or the work runs on a GPU. Where MPI
+    cannot start, one warning, and 1."""
     if launched_by_mpi() or device != "cpu":
-        return
+        return 1
     try:
         ranks = requested_ranks(args.ranks, batch_size)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    if ranks == 1:
-        return
-    reason = why_mpi_cannot_start()
+    reason = why_mpi_cannot_start() if ranks > 1 else None
     if reason is not None:
         print(f"tinygpt: warning: {reason}: running in one process", file=sys.stderr)
-        return
-    launch_ranks(ranks, args.argv)
+        return 1
+    return ranks
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -84,7 +82,9 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 def run_train(args: argparse.Namespace) -> int:
     config = train_config(args)
     config.validate()
-    use_the_cores(args, config.batch_size, config.device)
+    ranks = ranks_to_start(args, config.batch_size, config.device)
+    if ranks > 1:
+        return launch_ranks(ranks, args.argv)
     train(config)
     return 0
 
@@ -180,11 +180,13 @@ def add_eval_parser(subparsers) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    use_the_cores(args, None, args.device)
+    ranks = ranks_to_start(args, None, args.device)
+    if ranks > 1:
+        return launch_ranks(ranks, args.argv)
     result = evaluate_checkpoint(args.out_dir, args.data, args.device)
     if get_world().is_main:
             print(f"loss {result['loss']:.4f} ({result['bpb']:.3f} bits/byte) over {result['tokens']:,} tokens of "
-              f"{result['source']}")
+              f"{result['source']}, in {result['seconds']:.1f} s ({result['tokens'] / result['seconds']:,.0f} tokens/s)")
     return 0
 
 

@@ -11,9 +11,13 @@ otherwise. mpi4py is imported only in the first case: it stays the optional `dis
 from __future__ import annotations
 
 import array
+import ctypes
 import os
+import re
 import shutil
+import signal
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +34,11 @@ LAUNCHER_RANK_VARIABLES = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK")
 RANKS_VARIABLE = "TINYGPT_RANKS"  # how many ranks `tinygpt train` and `tinygpt eval` start, as --ranks
 SPLIT_BATCH_VARIABLE = "TINYGPT_SPLIT_BATCH"  # set by launch_ranks: batch_size is the global batch, split among ranks
 TERMINAL_VARIABLE = "TINYGPT_TERMINAL"  # set by launch_ranks when its stderr is a terminal (the ranks' is a pipe)
+RANK_ERROR = re.compile(r"^(?:.*\r)?tinygpt: error: rank (?P<rank>\d+) of (?P<ranks>\d+): (?P<message>.*)$")
+# What MPICH prints when a rank calls MPI_Abort, and hydra's banner when a rank ends badly
+MPI_ABORT_LINE = re.compile(r"^(Abort\(\d+\) on node \d+|=+$|=   |YOUR APPLICATION TERMINATED|This typically refers to a "
+                            r"problem with your application|Please see the FAQ page)")
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def launched_by_mpi() -> bool:
@@ -231,14 +240,64 @@ def why_mpi_cannot_start() -> str | None:
     return None
 
 
-def launch_ranks(ranks: int, argv: list[str]) -> NoReturn:
-    """Replace this process by `mpiexec -n ranks python -m tinygpt argv`, each rank told that batch_size is the
-    global batch. Ctrl-C reaches mpiexec, which forwards it to every rank once; killing it ends every rank."""
-    launcher = mpiexec_path()
+def launch_ranks(ranks: int, argv: list[str]) -> int:
+    """Run `mpiexec -n ranks python -m tinygpt argv`, each rank told that batch_size is the global batch, and
+    return its exit status. This process stays in front of the ranks: Ctrl-C, SIGTERM and SIGHUP reach mpiexec
+    once, through it (mpiexec forwards them to every rank); on Linux mpiexec, and with it every rank, ends when
+    this process does, even killed; the ranks' error lines come out folded into one (relay_stderr)."""
     env = dict(os.environ, **{SPLIT_BATCH_VARIABLE: "1"}, **({TERMINAL_VARIABLE: "1"} if sys.stderr.isatty() else {}))
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(launcher, [launcher, "-n", str(ranks), sys.executable, "-m", "tinygpt", *argv], env)
+    launcher = subprocess.Popen([mpiexec_path(), "-n", str(ranks), sys.executable, "-m", "tinygpt", *argv], env=env,
+                                stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                                preexec_fn=end_with_parent(os.getpid()))
+    forward = lambda signum, frame: launcher.send_signal(signum)  # noqa: E731
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        relay_stderr(launcher.stderr.fileno(), sys.stderr)
+        return launcher.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def end_with_parent(parent: int):
+    """What a child runs before it starts its program: ask the kernel to kill it when `parent` ends (Linux's
+    PR_SET_PDEATHSIG; elsewhere nothing), and end at once if `parent` has ended already."""
+    def arrange() -> None:
+        try:
+            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):  # not Linux
+            return
+        if os.getppid() != parent:
+            os._exit(1)
+    return arrange
+
+
+def relay_stderr(source: int, target: TextIO) -> None:
+    """Copy the ranks' stderr to `target` as it comes, until it closes, but for their error lines, which are
+    printed at the end once per message ("rank R of N:" only where rank 0 did not fail the same way), and the MPI
+    library's own lines about an abort, which say nothing more."""
+    failures: dict[str, list[str]] = {}
+    pending = ""
+    while chunk := os.read(source, 1 << 16):
+        pending += chunk.decode("utf-8", errors="replace")
+        *lines, pending = pending.split("\n")
+        for line in lines:
+            found = RANK_ERROR.match(line)
+            if found:
+                failures.setdefault(found["message"], []).append(f"rank {found['rank']} of {found['ranks']}")
+            elif not MPI_ABORT_LINE.match(line):
+                target.write(line + "\n")
+        if "\r" in pending and not pending.startswith(("tinygpt:", "Abort", "=")):  # a progress bar's update
+            shown, _, pending = pending.rpartition("\r")
+            target.write(shown + "\r")
+        target.flush()
+    target.write(pending)
+    for message, ranks in failures.items():
+        named = "" if any(rank.startswith("rank 0 ") for rank in ranks) else f"{ranks[0]}: "
+        target.write(f"tinygpt: error: {named}{message}\n")
+    target.flush()
 
 
 _world: World | None = None
