@@ -9,6 +9,8 @@ import pytest
 
 BENCHMARKS = sorted((Path(__file__).parent.parent / "benchmarks").glob("bench_*.py"))
 NUMBER = r"\d+(?:\.\d+)?"
+# Scripts whose peer is another project's checkout, not ours to ship: run where the variable names one.
+NEEDS_CHECKOUT = {"bench_speedrun": "NANOGPT_DIR"}
 # The lines each script prints only once it has measured both sides of its comparison.
 SUMMARY_LINES = {
     "bench_compile": [rf"^cold compile: -?{NUMBER} s; a warm start adds -?{NUMBER} s$",
@@ -21,10 +23,9 @@ SUMMARY_LINES = {
                            r"^reproduce: python benchmarks/bench_nanogpt_loss\.py --seed 1337 --gelu tanh --quick$"],
     "bench_ops": [rf"^  tinygpt / torch\s+{NUMBER}x$", rf"^  with grad: tinygpt / torch\s+{NUMBER}x$",
                   r"outputs and gradients checked equal$", r"^reproduce: .*python benchmarks/bench_ops\.py --quick$"],
-    "bench_speedrun": [r"^  time to 1\.88, tinygpt / nanoGPT: .+$",
-                       rf"^  in nanoGPT's {NUMBER} s of training, the preset \(\d+ iterations, {NUMBER} s\) reaches "
-                       rf"whole-split val loss {NUMBER}$",
-                       r"^goal \(tinygpt <= 0\.5x nanoGPT's time to 1\.88\): met for \d of 1 seeds$",
+    "bench_speedrun": [rf"^  tinygpt train \(same recipe\)\s+median\s+{NUMBER} s, {NUMBER}x nanoGPT's time",
+                       rf"^  tinygpt train --preset shakespeare-speedrun-cpu\s+median\s+{NUMBER} s, {NUMBER}x nanoGPT's time",
+                       r"^  speedrun whole-split val loss <= 1\.88: seed 1337 (yes|no)$",
                        r"^command: python benchmarks/bench_speedrun\.py --quick$"],
     "bench_tokenizer": [rf"^  vocab\s+512\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x$",
                         rf"^  vocab\s+512 \(\s*\d+ ids\)(\s+{NUMBER}){{3}}\s+{NUMBER}x\s+{NUMBER}x$",
@@ -41,6 +42,8 @@ SUMMARY_LINES = {
 @pytest.mark.parametrize("script", BENCHMARKS, ids=lambda path: path.stem)
 def test_benchmark_runs_quick_and_prints_its_ratios(script):
     assert script.stem in SUMMARY_LINES, f"{script.name}: add the summary lines it prints to SUMMARY_LINES"
+    if script.stem in NEEDS_CHECKOUT and not os.environ.get(NEEDS_CHECKOUT[script.stem]):
+        pytest.skip(f"{script.name} compares with a checkout of another project: set {NEEDS_CHECKOUT[script.stem]}")
     done = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     for line in SUMMARY_LINES[script.stem]:

@@ -34,6 +34,7 @@ from tinygpt.config import PRESETS, ConfigError, TrainConfig, setting_schema
 from tinygpt.dataset import (check_corpus_file, default_corpus_path, get_batch, read_corpus_text, tokenize_corpus,
                              train_val_split)
 from tinygpt.distributed import TERMINAL_VARIABLE, World, get_world
+from tinygpt.evaluation import estimate_loss, split_windows, whole_split_loss
 from tinygpt.losses import CrossEntropyLoss
 from tinygpt.memory import keep_freed_memory
 from tinygpt.metrics import METRICS_FILE, MetricsLog, plot_metrics, read_metrics
@@ -42,7 +43,7 @@ from tinygpt.optimizers import (AdamW, Muon, Optimizer, OptimizerGroups, Paramet
                                 wsd_schedule)
 from tinygpt.pretrained import load_pretrained
 from tinygpt.sampling import stream_text
-from tinygpt.tensor import Tensor, no_grad
+from tinygpt.tensor import Tensor
 from tinygpt.threads import engine_threads, get_num_threads
 from tinygpt.tokenizer import BPETokenizer
 
@@ -209,51 +210,6 @@ def rank_batch(tokens: np.ndarray, config: TrainConfig, rng: np.random.Generator
     return x[share], y[share]
 
 
-@no_grad()
-def estimate_loss(model: GPT, tokens: np.ndarray, config: TrainConfig, rng: np.random.Generator,
-                  world: World | None = None) -> float:
-    """Mean cross-entropy (nats per token) over eval_iters random batches, in eval mode (no dropout); each
-    rank computes its share of every batch."""
-    world = world or get_world()
-    loss_fn = CrossEntropyLoss()
-    model.eval()
-    total = 0.0
-    for _ in range(config.eval_iters):
-        x, y = rank_batch(tokens, config, rng, world)
-        logits = model(Tensor(x, device=config.device))
-        total += loss_fn(logits, Tensor(y, device=config.device), reduction="mean").item()
-    model.train()
-    return world.sum_floats([total])[0] / (config.eval_iters * world.world_size)
-
-
-def split_windows(tokens: np.ndarray, block_size: int, max_tokens: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs and next-token targets of every non-overlapping block_size window of tokens (the first max_tokens)."""
-    windows = (min(len(tokens), max_tokens + 1) - 1) // block_size
-    inputs = np.asarray(tokens[: windows * block_size]).reshape(windows, block_size)
-    targets = np.asarray(tokens[1 : windows * block_size + 1]).reshape(windows, block_size)
-    return inputs, targets
-
-
-@no_grad()
-def whole_split_loss(model: GPT, tokens: np.ndarray, config: TrainConfig, max_tokens: int = 1 << 20,
-                     world: World | None = None) -> tuple[float, int]:
-    """Mean cross-entropy over every non-overlapping block_size window of the split (its first max_tokens):
-    each position 0..T-1 counts equally, as in random windows, but without sampling noise; each rank
-    computes a contiguous share of the windows. Returns the loss and the number of tokens it covers."""
-    world = world or get_world()
-    inputs, targets = split_windows(tokens, config.model.max_seq_length, max_tokens)
-    windows = len(inputs)
-    first, last = windows * world.rank // world.world_size, windows * (world.rank + 1) // world.world_size
-    loss_fn, total = CrossEntropyLoss(), 0.0
-    model.eval()
-    for start in range(first, last, config.batch_size):
-        stop = min(start + config.batch_size, last)
-        logits = model(Tensor(inputs[start:stop], device=config.device))
-        total += loss_fn(logits, Tensor(targets[start:stop], device=config.device), reduction="sum").item()
-    model.train()
-    return world.sum_floats([total])[0] / max(targets.size, 1), targets.size
-
-
 def evaluate(model: GPT, splits: dict[str, np.ndarray], byte_ratios: dict[str, float], config: TrainConfig,
              iteration: int, world: World | None = None) -> dict[str, float]:
     """Train and val loss, and each as bits per byte (loss / ln 2 / bytes per token). Every evaluation uses
@@ -269,7 +225,7 @@ def evaluate(model: GPT, splits: dict[str, np.ndarray], byte_ratios: dict[str, f
 def evaluate_checkpoint(out_dir: str | Path, data: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
     """The loss (nats per token) and bits per byte of the checkpoint in out_dir over every window of a text file
     (all of it), or by default of the run's validation split: then it is the final whole-split loss the trainer
-    printed. Returns {"loss", "bpb", "tokens", "source"}."""
+    printed. Returns {"loss", "bpb", "tokens", "source", "seconds"} (seconds: of the forward passes)."""
     check_device(device)
     with engine_threads():
         return _evaluate_checkpoint(out_dir, data, device)
@@ -283,8 +239,7 @@ def _evaluate_checkpoint(out_dir: str | Path, data: str | Path | None, device: s
     model = checkpoint.load_model(device)
     if data is None:
         path = corpus_path(config)
-        tokens = load_tokens(path, checkpoint.tokenizer, config)[1]
-        loss, covered = whole_split_loss(model, tokens, config)
+        tokens, max_tokens = load_tokens(path, checkpoint.tokenizer, config)[1], 1 << 20
         source = f"the validation data of the run ({config.val_data or path})"
     else:
         path = checked_text_file(data)
@@ -292,10 +247,11 @@ def _evaluate_checkpoint(out_dir: str | Path, data: str | Path | None, device: s
         if len(tokens) < config.model.max_seq_length + 1:
             raise ConfigError(f"{path} has {len(tokens)} tokens, fewer than one window of block size "
                               f"{config.model.max_seq_length} + 1")
-        loss, covered = whole_split_loss(model, tokens, config, max_tokens=len(tokens))
-        source = str(path)
+        max_tokens, source = len(tokens), str(path)
+    started = time.perf_counter()
+    loss, covered = whole_split_loss(model, tokens, config, max_tokens=max_tokens)
     return {"loss": loss, "bpb": loss / math.log(2) / bytes_per_token(tokens, checkpoint.tokenizer), "tokens": covered,
-            "source": source}
+            "source": source, "seconds": time.perf_counter() - started}
 
 
 # ---- the loop ------------------------------------------------------------------------------------

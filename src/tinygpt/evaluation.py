@@ -1,0 +1,70 @@
+"""Evaluation: the mean next-token loss of a model over many windows of a split, from forward passes alone (no
+graph, nothing kept for a backward) over large batches of windows, each rank taking a contiguous share.
+
+    estimate_loss      eval_iters random batches, drawn from a seeded generator (the periodic estimate)
+    whole_split_loss   every non-overlapping window of a split (the final, exact figure; `tinygpt eval`)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tinygpt.config import TrainConfig
+from tinygpt.dataset import get_batch
+from tinygpt.distributed import World, get_world
+from tinygpt.losses import CrossEntropyLoss
+from tinygpt.nn import GPT
+from tinygpt.tensor import Tensor, no_grad
+
+# Tokens per forward pass: many windows at once, so that each op's fixed cost (Python, allocation) is spread over
+# much arithmetic, while the attention scores of a pass stay a few MB
+EVAL_TOKENS = 8192
+
+
+@no_grad()
+def mean_loss(model: GPT, inputs: np.ndarray, targets: np.ndarray, device: str = "cpu",
+              world: World | None = None) -> float:
+    """Mean cross-entropy (nats per token) over every window (row) of inputs and targets, in eval mode (no
+    dropout): each rank sums its contiguous share of the windows, EVAL_TOKENS at a time, then one all-reduce."""
+    world = world or get_world()
+    windows = len(inputs)
+    first, last = windows * world.rank // world.world_size, windows * (world.rank + 1) // world.world_size
+    per_pass = max(1, EVAL_TOKENS // max(inputs.shape[1], 1))
+    loss_fn, total, was_training = CrossEntropyLoss(), 0.0, model.training
+    model.eval()
+    for start in range(first, last, per_pass):
+        stop = min(start + per_pass, last)
+        logits = model(Tensor(inputs[start:stop], device=device))
+        total += loss_fn(logits, Tensor(targets[start:stop], device=device), reduction="sum").item()
+    model.train(was_training)
+    return world.sum_floats([total])[0] / max(targets.size, 1)
+
+
+def estimate_loss(model: GPT, tokens: np.ndarray, config: TrainConfig, rng: np.random.Generator,
+                  world: World | None = None) -> float:
+    """Mean cross-entropy over eval_iters random batches of the global batch size (the windows one process would
+    draw from rng, batch by batch), computed as one set of windows."""
+    world = world or get_world()
+    global_batch = config.batch_size if world.splits_batch else config.batch_size * world.world_size
+    drawn = [get_batch(tokens, config.model.max_seq_length, global_batch, rng) for _ in range(config.eval_iters)]
+    inputs, targets = (np.concatenate(part) for part in zip(*drawn))
+    return mean_loss(model, inputs, targets, config.device, world)
+
+
+def split_windows(tokens: np.ndarray, block_size: int, max_tokens: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and next-token targets of every non-overlapping block_size window of tokens (the first max_tokens)."""
+    windows = (min(len(tokens), max_tokens + 1) - 1) // block_size
+    inputs = np.asarray(tokens[: windows * block_size]).reshape(windows, block_size)
+    targets = np.asarray(tokens[1 : windows * block_size + 1]).reshape(windows, block_size)
+    return inputs, targets
+
+
+def whole_split_loss(model: GPT, tokens: np.ndarray, config: TrainConfig, max_tokens: int = 1 << 20,
+                     world: World | None = None) -> tuple[float, int]:
+    """Mean cross-entropy over every non-overlapping block_size window of the split (its first max_tokens): each
+    position 0..T-1 counts equally, as in random windows, but without sampling noise. Returns the loss and the
+    number of tokens it covers."""
+    inputs, targets = split_windows(tokens, config.model.max_seq_length, max_tokens)
+    return mean_loss(model, inputs, targets, config.device, world), targets.size
+
+
+__all__ = ["EVAL_TOKENS", "estimate_loss", "mean_loss", "split_windows", "whole_split_loss"]
