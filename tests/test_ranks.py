@@ -75,11 +75,12 @@ def test_ranks_1_is_one_process_bit_for_bit(tmp_path, corpus):
     assert step_losses(tmp_path / "cli") == alone(settings | dict(out_dir=str(tmp_path / "py"))).history["losses"]
 
 
-@pytest.mark.parametrize("how", ["flag", "environment"])
-def test_automatic_ranks_train_as_one_process_with_the_recipes_batch(mpi, tmp_path, corpus, how):
+@pytest.mark.parametrize("how, optimizer", [("flag", "adamw"), ("environment", "adamw"), ("flag", "muon")])
+def test_automatic_ranks_train_as_one_process_with_the_recipes_batch(mpi, tmp_path, corpus, how, optimizer):
     """2 ranks x 2 sequences = the recipe's batch of 4: every step's loss is one process's, up to float32
-    reduction order (the mean of two equal shares' means is the mean of the whole batch)."""
-    settings = tiny_run(tmp_path / "ranks", corpus, log_interval=1)
+    reduction order (the mean of two equal shares' means is the mean of the whole batch). With Muon each rank
+    orthogonalises half of every stack of matrices."""
+    settings = tiny_run(tmp_path / "ranks", corpus, log_interval=1, optimizer=optimizer, n_layer=2)
     chosen = (["--ranks", "2"], {}) if how == "flag" else ([], {RANKS_VARIABLE: "2"})
     result = tinygpt(["train", *cli_args(settings), *chosen[0]], tmp_path, **chosen[1])
     assert result.returncode == 0, result.stderr

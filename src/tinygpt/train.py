@@ -544,9 +544,9 @@ def _train(config: TrainConfig, verbose: bool) -> TrainResult:
         result.sample = sample_text(model, tokenizer, "\n", config.sample_tokens, temperature=0.8, top_k=200,
                                     seed=config.seed, device=config.device)
     result.wall_seconds = time.perf_counter() - started
-    log(f"done: {trained} iterations in {result.wall_seconds:.1f} s, {result.tokens_per_second:,.0f} tokens/s "
-        f"while training; checkpoint in {directory}, metrics in {out_dir / METRICS_FILE}"
-        + (f", loss curve {result.plot}" if result.plot else ""))
+    log(f"done: {trained} iterations, {step_seconds:.1f} s of training steps at {result.tokens_per_second:,.0f} tokens/s, "
+        f"{result.wall_seconds:.1f} s in all (start-up, evaluations, checkpoints, plot, sample); checkpoint in "
+        f"{directory}, metrics in {out_dir / METRICS_FILE}" + (f", loss curve {result.plot}" if result.plot else ""))
     if verbose and result.sample:
         print(f"---- sample ----\n{result.sample}\n----------------", flush=True)
     return result
