@@ -365,3 +365,12 @@ def test_train_refuses_a_directory_holding_a_checkpoint(trained, workspace):
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
     assert "already holds a checkpoint" in result.stderr and "--resume" in result.stderr
     assert json.loads((trained / "ckpt" / "state.json").read_text())["iteration"] == 4
+
+
+@pytest.mark.parametrize("args", [["train", "--max-iter", "3"], ["sample", "--max-new", "3"], ["eval", "--out", "out"]])
+def test_a_flag_is_never_taken_from_its_prefix(args):
+    from tinygpt.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(args)
+    assert stopped.value.code == 2

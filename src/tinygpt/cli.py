@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 import tinygpt
-from tinygpt import bench
 from tinygpt.config import read_config_file, setting_schema
 from tinygpt.dataset import default_corpus_path, read_corpus_text
 from tinygpt.distributed import (RANKS_VARIABLE, get_world, launch_ranks, launched_by_mpi, requested_ranks,
@@ -286,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(subparsers)
     add_export_parser(subparsers)
     add_tokenizer_parser(subparsers)
-    subparsers.add_parser("bench", help="time a training step against PyTorch (tinygpt bench --help)", add_help=False)
+    subparsers.add_parser("bench", help="time a training step against PyTorch eager and DDP (tinygpt bench --help)",
+                          add_help=False)
     return parser
 
 
@@ -305,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line `argv` (default: sys.argv[1:]); returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
+        from tinygpt import bench  # a PyTorch harness: imported only when run
+
         return bench.main(argv[1:])
     parser = build_parser()
     if not argv:

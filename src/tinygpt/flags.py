@@ -10,7 +10,12 @@ from typing import Any
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (and exit 2), like every other error of the command."""
+    """An ArgumentParser whose errors are one line (and exit 2), like every other error of the command, and that
+    takes no abbreviation of a flag (`--max-iter` is an unknown flag, not silently `--max-iters`)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
