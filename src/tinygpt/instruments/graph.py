@@ -30,12 +30,7 @@ class trace(OpObserver):
 
     def __enter__(self) -> WeakKeyDictionary:
         super().__enter__()
-        self.scopes.__enter__()
         return self.modules
-
-    def __exit__(self, *exc_info) -> None:
-        self.scopes.__exit__()
-        super().__exit__()
 
     def forward(self, operation, buffers, kwargs):
         self.modules[operation] = self.scopes.current

@@ -50,13 +50,11 @@ class Profile(OpObserver):
     # ---- recording -------------------------------------------------------------------------------
     def __enter__(self) -> "Profile":
         super().__enter__()
-        self.scopes.__enter__()
         self.started = time.perf_counter()
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.seconds += time.perf_counter() - self.started
-        self.scopes.__exit__()
         super().__exit__()
 
     def forward(self, operation, buffers, kwargs):

@@ -47,7 +47,10 @@ class ModuleScopes:
 
 class OpObserver:
     """Base of what tensor.apply_op and GradientFunction.backward hand every op to while it is installed
-    (`with observer:`): forward and backward must run the op and return its result. One at a time."""
+    (`with observer:`): forward and backward must run the op and return its result. One at a time; with
+    `scopes`, its ModuleScopes is active as long as the observer is."""
+
+    scopes: ModuleScopes | None = None
 
     def forward(self, operation, buffers: list, kwargs: dict):
         return operation.forward(*buffers, **kwargs)
@@ -58,11 +61,15 @@ class OpObserver:
     def __enter__(self):
         if tensor._observer is not None:
             raise RuntimeError(f"{type(tensor._observer).__name__} is already recording: one instrument at a time")
+        if self.scopes is not None:
+            self.scopes.__enter__()
         tensor._observer = self
         return self
 
     def __exit__(self, *exc_info) -> None:
         tensor._observer = None
+        if self.scopes is not None:
+            self.scopes.__exit__()
 
 
 __all__ = ["ModuleScopes", "OpObserver"]

@@ -1,0 +1,74 @@
+"""The instruments cost nothing unused: a training step of the default preset's GPT with this tree's TinyGPT
+against another tree's (one without the instruments), fresh processes alternated round by round.
+
+    python benchmarks/bench_instruments_off.py --baseline /tmp/base/src [--rounds 7] [--steps 20]
+
+Prints each round's median step time on both sides and the ratio (this tree / baseline), then the median
+ratio and its spread over the rounds.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+STEP = """
+import statistics, time
+import numpy as np
+import tinygpt
+from tinygpt import Tensor
+from tinygpt.config import default_model
+from tinygpt.losses import CrossEntropyLoss
+from tinygpt.nn import GPT
+from tinygpt.optimizers import AdamW
+tinygpt.manual_seed(0)
+model = GPT(default_model())
+optimizer = AdamW(model, 1e-3)
+ids = np.random.default_rng(0).integers(0, 256, (12, 65))
+def step():
+    optimizer.zero_grad()
+    CrossEntropyLoss()(model(Tensor(ids[:, :-1])), Tensor(ids[:, 1:]), reduction="mean").backward()
+    optimizer.update()
+times = []
+for index in range({warmup} + {steps}):
+    started = time.perf_counter()
+    step()
+    if index >= {warmup}:
+        times.append(time.perf_counter() - started)
+print(statistics.median(times))
+"""
+
+
+def step_seconds(source: Path, steps: int, warmup: int) -> float:
+    """The median step time of `steps` steps (after `warmup`) in a fresh process importing tinygpt from source."""
+    code = f"import sys; sys.path.insert(0, {str(source)!r})\n" + STEP.format(steps=steps, warmup=warmup)
+    return float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--baseline", type=Path, required=True, help="the src directory of the tree to compare with")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args()
+    ours_source = Path(__file__).resolve().parent.parent / "src"
+    ratios = []
+    for round_index in range(args.rounds):
+        sides = [("baseline", args.baseline), ("instruments", ours_source)]
+        if round_index % 2:
+            sides.reverse()
+        seconds = {name: step_seconds(source, args.steps, args.warmup) for name, source in sides}
+        ratios.append(seconds["instruments"] / seconds["baseline"])
+        print(f"round {round_index}: baseline {seconds['baseline'] * 1e3:.2f} ms, with the instruments unused "
+              f"{seconds['instruments'] * 1e3:.2f} ms, ratio {ratios[-1]:.3f}", flush=True)
+    print(f"ratio (instruments unused / baseline): median {statistics.median(ratios):.3f}, "
+          f"range {min(ratios):.3f}-{max(ratios):.3f} over {args.rounds} rounds")
+    print("command: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_instruments_off.py "
+          f"--baseline {args.baseline} --rounds {args.rounds} --steps {args.steps}")
+
+
+if __name__ == "__main__":
+    main()
