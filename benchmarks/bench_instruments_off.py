@@ -1,10 +1,11 @@
-"""The instruments cost nothing unused: a training step of the default preset's GPT with this tree's TinyGPT
-against another tree's (one without the instruments), fresh processes alternated round by round.
+"""The instruments cost nothing unused: a training step of the default preset's GPT (--what step), or the
+application of a one-element Add where apply_op's own Python is all the time (--what op), with this tree's
+TinyGPT against another tree's (one without the instruments), fresh processes alternated round by round.
 
-    python benchmarks/bench_instruments_off.py --baseline /tmp/base/src [--rounds 7] [--steps 20]
+    python benchmarks/bench_instruments_off.py --baseline /tmp/base/src [--what step|op] [--rounds 7] [--steps 20]
 
-Prints each round's median step time on both sides and the ratio (this tree / baseline), then the median
-ratio and its spread over the rounds.
+Prints each round's median time on both sides and the ratio (this tree / baseline), then the median ratio
+and its spread over the rounds.
 """
 from __future__ import annotations
 
@@ -40,16 +41,34 @@ for index in range({warmup} + {steps}):
 print(statistics.median(times))
 """
 
+OP = """
+import statistics, time
+from tinygpt import Tensor
+x, y = Tensor([1.0], requires_grad=True), Tensor([2.0])
+def step():
+    for _ in range(10000):
+        x + y
+times = []
+for index in range({warmup} + {steps}):
+    started = time.perf_counter()
+    step()
+    if index >= {warmup}:
+        times.append(time.perf_counter() - started)
+print(statistics.median(times) / 10000)
+"""
 
-def step_seconds(source: Path, steps: int, warmup: int) -> float:
-    """The median step time of `steps` steps (after `warmup`) in a fresh process importing tinygpt from source."""
-    code = f"import sys; sys.path.insert(0, {str(source)!r})\n" + STEP.format(steps=steps, warmup=warmup)
+
+def step_seconds(source: Path, what: str, steps: int, warmup: int) -> float:
+    """The median time of `steps` steps (after `warmup`) in a fresh process importing tinygpt from source."""
+    code = f"import sys; sys.path.insert(0, {str(source)!r})\n" + {"step": STEP, "op": OP}[what].format(steps=steps,
+                                                                                                        warmup=warmup)
     return float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--baseline", type=Path, required=True, help="the src directory of the tree to compare with")
+    parser.add_argument("--what", choices=("step", "op"), default="step")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
@@ -60,14 +79,14 @@ def main() -> None:
         sides = [("baseline", args.baseline), ("instruments", ours_source)]
         if round_index % 2:
             sides.reverse()
-        seconds = {name: step_seconds(source, args.steps, args.warmup) for name, source in sides}
+        seconds = {name: step_seconds(source, args.what, args.steps, args.warmup) for name, source in sides}
         ratios.append(seconds["instruments"] / seconds["baseline"])
-        print(f"round {round_index}: baseline {seconds['baseline'] * 1e3:.2f} ms, with the instruments unused "
-              f"{seconds['instruments'] * 1e3:.2f} ms, ratio {ratios[-1]:.3f}", flush=True)
+        print(f"round {round_index}: baseline {seconds['baseline'] * 1e6:.2f} us, with the instruments unused "
+              f"{seconds['instruments'] * 1e6:.2f} us, ratio {ratios[-1]:.3f}", flush=True)
     print(f"ratio (instruments unused / baseline): median {statistics.median(ratios):.3f}, "
           f"range {min(ratios):.3f}-{max(ratios):.3f} over {args.rounds} rounds")
     print("command: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_instruments_off.py "
-          f"--baseline {args.baseline} --rounds {args.rounds} --steps {args.steps}")
+          f"--baseline {args.baseline} --what {args.what} --rounds {args.rounds} --steps {args.steps}")
 
 
 if __name__ == "__main__":

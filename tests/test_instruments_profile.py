@@ -1,5 +1,4 @@
 """The profile: FLOPs against PyTorch's FlopCounterMode and nanoGPT's estimate, rows against the step time."""
-import statistics
 import time
 
 import numpy as np
@@ -85,13 +84,16 @@ def test_flops_by_module_are_each_blocks_products(default_gpt):
         assert rows[f"blocks.{block}.mlp.backward"] == 2 * mlp
 
 
-def test_rows_add_up_to_the_measured_step_time(default_gpt):
+def test_rows_add_up_to_the_measured_step_time(default_gpt, threads):
     """Steps timed without the profile and with it, alternating: the profiled rows (ops, the optimizer's
-    region, Python) add up to the plain step's time within 10%."""
+    region, Python) add up to the plain step's time within 10%. Each side's fastest round is compared: other
+    work on a shared machine only ever adds time, and one thread keeps a busy machine's threads from
+    waiting for each other."""
     model, inputs, targets, optimizer = default_gpt
+    threads(1)
     training_step(model, inputs, targets, optimizer)
     plain, profiled = [], []
-    for _ in range(7):
+    for _ in range(9):
         started = time.perf_counter()
         training_step(model, inputs, targets, optimizer)
         plain.append(time.perf_counter() - started)
@@ -101,7 +103,7 @@ def test_rows_add_up_to_the_measured_step_time(default_gpt):
         assert all(row.seconds >= 0 for row in rows)
         assert {"Linear.forward", "Linear.backward", "optimizer.update", OUTSIDE} <= {row.name for row in rows}
         profiled.append(sum(row.seconds for row in rows))
-    assert statistics.median(profiled) == pytest.approx(statistics.median(plain), rel=0.10)
+    assert min(profiled) == pytest.approx(min(plain), rel=0.10)
 
 
 def test_the_profile_leaves_nothing_installed_even_after_an_error(default_gpt):

@@ -136,7 +136,7 @@ class Profile(OpObserver):
             rate = f"{row.flops / row.seconds / 1e9:9.2f}" if row.flops and row.seconds > 0 else f"{'':>9}"
             gflop = f"{row.flops / 1e9:9.3f}" if row.flops else f"{'':>9}"
             share = row.seconds / self.seconds if self.seconds else 0.0
-            lines.append(f"{row.name:<34} {row.calls:>7} {row.seconds * 1e3:>10.2f} {share:>7.1%} {gflop} {rate}")
+            lines.append(f"{row.name:<34} {row.calls:>7} {row.seconds * 1e3:>10.2f} {share:>7.1%} {gflop} {rate}".rstrip())
         lines.append("-" * len(header))
         lines.append(f"{'total':<34} {'':>7} {self.seconds * 1e3:>10.2f} {1:>7.1%} {self.flops / 1e9:9.3f} "
                      f"{self.flops / max(self.seconds, 1e-12) / 1e9:9.2f}")

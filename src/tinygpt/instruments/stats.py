@@ -100,10 +100,12 @@ def plot_stats(records: list[dict[str, Any]], path: Path) -> Path | None:
     layers = [per_layer(record) for record in stats]
     titles = {"grad_norm": "gradient norm", "update_ratio": "update / weight", "activation_mean": "activation mean",
               "activation_std": "activation std"}
+    colors = {layer: f"C{index % 10}" for index, layer in enumerate(layers[-1]["grad_norm"])}  # a layer's in every panel
     for index, statistic in enumerate(STATISTICS):
         axes = figure.add_subplot(2, 2, index + 1)
         for layer in layers[-1][statistic]:
-            axes.plot(iterations, [values[statistic].get(layer, math.nan) for values in layers], label=layer)
+            axes.plot(iterations, [values[statistic].get(layer, math.nan) for values in layers], label=layer,
+                      color=colors.get(layer))
         if statistic in ("grad_norm", "update_ratio"):
             axes.set_yscale("log")
         axes.set_title(titles[statistic])
