@@ -12,6 +12,8 @@ NUMBER = r"\d+(?:\.\d+)?"
 SUMMARY_LINES = {
     "bench_compile": [rf"^cold compile: -?{NUMBER} s; a warm start adds -?{NUMBER} s$",
                       r"^\$ python benchmarks/bench_compile\.py --quick$"],
+    "bench_instruments_off": [rf"^ratio \(instruments unused / baseline\): median {NUMBER}, range {NUMBER}-{NUMBER} over 1 rounds$",
+                              r"^command: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_instruments_off\.py --quick$"],
     "bench_kernels": [rf"^\| all \| {NUMBER} \| {NUMBER} \| {NUMBER}x \|$",
                       r"^\$ python benchmarks/bench_kernels\.py --quick$"],
     "bench_distributed": [rf"^  scaling efficiency, 2 ranks / \(2 x 1 rank\): tinygpt {NUMBER}, torch {NUMBER}$",
