@@ -93,7 +93,7 @@ def test_rows_add_up_to_the_measured_step_time(default_gpt, threads):
     threads(1)
     training_step(model, inputs, targets, optimizer)
     plain, profiled = [], []
-    for _ in range(9):
+    for _ in range(15):
         started = time.perf_counter()
         training_step(model, inputs, targets, optimizer)
         plain.append(time.perf_counter() - started)
@@ -133,3 +133,32 @@ def test_table_reports_mfu_against_the_given_peak(default_gpt):
     assert "Linear.backward" in table and OUTSIDE in table
     with pytest.raises(ValueError, match="by must be"):
         p.rows(by="layer")
+
+
+@pytest.mark.parametrize("shapes", [((3, 1, 4, 5), (2, 5, 6)), ((4, 5), (5, 3)), ((7,), (7, 3))])
+def test_matmul_flops_equal_pytorchs_with_broadcast_batches_and_vectors(shapes):
+    rng = np.random.default_rng(0)
+    x, y = (rng.standard_normal(shape).astype(np.float32) for shape in shapes)
+    with profile(peak_flops=1.0) as p:
+        (Tensor(x, requires_grad=True) @ Tensor(y, requires_grad=True)).sum().backward()
+    tx, ty = torch.tensor(x, requires_grad=True), torch.tensor(y, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        (tx @ ty).sum().backward()
+    assert counter.get_total_flops() > 0
+    assert p.flops == counter.get_total_flops()
+
+
+def test_attention_flops_with_fewer_queries_than_keys_equal_pytorchs():
+    from tinygpt import apply_op, mlops
+
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((2, 3, length, 8)).astype(np.float32) for length in (4, 7, 7))
+    with profile(peak_flops=1.0) as p:
+        apply_op(mlops.ScaledDotProductAttention, *(Tensor(a, requires_grad=True) for a in (q, k, v))).sum().backward()
+    tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    with FlopCounterMode(display=False) as counter:  # the composition: FlopCounterMode counts no CPU sdpa
+        scores = (tq @ tk.transpose(-1, -2)) / np.sqrt(8)
+        keys_seen = torch.ones(4, 7, dtype=torch.bool).tril(diagonal=7 - 4)
+        (scores.masked_fill(~keys_seen, float("-inf")).softmax(-1) @ tv).sum().backward()
+    assert counter.get_total_flops() > 0
+    assert p.flops == counter.get_total_flops()

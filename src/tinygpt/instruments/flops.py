@@ -18,7 +18,7 @@ from tinygpt.buffer import Buffer, matmul
 from tinygpt.operation import Operation
 
 
-def operation_flops(operation: Operation, buffers: list[Buffer | None], kwargs: dict) -> tuple[int, int]:
+def operation_flops(operation: Operation, buffers: list[Buffer | None]) -> tuple[int, int]:
     """(forward, backward) FLOPs of an op applied to these input buffers; (0, 0) for ops that are not products."""
     needs_grad = operation.needs_input_grad
     if isinstance(operation, mlops.Linear):

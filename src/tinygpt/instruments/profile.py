@@ -59,7 +59,7 @@ class Profile(OpObserver):
 
     def forward(self, operation, buffers, kwargs):
         module = self.scopes.current
-        forward_flops, backward_flops = operation_flops(operation, buffers, kwargs)
+        forward_flops, backward_flops = operation_flops(operation, buffers)
         started = time.perf_counter()
         out = operation.forward(*buffers, **kwargs)
         synchronize(out.xp)
