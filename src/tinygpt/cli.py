@@ -52,8 +52,7 @@ def add_train_parser(subparsers) -> None:
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig of a `tinygpt train` command line: defaults, checkpoint, preset, config file, flags."""
-    flags = {key: value for key, value in vars(args).items()
-             if key not in ("command", "handler", "preset", "config", "steps")}
+    flags = {key: value for key, value in vars(args).items() if key not in ("command", "handler", "preset", "config")}
     file_settings = read_config_file(args.config) if args.config else {}
     return resolve_config(file_settings | flags, args.preset)
 
@@ -76,8 +75,9 @@ def add_profile_parser(subparsers) -> None:
 
 
 def run_profile(args: argparse.Namespace) -> int:
-    timed = profile_training(train_config(args), args.steps)
-    print(f"{args.steps} training steps\n\n{timed.table()}\n\n{timed.table(by='module')}")
+    steps = vars(args).pop("steps")  # profile's own flag, not a training setting
+    timed = profile_training(train_config(args), steps)
+    print(f"{steps} training steps\n\n{timed.table()}\n\n{timed.table(by='module')}")
     return 0
 
 
