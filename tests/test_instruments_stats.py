@@ -1,6 +1,10 @@
 """Layer statistics (--log-stats) against PyTorch for the same weights and batch; TensorBoard's reader reads
 back every scalar a run writes (--tensorboard)."""
 import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +23,7 @@ torch = pytest.importorskip("torch", reason="torch is the oracle for the statist
 transformers = pytest.importorskip("transformers", reason="transformers provides the reference GPT-2")
 
 VOCAB, POSITIONS, LAYERS = 64, 16, 2
+SOURCE = Path(__file__).resolve().parent.parent / "src"
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +155,17 @@ def test_tensorboard_without_its_writer_is_one_clear_error(tmp_path, monkeypatch
                                             sample_tokens=0, out_dir=str(tmp_path), tensorboard=True))
     with pytest.raises(ConfigError, match=r"pip install 'tinygpt\[tensorboard\]'"):
         train(config, verbose=False)
+
+
+def test_a_process_that_ends_without_closing_the_writer_still_writes_its_events(tmp_path):
+    """A run stopped by an error or Ctrl-C never reaches close(): tensorboardX closes its writers at exit."""
+    pytest.importorskip("tensorboardX", reason="the writer of the tensorboard extra")
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator",
+                                            reason="tensorboard's event reader (the tensorboard extra)")
+    code = ("from tinygpt.instruments.tensorboard import TensorBoardLog\n"
+            f"TensorBoardLog({str(tmp_path)!r}).write({{'type': 'train', 'iter': 3, 'loss': 1.5}})\n"
+            "raise SystemExit(1)")
+    assert subprocess.run([sys.executable, "-c", code], env=os.environ | {"PYTHONPATH": str(SOURCE)}).returncode == 1
+    reader = event_accumulator.EventAccumulator(str(tmp_path))
+    reader.Reload()
+    assert [(event.step, event.value) for event in reader.Scalars("train/loss")] == [(3, 1.5)]
