@@ -29,7 +29,7 @@ def operation_flops(operation: Operation, buffers: list[Buffer | None]) -> tuple
         x, y = buffers
         rows = x.shape[-2] if x.ndim > 1 else 1
         columns = y.shape[-1] if y.ndim > 1 else 1
-        batch = math.prod(_broadcast_batch(x.shape[:-2], y.shape[:-2]))
+        batch = math.prod(np.broadcast_shapes(x.shape[:-2], y.shape[:-2]))
         products = 2 * batch * rows * x.shape[-1] * columns
         return products, products * (needs_grad[0] + needs_grad[1])
     if isinstance(operation, mlops.MultiHeadAttention):
@@ -47,12 +47,6 @@ def attention_flops(score_products: int, backward: bool) -> tuple[int, int]:
     forward q k^T and P v (2 products), backward dP = dy v^T, dv = P^T dy, dq = dS k, dk = dS^T q (4)."""
     forward = 2 * 2 * score_products
     return forward, 2 * forward if backward else 0
-
-
-def _broadcast_batch(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
-    length = max(len(a), len(b))
-    a, b = (1,) * (length - len(a)) + a, (1,) * (length - len(b)) + b
-    return tuple(max(x, y) for x, y in zip(a, b))
 
 
 def gpt_step_flops(num_parameters: int, num_layers: int, embedding_dim: int, seq_length: int, tokens: int) -> int:

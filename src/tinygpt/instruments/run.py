@@ -6,7 +6,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from tinygpt.config import ConfigError
+from tinygpt.config import ConfigError, TrainConfig
 from tinygpt.instruments.flops import gpt_step_flops, measure_peak_flops, mfu
 from tinygpt.instruments.stats import LayerStats, plot_stats
 from tinygpt.instruments.tensorboard import TENSORBOARD_DIR, TensorBoardLog
@@ -18,7 +18,7 @@ STATS_PLOT = "stats.png"
 class RunInstruments:
     """The instruments of one run of `train`; `out_dir` None on the ranks that do not write."""
 
-    def __init__(self, model: GPT, config, out_dir: Path | None, world_size: int = 1) -> None:
+    def __init__(self, model: GPT, config: TrainConfig, out_dir: Path | None, world_size: int = 1) -> None:
         self.config, self.out_dir = config, out_dir
         shape = config.model
         positions = model.position_embedding.embeddings.numel if "position_embedding" in model else 0
