@@ -15,6 +15,8 @@ NEEDS_CHECKOUT = {"bench_speedrun": "NANOGPT_DIR"}
 SUMMARY_LINES = {
     "bench_compile": [rf"^cold compile: -?{NUMBER} s; a warm start adds -?{NUMBER} s$",
                       r"^\$ python benchmarks/bench_compile\.py --quick$"],
+    "bench_instruments_off": [rf"^ratio \(instruments unused / baseline\): median {NUMBER}, range {NUMBER}-{NUMBER} over 1 rounds$",
+                              r"^command: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_instruments_off\.py --quick$"],
     "bench_kernels": [rf"^\| all \| {NUMBER} \| {NUMBER} \| {NUMBER}x \|$",
                       r"^\$ python benchmarks/bench_kernels\.py --quick$"],
     "bench_generate": [rf"^\s+96\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x$",

@@ -328,7 +328,7 @@ def test_redirected_output_gets_plain_lines_not_carriage_returns(workspace):
                      "--log-interval", "2", *TINY)
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stderr
-    assert re.findall(r"^iter (\d+): loss [\d.]+, lr [\d.e+-]+, [\d,]+ tok/s$", result.stderr, re.M) == ["0", "2"]
+    assert re.findall(r"^iter (\d+): loss [\d.]+, lr [\d.e+-]+, [\d,]+ tok/s, MFU [\d.]+%$", result.stderr, re.M) == ["0", "2"]
 
 
 SIGINT_FLAGS = ["--data", "corpus.txt", "--max-iters", "100", "--dropout", "0.1", "--log-interval", "1",

@@ -6,6 +6,8 @@
     tinygpt eval --out-dir DIR [--data FILE]                       whole-file loss and bits per byte
     tinygpt tokenizer train|encode|decode ...                      train and use a BPE tokenizer
     tinygpt bench [...]                                            a training step against PyTorch
+    tinygpt profile [train's flags] [--steps N]                     a few training steps timed op by op, FLOPs, MFU
+    tinygpt attention --out-dir DIR --prompt TEXT [--layer N]      every head's attention map for a prompt
 
 Bad input (a missing or empty file, a block size larger than the data, an unknown preset, a checkpoint
 of another architecture or a corrupt one, `--device cuda` without CuPy) ends with one line on stderr
@@ -26,6 +28,7 @@ from tinygpt.distributed import (RANKS_VARIABLE, get_world, launch_ranks, launch
                                  why_mpi_cannot_start)
 from tinygpt.flags import OneLineParser, add_setting_flags
 from tinygpt.gpt2_tokenizer import save_gpt2_tokenizer
+from tinygpt.instruments.commands import attention_picture, profile_training
 from tinygpt.sampling import read_prompt, stream_text
 from tinygpt.tokenizer import BPETokenizer, RegexPatterns
 from tinygpt.train import (PRESETS, ConfigError, TrainConfig, TrainingInterrupted, check_device, evaluate_checkpoint,
@@ -85,6 +88,44 @@ def run_train(args: argparse.Namespace) -> int:
     if ranks > 1:
         return launch_ranks(ranks, args.argv)
     train(config)
+    return 0
+
+
+def add_profile_parser(subparsers) -> None:
+    parser = subparsers.add_parser("profile", help="time a few training steps op by op, with FLOPs and MFU",
+                                   description="Run --steps training steps of the run `tinygpt train` would run with the "
+                                   "same flags (after one warm-up step) and print where the time goes, by op and by "
+                                   "module, with each row's FLOPs and the MFU (docs/instruments.md).")
+    parser.add_argument("--preset", help=f"a known configuration: {', '.join(PRESETS)}")
+    parser.add_argument("--config", metavar="FILE", help="a .toml or .json file of settings, as for train")
+    parser.add_argument("--steps", type=int, default=3, metavar="N", help="profiled steps (default: 3)")
+    add_setting_flags(parser, setting_schema())
+    parser.set_defaults(handler=run_profile)
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    steps = vars(args).pop("steps")  # profile's own flag, not a training setting
+    timed = profile_training(train_config(args), steps)
+    print(f"{steps} training steps\n\n{timed.table()}\n\n{timed.table(by='module')}")
+    return 0
+
+
+def add_attention_parser(subparsers) -> None:
+    parser = subparsers.add_parser("attention", help="draw every head's attention map for a prompt",
+                                   description="Draw the attention probabilities of every head of the checkpoint in "
+                                   "--out-dir (every layer, or --layer) for a prompt, as heat maps with the tokens on "
+                                   "the axes.")
+    add_out_dir_argument(parser)
+    parser.add_argument("--prompt", required=True, help="the text whose attention to draw")
+    parser.add_argument("--layer", type=int, metavar="N", help="only this layer (default: all)")
+    parser.add_argument("--to", metavar="PATH", help="the picture to write, .png or .svg (default: OUT_DIR/attention.png)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.set_defaults(handler=run_attention)
+
+
+def run_attention(args: argparse.Namespace) -> int:
+    path, _ = attention_picture(args.out_dir, args.prompt, args.to, args.layer, args.device)
+    print(f"wrote {path}")
     return 0
 
 
@@ -278,13 +319,15 @@ def run_tokenizer_decode(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="tinygpt", description="TinyGPT: train a GPT from its own small parts, then sample it.")
     parser.add_argument("--version", action="version", version=f"tinygpt {tinygpt.__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="{train,sample,eval,export,tokenizer,bench}", required=True,
-                                       parser_class=OneLineParser)
+    subparsers = parser.add_subparsers(dest="command", metavar="{train,sample,eval,export,tokenizer,bench,profile,attention}",
+                                       required=True, parser_class=OneLineParser)
     add_train_parser(subparsers)
     add_sample_parser(subparsers)
     add_eval_parser(subparsers)
     add_export_parser(subparsers)
     add_tokenizer_parser(subparsers)
+    add_profile_parser(subparsers)
+    add_attention_parser(subparsers)
     subparsers.add_parser("bench", help="time a training step against PyTorch eager and DDP (tinygpt bench --help)",
                           add_help=False)
     return parser

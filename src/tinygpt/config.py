@@ -94,6 +94,9 @@ class TrainConfig:
     eval_interval: int = _setting(250, "evaluate and save a checkpoint every this many iterations")
     eval_iters: int = _setting(50, "batches per evaluation")
     log_interval: int = _setting(10, "write a line to metrics.jsonl (and, when not a terminal, to stderr) every this many iterations")
+    log_stats: bool = _setting(False, "at --log-interval, each parameter's gradient norm and update / weight ratio and "
+                               "each block's activation mean and std, to metrics.jsonl and out_dir/stats.png")
+    tensorboard: bool = _setting(False, "write TensorBoard events to out_dir/tensorboard (needs tinygpt[tensorboard])")
     val_fraction: float = _setting(0.1, "share of the data held out for validation (its end)")
     sample_tokens: int = _setting(300, "length of the sample printed at the end (0: none)")
     device: str = _setting("cpu", "cpu, or cuda (needs CuPy)")

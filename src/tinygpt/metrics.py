@@ -1,8 +1,11 @@
 """A run's metrics: one JSON object a line in `<out_dir>/metrics.jsonl`, and the loss plot drawn from it.
 
-A training line: {"type": "train", "iter", "loss", "lr", "tokens_per_s", "grad_norm", "elapsed"} (loss and
-grad norm of that iteration's optimizer step, its learning rate, elapsed wall seconds of training so far).
+A training line: {"type": "train", "iter", "loss", "lr", "tokens_per_s", "grad_norm", "mfu", "elapsed"} (loss
+and grad norm of that iteration's optimizer step, its learning rate, its model FLOPs utilisation, elapsed wall
+seconds of training so far).
 An evaluation: {"type": "eval", "iter", "train_loss", "val_loss", "train_bpb", "val_bpb", "elapsed"}.
+With --log-stats: {"type": "stats", "iter", "grad_norm", "update_ratio", "activation_mean", "activation_std"},
+each a dict by parameter or block name (tinygpt.instruments.stats).
 
     import json
     records = [json.loads(line) for line in open("out/metrics.jsonl")]

@@ -13,6 +13,7 @@ from tinygpt.buffer import Buffer
 from tinygpt.utils import DType, normalize_axes
 
 _grad_enabled = True
+_observer = None  # set by tinygpt.instruments while a profile records; None costs one check per op
 
 
 class no_grad:
@@ -61,7 +62,7 @@ class GradientFunction:
                 raise RuntimeError(
                     f"a tensor of shape {tensor.shape} saved by {self.name} was modified in place after use "
                     f"(version {version} -> {tensor._version}); its gradient would be wrong")
-        grads = self.operation.backward(grad)
+        grads = self.operation.backward(grad) if _observer is None else _observer.backward(self.operation, grad)
         if not isinstance(grads, tuple):
             grads = (grads,)
         for tensor, input_grad in zip(self.inputs, grads):
@@ -77,7 +78,8 @@ def apply_op(operation_class: type[mlops.Operation], *inputs: "Tensor | None", *
     """Run an op's forward on the inputs' buffers; attach a GradientFunction if any input requires grad."""
     needs_input_grad = [_grad_enabled and t is not None and t.requires_grad for t in inputs]
     operation = operation_class(needs_input_grad)
-    out = operation.forward(*(t.buffer if t is not None else None for t in inputs), **kwargs)
+    buffers = [t.buffer if t is not None else None for t in inputs]
+    out = operation.forward(*buffers, **kwargs) if _observer is None else _observer.forward(operation, buffers, kwargs)
     result = Tensor._wrap(out, any(needs_input_grad))
     if inputs and inputs[0] is not None and out.data is inputs[0].buffer.data:
         result._version_counter = inputs[0]._version_counter  # a view: in-place changes show in both

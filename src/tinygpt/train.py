@@ -35,6 +35,7 @@ from tinygpt.dataset import (check_corpus_file, default_corpus_path, get_batch, 
                              train_val_split)
 from tinygpt.distributed import TERMINAL_VARIABLE, World, get_world
 from tinygpt.evaluation import estimate_loss, split_windows, whole_split_loss
+from tinygpt.instruments.run import RunInstruments
 from tinygpt.losses import CrossEntropyLoss
 from tinygpt.memory import keep_freed_memory
 from tinygpt.metrics import METRICS_FILE, MetricsLog, plot_metrics, read_metrics
@@ -348,9 +349,9 @@ class ProgressReport:
                         mininterval=0.5, dynamic_ncols=True)
         self.log_interval, self.recent_rate = config.log_interval, 0.0
 
-    def step(self, iteration: int, loss: float, learning_rate: float, rate: float) -> None:
+    def step(self, iteration: int, loss: float, learning_rate: float, rate: float, mfu: float = 0.0) -> None:
         self.recent_rate = 0.9 * self.recent_rate + 0.1 * rate if self.recent_rate else rate  # smoothed for the bar
-        text = f"loss {loss:.4f}, lr {learning_rate:.2e}, {self.recent_rate:,.0f} tok/s"
+        text = f"loss {loss:.4f}, lr {learning_rate:.2e}, {self.recent_rate:,.0f} tok/s, MFU {mfu:.1%}"
         if self.plain and iteration % self.log_interval == 0:
             print(f"iter {iteration}: {text}", file=sys.stderr, flush=True)
         self.bar.set_postfix_str(text, refresh=False)
@@ -462,6 +463,7 @@ def _train(config: TrainConfig, verbose: bool) -> TrainResult:
             raise ConfigError(f"the checkpoint in {out_dir} is at iteration {start}, beyond --max-iters "
                               f"{config.max_iters}: give a larger --max-iters to continue it")
     metrics = MetricsLog(out_dir / METRICS_FILE, start if checkpoint is not None else None) if world.is_main else None
+    instruments = RunInstruments(model, config, out_dir if world.is_main else None, world.world_size)
     log(f"{model.num_parameters():,} parameters, {len(splits['train']):,} train and {len(splits['val']):,} val tokens, "
         f"iterations {start} -> {config.max_iters} on {config.device}: {describe_layout(config, world)}")
 
@@ -476,6 +478,7 @@ def _train(config: TrainConfig, verbose: bool) -> TrainResult:
     def record(entry: dict[str, Any]) -> None:
         if metrics is not None:
             metrics.write(entry)
+            instruments.write(entry)
 
     def save() -> Path:
         dropout_rngs = world.gather(random_state(config.device))
@@ -511,7 +514,8 @@ def _train(config: TrainConfig, verbose: bool) -> TrainResult:
                 x, y = rank_batch(splits["train"], config, data_rng, world, micro_batches)
                 learning_rate = optimizer.current_learning_rate
                 try:
-                    loss_value, grad_norm = train_step(model, optimizer, x, y, config, world)
+                    with instruments.watch(iteration):
+                        loss_value, grad_norm = train_step(model, optimizer, x, y, config, world)
                 except Diverged as error:
                     raise diverged(iteration, str(error), directory) from None
                 elapsed = time.perf_counter() - step_started
@@ -520,11 +524,15 @@ def _train(config: TrainConfig, verbose: bool) -> TrainResult:
                 history["iterations"].append(iteration)
                 history["losses"].append(loss_value)
                 history["learning_rates"].append(learning_rate)
+                step_mfu = instruments.mfu(elapsed)
                 if iteration % config.log_interval == 0:
                     record({"type": "train", "iter": iteration, "loss": loss_value, "lr": learning_rate,
-                            "tokens_per_s": tokens_per_iteration / elapsed, "grad_norm": grad_norm,
+                            "tokens_per_s": tokens_per_iteration / elapsed, "grad_norm": grad_norm, "mfu": step_mfu,
                             "elapsed": train_seconds})
-                progress.step(iteration, loss_value, learning_rate, tokens_per_iteration / elapsed)
+                    stats = instruments.take_stats()
+                    if stats is not None:
+                        record(stats)
+                progress.step(iteration, loss_value, learning_rate, tokens_per_iteration / elapsed, step_mfu)
                 iteration += 1
         finally:
             progress.close()
@@ -540,6 +548,8 @@ def _train(config: TrainConfig, verbose: bool) -> TrainResult:
                          wall_seconds=0.0, tokens_per_second=trained * tokens_per_iteration / step_seconds if trained else 0.0,
                          checkpoint_dir=directory,
                          plot=plot_metrics(read_metrics(metrics.path), out_dir / "loss.png") if metrics is not None else None)
+    if metrics is not None:
+        instruments.close(read_metrics(metrics.path))
     if config.sample_tokens and world.is_main:
         result.sample = sample_text(model, tokenizer, "\n", config.sample_tokens, temperature=0.8, top_k=200,
                                     seed=config.seed, device=config.device)
