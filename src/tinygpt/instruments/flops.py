@@ -61,7 +61,7 @@ def mfu(flops: float, seconds: float, peak_flops_per_second: float) -> float:
 
 
 @functools.lru_cache(maxsize=None)
-def measure_peak_flops(device: str = "cpu", size: int = 2048, repeats: int = 3) -> float:
+def measure_peak_flops(device: str = "cpu", size: int = 1024, repeats: int = 3) -> float:
     """The machine's float32 FLOP/s, measured once per process: the best of `repeats` products of two
     size x size matrices, through the same GEMM the ops use."""
     xp = backend.array_module(device)

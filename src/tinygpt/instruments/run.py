@@ -19,7 +19,7 @@ class RunInstruments:
     """The instruments of one run of `train`; `out_dir` None on the ranks that do not write."""
 
     def __init__(self, model: GPT, config: TrainConfig, out_dir: Path | None, world_size: int = 1) -> None:
-        self.config, self.out_dir = config, out_dir
+        self.config, self.out_dir, self.world_size = config, out_dir, world_size
         shape = config.model
         positions = model.position_embedding.embeddings.numel if "position_embedding" in model else 0
         tokens = config.batch_size * config.gradient_accumulation_steps * shape.max_seq_length * world_size
@@ -35,10 +35,11 @@ class RunInstruments:
         self.stats_record: dict[str, Any] | None = None
 
     def mfu(self, seconds: float) -> float:
-        """The MFU of a step that took `seconds` (nanoGPT's estimate against the peak measured here once)."""
+        """The MFU of a step that took `seconds` (nanoGPT's estimate) against the peak of all the ranks: this
+        engine's, measured here once, times the ranks."""
         if self.out_dir is None:
             return 0.0
-        return mfu(self.step_flops, seconds, measure_peak_flops(self.config.device))
+        return mfu(self.step_flops, seconds, measure_peak_flops(self.config.device) * self.world_size)
 
     def watch(self, iteration: int):
         """Around a training step: with --log-stats, at --log-interval, gathers that step's layer statistics."""
