@@ -1,7 +1,6 @@
 """Keeping freed memory in the process: a training step allocates and frees the same large arrays over and
 over, and glibc's malloc hands big blocks back to the kernel on free (mmap/trim), so that every step
-faults the same pages in again (measured: about 3,000 page faults and 9.5 ms of system time per step of
-the CPU configuration). `keep_freed_memory()` raises the two thresholds (mallopt) so that freed blocks are
+faults the same pages in again, thousands of page faults a step (docs/operation.md). `keep_freed_memory()` raises the two thresholds (mallopt) so that freed blocks are
 reused instead. It changes the whole process's allocator, so TinyGPT never calls it at import: the trainer
 and `tinygpt bench` call it, a user may."""
 from __future__ import annotations

@@ -67,7 +67,7 @@ def cross_entropy_backward(logits, targets, log_normalizer, grad_rows, grad_logi
 def embedding_backward(ids, grad, grad_weight):
     """grad_weight[ids[r]] += grad[r] for each row r (repeated ids accumulate).
 
-    numpy: sort the ids and sum each run with reduceat (measured 7x faster than np.add.at on an
+    numpy: sort the ids and sum each run with reduceat (np.add.at, unbuffered, is much slower on an
     embedding gradient); CuPy: cupyx.scatter_add (atomic adds on the GPU)."""
     grad_weight[...] = 0.0
     if len(ids) == 0:
