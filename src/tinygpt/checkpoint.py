@@ -28,6 +28,7 @@ from tinygpt import backend
 from tinygpt.config import NANOGPT_NAMES, ConfigError, TrainConfig
 from tinygpt.checkpoint_checks import (check_finite_weights, check_optimizer_covers_model, check_state,
                                        check_weights_fit_config)
+from tinygpt.files import CONFIG_FILE_BYTES, STATE_FILE_BYTES, TOKENIZER_FILE_BYTES, read_text, regular_file
 from tinygpt.nn import GPT, GPTConfig
 from tinygpt.optimizers import Optimizer
 from tinygpt.tokenizer import BPETokenizer
@@ -51,7 +52,7 @@ def find_checkpoint(out_dir: str | os.PathLike) -> Path:
 def read_checkpoint_config(directory: Path) -> dict[str, Any]:
     """config.json of a checkpoint: {"format", "model": GPTConfig as a dict, "train": flat settings}."""
     try:
-        config = json.loads((directory / CONFIG_FILE).read_text())
+        config = json.loads(read_text(directory / CONFIG_FILE, "checkpoint file", CONFIG_FILE_BYTES))
         if config.get("format") != CHECKPOINT_FORMAT or not isinstance(config["model"], dict):
             raise ValueError(f"format {config.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
         config["train"] = dict(config["train"])
@@ -108,13 +109,13 @@ def load_checkpoint(out_dir: str | os.PathLike) -> Checkpoint:
     directory = find_checkpoint(out_dir)
     config = read_checkpoint_config(directory)
     try:
-        state = json.loads((directory / STATE_FILE).read_text())
+        state = json.loads(read_text(directory / STATE_FILE, "checkpoint file", STATE_FILE_BYTES))
         check_state(state)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ConfigError(f"corrupt checkpoint {directory}: cannot read {STATE_FILE} ({error})") from None
     tokenizer = BPETokenizer()
     try:
-        tokenizer.load(directory / f"{TOKENIZER_PREFIX}.model")
+        tokenizer.load(regular_file(directory / f"{TOKENIZER_PREFIX}.model", "tokenizer file", TOKENIZER_FILE_BYTES))
     except (OSError, ValueError) as error:
         raise ConfigError(f"corrupt checkpoint {directory}: {error}") from None
     return Checkpoint(directory, config, state, tokenizer)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
+from tinygpt.files import regular_file
 from tinygpt.module import Module
 from tinygpt.nn import MAX_MODEL_PARAMETERS, GPTConfig
 from tinygpt.utils import is_real
@@ -22,6 +23,7 @@ HISTORY_SERIES = ("iterations", "losses", "learning_rates")
 
 def stored_elements(path: Path) -> int:
     """The number of elements of all tensors in a safetensors file, read from its header only."""
+    regular_file(path, "weights file")
     try:
         with safe_open(str(path), framework="numpy") as file:
             return sum(math.prod(file.get_slice(name).get_shape()) for name in file.keys())

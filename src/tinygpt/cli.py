@@ -24,6 +24,7 @@ from tinygpt import bench
 from tinygpt.config import read_config_file, setting_schema
 from tinygpt.dataset import default_corpus_path, read_corpus_text
 from tinygpt.distributed import get_world, launched_by_mpi
+from tinygpt.files import PROMPT_FILE_BYTES, TOKENIZER_FILE_BYTES, decode_utf8, read_stream, regular_file
 from tinygpt.flags import OneLineParser, add_setting_flags
 from tinygpt.gpt2_tokenizer import save_gpt2_tokenizer
 from tinygpt.sampling import read_prompt, stream_text
@@ -186,18 +187,16 @@ def read_text(path: Path) -> str:
 def read_stdin_text() -> str:
     """All of stdin as UTF-8 text, exactly as it came (no newline translation)."""
     try:
-        return sys.stdin.buffer.read().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"stdin is not UTF-8 text ({error.reason} at byte {error.start})") from None
+        return decode_utf8(read_stream(sys.stdin.buffer, "stdin", PROMPT_FILE_BYTES), "stdin")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def load_tokenizer(path: str) -> BPETokenizer:
-    if not Path(path).is_file():
-        raise ConfigError(f"tokenizer model {path} does not exist")
     tokenizer = BPETokenizer()
     try:
-        tokenizer.load(path)
-    except ValueError as error:
+        tokenizer.load(regular_file(path, "tokenizer model", TOKENIZER_FILE_BYTES))
+    except (OSError, ValueError) as error:
         raise ConfigError(str(error)) from None
     return tokenizer
 
