@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import tinygpt
 from tinygpt import bench
+from tinygpt.checkpoint import CHECKPOINT_DIR, PREVIOUS_CHECKPOINT_DIR, STAGING_PREFIX, STATE_FILE
 from tinygpt.config import read_config_file, setting_schema
 from tinygpt.dataset import default_corpus_path, read_corpus_text
 from tinygpt.distributed import get_world, launched_by_mpi
@@ -128,6 +132,7 @@ def add_export_parser(subparsers) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     checkpoint = load_checkpoint(args.out_dir)
+    refuse_checkpoint_target(Path(args.to))
     model = checkpoint.load_model()
     try:
         model.save_gpt2_checkpoint(args.to)
@@ -136,6 +141,13 @@ def run_export(args: argparse.Namespace) -> int:
         raise ConfigError(str(error)) from None
     print(f"wrote {args.to}: config.json, model.safetensors, {', '.join(path.name for path in written)}")
     return 0
+
+
+def refuse_checkpoint_target(target: Path) -> None:
+    """Export never writes into a TinyGPT checkpoint (its config.json would replace the checkpoint's)."""
+    if (target / STATE_FILE).exists() or target.name in (CHECKPOINT_DIR, PREVIOUS_CHECKPOINT_DIR) or \
+            target.name.startswith(STAGING_PREFIX):
+        raise ConfigError(f"--to {target} is a TinyGPT checkpoint directory: export to a directory of its own")
 
 
 def add_eval_parser(subparsers) -> None:
@@ -265,6 +277,12 @@ def fail(message: str) -> int:
     return 1
 
 
+def interrupt(signum, frame) -> None:
+    """SIGTERM stops the command as Ctrl-C does: the training loop saves a checkpoint (train.deferred_interrupt),
+    and elsewhere the exception unwinds through every cleanup (a half-written token cache is deleted)."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line `argv` (default: sys.argv[1:]); returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -275,8 +293,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
     try:
         return args.handler(args)
+    except BrokenPipeError:  # the reader of stdout went away (`tinygpt sample | head`): nothing is left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the flush at exit fails quietly too
+        return 141  # 128 + SIGPIPE, as a shell reports a command stopped by a closed pipe
     except (ConfigError, OSError) as error:
         return fail(str(error))
     except TrainingInterrupted as interrupted:

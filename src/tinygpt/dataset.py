@@ -52,7 +52,8 @@ def tokenizer_fingerprint(tokenizer: BPETokenizer) -> str:
     return hashlib.sha256(description.encode("utf-8")).hexdigest()
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file's bytes, hex, read a block at a time."""
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
@@ -157,7 +158,7 @@ def tokenize_corpus(data_file_path: str | Path, tokenizer: BPETokenizer,
     largest_id = max(tokenizer.vocab)
     dtype = np.dtype(np.uint16 if largest_id < 2**16 else np.uint32)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    cache_file = cache_dir / (f"{data_file_path.stem}-{_file_digest(data_file_path)[:16]}-"
+    cache_file = cache_dir / (f"{data_file_path.stem}-{file_digest(data_file_path)[:16]}-"
                               f"{tokenizer_fingerprint(tokenizer)[:16]}.{dtype.name}.tokens")
     if cache_file.exists():
         problem = _cache_problem(cache_file, dtype, largest_id)

@@ -370,8 +370,8 @@ class GPT(Module):
             fed = ids.shape[1]
             next_ids = pick(logits.numpy()[:, -1, :])
             ids = np.concatenate([ids, next_ids[:, None]], axis=1)
-            if ids.shape[1] > self.max_seq_length:
-                kv_cache = None
+            if ids.shape[1] > self.max_seq_length:  # only the window the next step sees is kept
+                kv_cache, ids = None, ids[:, -self.max_seq_length:]
             yield Tensor(next_ids.astype(np.int32))
 
     def generate_greedy(self, token_ids: Tensor, max_new_tokens: int) -> Tensor:
