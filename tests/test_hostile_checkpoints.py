@@ -32,13 +32,18 @@ def trained(workspace) -> Path:
     return workspace / "trained"
 
 
+def fresh_copy(source: Path, workspace: Path, request, prefix: str = "copy") -> Path:
+    """A fresh copy of `source` for one test, to damage."""
+    target = workspace / f"{prefix}-{request.node.name}"[:120]
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target)
+    return target
+
+
 @pytest.fixture
 def copy(trained, workspace, request) -> Path:
     """A fresh copy of the trained out dir, to damage."""
-    target = workspace / f"copy-{request.node.name}"[:120]
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(trained, target)
-    return target
+    return fresh_copy(trained, workspace, request)
 
 
 def edit_json(path: Path, edit) -> None:

@@ -2,14 +2,14 @@
 positions inside the parameter bound), every error one line naming the file, bad weights refused as bad input."""
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import assert_one_line_error
-from test_hostile_checkpoints import TINY, safetensors_header, tinygpt, trained, write_safetensors  # noqa: F401
+from test_hostile_checkpoints import (TINY, fresh_copy, safetensors_header, tinygpt, trained,  # noqa: F401
+                                      write_safetensors)
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +21,7 @@ def exported(workspace, trained) -> Path:
 
 @pytest.fixture
 def hf_copy(workspace, exported, request) -> Path:
-    target = workspace / f"hf-{request.node.name}"[:120]
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(exported, target)
-    return target
+    return fresh_copy(exported, workspace, request, "hf")
 
 
 def init_from(workspace, directory):

@@ -201,3 +201,22 @@ def test_the_data_of_a_run_is_found_from_any_directory_and_a_changed_file_is_ref
 def run_in(directory: Path, workspace: Path, *args: str):
     env = os.environ | {"TINYGPT_CACHE_DIR": str(workspace / "token-cache")}
     return run_capped(list(args), cwd=directory, env=env, timeout=180)
+
+
+def test_a_checkpoint_directory_that_is_a_symlink_survives_later_saves(workspace, copy):
+    elsewhere = workspace / f"elsewhere-{copy.name}"
+    (copy / "ckpt").rename(elsewhere)
+    (copy / "ckpt").symlink_to(elsewhere)
+    result = tinygpt(workspace, "train", "--data", "corpus.txt", "--out-dir", str(copy), "--resume", "--max-iters", "8")
+    assert result.returncode == 0, result.stderr
+    assert tinygpt(workspace, "sample", "--out-dir", str(copy), "--max-new-tokens", "2").returncode == 0
+
+
+def test_a_full_disk_under_stderr_does_not_stop_training(workspace):
+    env = os.environ | {"TINYGPT_CACHE_DIR": str(workspace / "token-cache")}
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "tinygpt", "train", "--data", "corpus.txt", "--out-dir",
+                                 "full-stderr", *TINY, "--max-iters", "4", "--log-interval", "1"], cwd=workspace,
+                                env=env, stdout=subprocess.DEVNULL, stderr=full, timeout=180)
+    assert result.returncode == 0
+    assert (workspace / "full-stderr" / "ckpt" / "state.json").is_file()

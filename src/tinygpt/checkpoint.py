@@ -151,12 +151,20 @@ def save_checkpoint(out_dir: Path, model: GPT, optimizer: Optimizer, tokenizer: 
         kept = f"the previous checkpoint {current} is kept" if current.exists() else "no earlier checkpoint exists"
         raise ConfigError(f"could not write a checkpoint in {out_dir} ({error}); {kept}") from None
     if current.exists():
-        shutil.rmtree(previous, ignore_errors=True)
+        _remove(previous)
         os.rename(current, previous)
     os.rename(staging, current)
     _fsync(out_dir)
-    shutil.rmtree(previous, ignore_errors=True)
+    _remove(previous)
     return current
+
+
+def _remove(path: Path) -> None:
+    """Delete a directory, or only the link when it is a symlink (a checkpoint linked from elsewhere)."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _staged_by_a_live_process(staging: Path) -> bool:

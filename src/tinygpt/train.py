@@ -401,7 +401,10 @@ class ProgressReport:
         self.recent_rate = 0.9 * self.recent_rate + 0.1 * rate if self.recent_rate else rate  # smoothed for the bar
         text = f"loss {loss:.4f}, lr {learning_rate:.2e}, {self.recent_rate:,.0f} tok/s"
         if self.plain and iteration % self.log_interval == 0:
-            print(f"iter {iteration}: {text}", file=sys.stderr, flush=True)
+            try:
+                print(f"iter {iteration}: {text}", file=sys.stderr, flush=True)
+            except OSError:  # stderr redirected to a full disk: the run matters more than its progress lines
+                self.plain = False
         self.bar.set_postfix_str(text, refresh=False)
         self.bar.update(1)
 
