@@ -293,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, interrupt) if on_main_thread else None
     try:
         return args.handler(args)
     except BrokenPipeError:  # the reader of stdout went away (`tinygpt sample | head`): nothing is left to say
@@ -313,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tinygpt: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if on_main_thread:  # main() called from Python leaves the caller's handler as it was
+            signal.signal(signal.SIGTERM, previous_handler if previous_handler is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":
