@@ -220,3 +220,10 @@ def test_a_full_disk_under_stderr_does_not_stop_training(workspace):
                                 env=env, stdout=subprocess.DEVNULL, stderr=full, timeout=180)
     assert result.returncode == 0
     assert (workspace / "full-stderr" / "ckpt" / "state.json").is_file()
+
+
+def test_init_from_a_run_on_other_data_is_accepted_with_a_warning(workspace, two_runs):
+    result = tinygpt(workspace, "train", "--data", "other.txt", "--init-from", str(two_runs[0]), "--out-dir",
+                     "from-run-a", *TINY, "--vocab-size", "260", "--max-iters", "2")
+    assert result.returncode == 0, result.stderr
+    assert "other data" in result.stderr and "corpus.txt" in result.stderr

@@ -4,7 +4,7 @@ optimizer and iteration count start afresh (train.py)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +22,12 @@ from tinygpt.utils import is_real
 
 @dataclass
 class Pretrained:
-    """A source model and its tokenizer (None when the source has none)."""
+    """A source model and its tokenizer (None when the source has none), and for a TinyGPT checkpoint the data it
+    was trained on (state.json's record: path and SHA-256 of each text file)."""
 
     model: GPT
     tokenizer: BPETokenizer | None
+    data: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def load_pretrained(path: str | Path) -> Pretrained:
@@ -36,7 +38,7 @@ def load_pretrained(path: str | Path) -> Pretrained:
     out_dir = path.parent if path.name == CHECKPOINT_DIR else path
     if (out_dir / CHECKPOINT_DIR).is_dir():
         checkpoint = load_checkpoint(out_dir)
-        return Pretrained(checkpoint.load_model(), checkpoint.tokenizer)
+        return Pretrained(checkpoint.load_model(), checkpoint.tokenizer, checkpoint.state.get("data") or {})
     raise ConfigError(f"--init-from {path}: neither a TinyGPT checkpoint (an out dir holding ckpt/) nor a Hugging "
                       "Face GPT-2 directory (config.json of model_type gpt2 and model.safetensors)")
 

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -153,6 +154,14 @@ def read_tokens(path: Path, tokenizer: BPETokenizer) -> np.ndarray:
 def data_files(path: Path, config: TrainConfig) -> dict[str, Path]:
     """The run's text files by setting: {"data": path} and, when it is set, {"val_data": its path}."""
     return {"data": path} | ({"val_data": checked_text_file(config.val_data)} if config.val_data is not None else {})
+
+
+def warn_of_other_data(source: str, trained_on: dict[str, dict[str, str]], data: dict[str, dict[str, str]]) -> None:
+    """--init-from a run trained on other text is what the user asked for: said once, as a warning."""
+    before = trained_on.get("data")
+    if before is not None and before.get("sha256") != data["data"]["sha256"]:
+        warnings.warn(f"--init-from {source} was trained on other data ({before.get('path')}); this run trains on "
+                      f"{data['data']['path']}", stacklevel=2)
 
 
 def train_tokenizer(path: Path, vocab_size: int) -> BPETokenizer:
@@ -487,6 +496,7 @@ def _train(config: TrainConfig, verbose: bool) -> TrainResult:
         check_same_data(checkpoint, data)
         tokenizer = checkpoint.tokenizer
     elif pretrained is not None:
+        warn_of_other_data(config.init_from, pretrained.data, data)
         tokenizer = pretrained.tokenizer or train_tokenizer(path, 256)  # a source without a tokenizer: bytes
     else:
         tokenizer = train_tokenizer(path, config.model.vocab_size)
