@@ -100,6 +100,9 @@ def test_train_settings_of_the_wrong_type_or_range_are_one_line(workspace, copy,
     lambda state: state["history"].__setitem__("losses", "none"),
     lambda state: state["history"]["evals"].append({"iteration": "x"}),
     lambda state: state.__setitem__("iteration", -1),
+    lambda state: state.__setitem__("files", 5),
+    lambda state: state["files"].__setitem__("weights.safetensors", 5),
+    lambda state: state.__setitem__("data", {"data": "corpus.txt"}),
 ])
 def test_a_malformed_state_json_is_one_line(workspace, copy, edit):
     edit_json(copy / "ckpt" / "state.json", edit)
