@@ -344,8 +344,8 @@ def train_step(model: GPT, optimizer: Optimizer, x: np.ndarray, y: np.ndarray, c
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGTERM) stopped a run; a checkpoint of the interrupted iteration was saved first. str() says where, and the
-    command that continues it."""
+    """Ctrl-C (or SIGTERM) stopped a run; a checkpoint of the interrupted iteration was saved first. str() says
+    where, and the command that continues it."""
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what kill, a job scheduler or a container stop send
