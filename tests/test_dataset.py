@@ -4,6 +4,8 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tinygpt import dataset as dataset_module
 from tinygpt.dataset import (Dataset, DatasetHandler, TextDataset, default_corpus_path, get_batch,
@@ -342,3 +344,54 @@ def test_items_that_are_not_tuples_make_a_one_field_batch():
     batch = DatasetHandler(Vectors(), batch_size=2)[1]
     assert len(batch) == 1
     assert batch[0].numpy().tolist() == [[2, 3], [3, 4]]
+
+
+# ---- tokenising in pieces: any line endings, no newline at all --------------------------------------
+
+PIECES = ["a", "b", "ll", "'", "s", "'ll", "1", "234", " ", "  ", "\r\n", "\n", "\r", "\t", "!", ".", "é", "你", "😀",
+          "<|end|>"]
+
+
+@pytest.fixture(scope="module")
+def tokenizers_with_a_special_token(shakespeare) -> dict[str, BPETokenizer]:
+    trained = {}
+    for name, pattern in (("gpt2", RegexPatterns.GPT2), ("gpt4", RegexPatterns.GPT4)):
+        tokenizer = BPETokenizer(pattern)
+        tokenizer.train(shakespeare[:10_000].replace("\n", "\r\n") + MIXED_TEXT, 320)
+        tokenizer.register_special_tokens({"<|end|>": 400})
+        trained[name] = tokenizer
+    return trained
+
+
+@settings(max_examples=150)
+@given(pieces=st.lists(st.sampled_from(PIECES), min_size=1, max_size=60), block=st.integers(1, 9),
+       pattern=st.sampled_from(["gpt2", "gpt4"]))
+def test_any_text_tokenised_in_small_blocks_gives_the_ids_of_the_whole_text(
+        pieces, block, pattern, tokenizers_with_a_special_token, tmp_path_factory):
+    tokenizer = tokenizers_with_a_special_token[pattern]
+    text = "".join(pieces)
+    path = tmp_path_factory.mktemp("pieces") / "text.txt"
+    path.write_bytes(text.encode("utf-8"))
+    pieces_read = list(dataset_module._read_text_blocks(path, tokenizer, block))
+    assert "".join(pieces_read) == text
+    assert [index for piece in pieces_read for index in tokenizer.encode(piece, allowed_special="all")] == \
+        tokenizer.encode(text, allowed_special="all")
+
+
+@pytest.mark.parametrize("line_end", ["\r\n", " ", "\r"])
+def test_text_without_unix_newlines_is_cut_into_blocks(shakespeare, tmp_path, line_end):
+    path = tmp_path / "text.txt"
+    path.write_bytes(shakespeare[:50_000].replace("\n", line_end).encode("utf-8"))
+    pieces = list(dataset_module._read_text_blocks(path, BPETokenizer(RegexPatterns.GPT4), 1_000))
+    assert max(map(len, pieces)) <= 2 * 1_000  # a block and what was left of the one before
+
+
+def test_a_nul_byte_or_a_bad_byte_is_reported_at_its_offset_in_the_file(tmp_path, tokenizer, monkeypatch):
+    monkeypatch.setattr(dataset_module, "TEXT_BLOCK_CHARS", 100)
+    path = tmp_path / "binary.txt"
+    path.write_bytes(b"hello world " * 50 + b"\0\0\0")
+    with pytest.raises(ValueError, match="NUL byte \\(at byte 600\\)"):
+        tokenize_corpus(path, tokenizer)
+    path.write_bytes(b"hello world " * 50 + "é".encode("utf-8")[:1] + b"x")
+    with pytest.raises(ValueError, match="at byte 600\\)"):
+        tokenize_corpus(path, tokenizer)

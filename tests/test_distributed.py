@@ -190,7 +190,7 @@ def test_two_ranks_train_as_one_process_with_the_global_batch(mpi, tmp_path, cor
     for shared, alone in zip(two["history"]["evals"], one.history["evals"]):
         assert shared.keys() == alone.keys()
         np.testing.assert_allclose(list(shared.values()), list(alone.values()), rtol=1e-5)
-    assert sorted(path.name for path in (tmp_path / "two").iterdir()) == ["ckpt", "loss.png", "metrics.jsonl"]
+    assert sorted(path.name for path in (tmp_path / "two").iterdir()) == [".lock", "ckpt", "loss.png", "metrics.jsonl"]
     assert load_checkpoint(tmp_path / "two").state["history"] == two["history"]
 
 

@@ -103,3 +103,9 @@ def test_stream_past_max_seq_length_equals_uncached_greedy(small_gpt):
     prompt = Tensor(np.random.default_rng(4).integers(0, 50, (1, 10)))
     streamed = [step.item() for step in small_gpt.stream(prompt, 20, temperature=0.0)]
     assert streamed == small_gpt.generate_uncached(prompt, 20).numpy()[0, 10:].tolist()
+
+
+def test_streaming_keeps_only_the_context_window(small_gpt):
+    steps = small_gpt.stream(Tensor(np.zeros((1, 3), dtype=np.int32)), 5 * small_gpt.max_seq_length, temperature=0.0)
+    for _ in steps:
+        assert steps.gi_frame.f_locals["ids"].shape[1] <= small_gpt.max_seq_length + 1

@@ -32,13 +32,18 @@ def trained(workspace) -> Path:
     return workspace / "trained"
 
 
+def fresh_copy(source: Path, workspace: Path, request, prefix: str = "copy") -> Path:
+    """A fresh copy of `source` for one test, to damage."""
+    target = workspace / f"{prefix}-{request.node.name}"[:120]
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target)
+    return target
+
+
 @pytest.fixture
 def copy(trained, workspace, request) -> Path:
     """A fresh copy of the trained out dir, to damage."""
-    target = workspace / f"copy-{request.node.name}"[:120]
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(trained, target)
-    return target
+    return fresh_copy(trained, workspace, request)
 
 
 def edit_json(path: Path, edit) -> None:
@@ -95,6 +100,9 @@ def test_train_settings_of_the_wrong_type_or_range_are_one_line(workspace, copy,
     lambda state: state["history"].__setitem__("losses", "none"),
     lambda state: state["history"]["evals"].append({"iteration": "x"}),
     lambda state: state.__setitem__("iteration", -1),
+    lambda state: state.__setitem__("files", 5),
+    lambda state: state["files"].__setitem__("weights.safetensors", 5),
+    lambda state: state.__setitem__("data", {"data": "corpus.txt"}),
 ])
 def test_a_malformed_state_json_is_one_line(workspace, copy, edit):
     edit_json(copy / "ckpt" / "state.json", edit)

@@ -5,7 +5,9 @@ tokenizer.model/.vocab, state.json with the iteration, the RNG states and the lo
 written into a fresh `ckpt.tmp-*` directory first; then the previous `ckpt` is renamed to `ckpt.old`,
 the new one renamed to `ckpt`, and `ckpt.old` deleted. Whatever instant a run is killed at, one
 complete checkpoint is left: `ckpt` when it exists (only ever created whole, by a rename), otherwise
-`ckpt.old`, which the loader falls back to and the next save puts back in place.
+`ckpt.old`, which the loader falls back to and the next save puts back in place. A staging directory is
+named after the process writing it, and a save deletes only those of processes that are gone; a run holds an
+advisory lock on the out dir (`out_dir_lock`), so a second run into it is refused rather than mixed in.
 
 config.json holds {"format", "model": the GPTConfig, "train": the run's flat settings (tinygpt.config)}.
 The weights are not called model.safetensors: with that name and a config.json beside it, the directory
@@ -14,10 +16,13 @@ error. Checkpoints written before are still read. `tinygpt export` writes a real
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,8 @@ from tinygpt import backend
 from tinygpt.config import NANOGPT_NAMES, ConfigError, TrainConfig
 from tinygpt.checkpoint_checks import (check_finite_weights, check_optimizer_covers_model, check_state,
                                        check_weights_fit_config)
+from tinygpt.files import CONFIG_FILE_BYTES, STATE_FILE_BYTES, TOKENIZER_FILE_BYTES, read_text, regular_file
+from tinygpt.dataset import file_digest
 from tinygpt.nn import GPT, GPTConfig
 from tinygpt.optimizers import Optimizer
 from tinygpt.tokenizer import BPETokenizer
@@ -37,6 +44,10 @@ CHECKPOINT_DIR, PREVIOUS_CHECKPOINT_DIR, STAGING_PREFIX = "ckpt", "ckpt.old", "c
 MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE, STATE_FILE = "weights.safetensors", "optimizer.safetensors", "config.json", "state.json"
 EARLIER_MODEL_FILE = "model.safetensors"  # the name before, read back when MODEL_FILE is absent
 TOKENIZER_PREFIX = "tokenizer"
+TOKENIZER_MODEL_FILE = f"{TOKENIZER_PREFIX}.model"
+BOUND_FILES = (MODEL_FILE, OPTIMIZER_FILE, TOKENIZER_MODEL_FILE)  # state.json records their SHA-256
+DATA_SETTINGS = ("data", "val_data")
+LOCK_FILE = ".lock"
 
 
 def find_checkpoint(out_dir: str | os.PathLike) -> Path:
@@ -51,7 +62,7 @@ def find_checkpoint(out_dir: str | os.PathLike) -> Path:
 def read_checkpoint_config(directory: Path) -> dict[str, Any]:
     """config.json of a checkpoint: {"format", "model": GPTConfig as a dict, "train": flat settings}."""
     try:
-        config = json.loads((directory / CONFIG_FILE).read_text())
+        config = json.loads(read_text(directory / CONFIG_FILE, "checkpoint file", CONFIG_FILE_BYTES))
         if config.get("format") != CHECKPOINT_FORMAT or not isinstance(config["model"], dict):
             raise ValueError(f"format {config.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
         config["train"] = dict(config["train"])
@@ -100,6 +111,7 @@ class Checkpoint:
             check_finite_weights(model, self.weights_file.name)
         except (OSError, ValueError, TypeError) as error:
             raise ConfigError(f"corrupt checkpoint {self.directory}: {error}") from None
+        check_bound_files(self, (MODEL_FILE, TOKENIZER_MODEL_FILE))
         return model.to(device) if device != "cpu" else model
 
 
@@ -108,13 +120,13 @@ def load_checkpoint(out_dir: str | os.PathLike) -> Checkpoint:
     directory = find_checkpoint(out_dir)
     config = read_checkpoint_config(directory)
     try:
-        state = json.loads((directory / STATE_FILE).read_text())
+        state = json.loads(read_text(directory / STATE_FILE, "checkpoint file", STATE_FILE_BYTES))
         check_state(state)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ConfigError(f"corrupt checkpoint {directory}: cannot read {STATE_FILE} ({error})") from None
     tokenizer = BPETokenizer()
     try:
-        tokenizer.load(directory / f"{TOKENIZER_PREFIX}.model")
+        tokenizer.load(regular_file(directory / TOKENIZER_MODEL_FILE, "tokenizer file", TOKENIZER_FILE_BYTES))
     except (OSError, ValueError) as error:
         raise ConfigError(f"corrupt checkpoint {directory}: {error}") from None
     return Checkpoint(directory, config, state, tokenizer)
@@ -128,8 +140,9 @@ def save_checkpoint(out_dir: Path, model: GPT, optimizer: Optimizer, tokenizer: 
     if not current.exists() and previous.is_dir():
         os.rename(previous, current)  # an earlier save was killed between its two renames
     for stale in out_dir.glob(f"{STAGING_PREFIX}*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
+        if not _staged_by_a_live_process(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out_dir))
     staging.chmod(0o755)  # mkdtemp makes it private; a checkpoint is an ordinary directory
     try:
         _write_checkpoint_files(staging, model, optimizer, tokenizer, config, state)
@@ -138,12 +151,56 @@ def save_checkpoint(out_dir: Path, model: GPT, optimizer: Optimizer, tokenizer: 
         kept = f"the previous checkpoint {current} is kept" if current.exists() else "no earlier checkpoint exists"
         raise ConfigError(f"could not write a checkpoint in {out_dir} ({error}); {kept}") from None
     if current.exists():
-        shutil.rmtree(previous, ignore_errors=True)
+        _remove(previous)
         os.rename(current, previous)
     os.rename(staging, current)
     _fsync(out_dir)
-    shutil.rmtree(previous, ignore_errors=True)
+    _remove(previous)
     return current
+
+
+def _remove(path: Path) -> None:
+    """Delete a directory, or only the link when it is a symlink (a checkpoint linked from elsewhere)."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _staged_by_a_live_process(staging: Path) -> bool:
+    """Whether the process whose id names a staging directory (ckpt.tmp-<pid>-...) still runs (then it is not ours
+    to delete); a directory of a process that died, or of another name, is stale."""
+    pid = staging.name.removeprefix(STAGING_PREFIX).partition("-")[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, as another user
+        pass
+    return True
+
+
+@contextmanager
+def out_dir_lock(out_dir: Path) -> Iterator[None]:
+    """Hold an advisory lock on out_dir (flock on out_dir/.lock) while a run writes there; a second run into the
+    same out_dir is refused with ConfigError. The operating system releases the lock when the process ends, however
+    it ends, so a killed run never leaves the directory locked."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(out_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip()
+            raise ConfigError(f"--out-dir {out_dir} is in use by another run (process {holder or 'unknown'}); wait for "
+                              "it to end or give another --out-dir") from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(descriptor)  # closing the descriptor releases the lock
 
 
 def _write_checkpoint_files(staging: Path, model: GPT, optimizer: Optimizer, tokenizer: BPETokenizer,
@@ -151,11 +208,42 @@ def _write_checkpoint_files(staging: Path, model: GPT, optimizer: Optimizer, tok
     model.save_weights(str(staging / MODEL_FILE))
     optimizer.save_state(str(staging / OPTIMIZER_FILE))
     tokenizer.save(staging / TOKENIZER_PREFIX)
+    settings = config.settings()
+    for key in DATA_SETTINGS:  # absolute: the run's file, from whichever directory it is resumed or evaluated
+        settings[key] = str(Path(settings[key]).resolve()) if settings[key] is not None else None
     (staging / CONFIG_FILE).write_text(json.dumps(
-        {"format": CHECKPOINT_FORMAT, "model": asdict(model.config), "train": config.settings()}, indent=2) + "\n")
+        {"format": CHECKPOINT_FORMAT, "model": asdict(model.config), "train": settings}, indent=2) + "\n")
+    state = state | {"files": {name: file_digest(staging / name) for name in BOUND_FILES}}
     (staging / STATE_FILE).write_text(json.dumps(state) + "\n")
     for path in [*staging.iterdir(), staging]:
         _fsync(path)
+
+
+def check_bound_files(checkpoint: Checkpoint, names: tuple[str, ...]) -> None:
+    """Refuse a checkpoint file that is not the one the checkpoint was written with (state.json holds the SHA-256
+    of each; a checkpoint written before they were recorded is taken as it is)."""
+    recorded = checkpoint.state.get("files") or {}
+    for name in names:
+        path = checkpoint.weights_file if name == MODEL_FILE else checkpoint.directory / name
+        if name in recorded and file_digest(path) != recorded[name]:
+            raise ConfigError(f"corrupt checkpoint {checkpoint.directory}: {name} is not the file this checkpoint was "
+                              "written with (its SHA-256 differs): a file of another run, or a damaged one")
+
+
+def data_record(paths: dict[str, Path]) -> dict[str, dict[str, str]]:
+    """What state.json records of a run's text files ({"data": path, "val_data": path or absent}): the absolute
+    path and SHA-256 of each."""
+    return {key: {"path": str(path.resolve()), "sha256": file_digest(path)} for key, path in paths.items()}
+
+
+def check_same_data(checkpoint: Checkpoint, data: dict[str, dict[str, str]]) -> None:
+    """Refuse text files (their data_record) that differ from those the checkpoint was trained on (when it recorded
+    them)."""
+    recorded = checkpoint.state.get("data") or {}
+    for key, record in data.items():
+        if key in recorded and record["sha256"] != recorded[key].get("sha256"):
+            raise ConfigError(f"data file {record['path']} has changed since checkpoint {checkpoint.directory} was written (its "
+                              "SHA-256 differs): give the text it was trained on, or start from it with --init-from")
 
 
 def _fsync(path: Path) -> None:
@@ -194,6 +282,7 @@ def restore_training_state(checkpoint: Checkpoint, optimizer: Optimizer, data_rn
             backend.generator("cpu").bit_generator.state = dropout_rng
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ConfigError(f"corrupt checkpoint {checkpoint.directory}: {error}") from None
+    check_bound_files(checkpoint, (OPTIMIZER_FILE,))
     if device != "cpu":
         xp = backend.array_module(device)
         for state in optimizer.state.values():
@@ -218,4 +307,4 @@ def random_state(device: str) -> dict | None:
 
 
 __all__ = ["Checkpoint", "CHECKPOINT_DIR", "CHECKPOINT_FORMAT", "TOKENIZER_PREFIX", "find_checkpoint", "load_checkpoint",
-           "read_checkpoint_config", "save_checkpoint", "check_architecture", "restore_training_state", "random_state"]
+           "read_checkpoint_config", "save_checkpoint", "out_dir_lock", "data_record", "check_same_data", "check_architecture", "restore_training_state", "random_state"]

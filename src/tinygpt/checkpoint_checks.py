@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
+from tinygpt.files import regular_file
 from tinygpt.module import Module
 from tinygpt.nn import MAX_MODEL_PARAMETERS, GPTConfig
 from tinygpt.utils import is_real
@@ -22,6 +23,7 @@ HISTORY_SERIES = ("iterations", "losses", "learning_rates")
 
 def stored_elements(path: Path) -> int:
     """The number of elements of all tensors in a safetensors file, read from its header only."""
+    regular_file(path, "weights file")
     try:
         with safe_open(str(path), framework="numpy") as file:
             return sum(math.prod(file.get_slice(name).get_shape()) for name in file.keys())
@@ -50,7 +52,8 @@ def check_finite_weights(module: Module, what: str) -> None:
 
 
 def check_state(state: Any) -> None:
-    """state.json as the training loop writes it: iteration, data_rng, and a history of numeric series."""
+    """state.json as the training loop writes it: iteration, data_rng, a history of numeric series, and (since they
+    are recorded) the SHA-256 of the checkpoint's files and the path and SHA-256 of its data."""
     if not isinstance(state, dict):
         raise ValueError(f"expected an object, got {type(state).__name__}")
     iteration = state.get("iteration")
@@ -68,6 +71,12 @@ def check_state(state: Any) -> None:
     evals = history.get("evals")
     if not isinstance(evals, list) or not all(_is_eval_record(record) for record in evals):
         raise ValueError("history.evals must be a list of {iteration: integer, <name>: number} records")
+    files, data = state.get("files", {}), state.get("data", {})
+    if not isinstance(files, dict) or not all(isinstance(digest, str) for digest in files.values()):
+        raise ValueError("files must be an object of {file name: SHA-256}")
+    if not isinstance(data, dict) or not all(isinstance(record, dict) and isinstance(record.get("sha256"), str)
+                                             and isinstance(record.get("path"), str) for record in data.values()):
+        raise ValueError("data must be an object of {setting: {path, sha256}}")
 
 
 def _is_eval_record(record: Any) -> bool:

@@ -18,14 +18,19 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import tinygpt
+from tinygpt.checkpoint import CHECKPOINT_DIR, PREVIOUS_CHECKPOINT_DIR, STAGING_PREFIX, STATE_FILE
 from tinygpt.config import read_config_file, setting_schema
 from tinygpt.dataset import default_corpus_path, read_corpus_text
 from tinygpt.distributed import (RANKS_VARIABLE, get_world, launch_ranks, launched_by_mpi, requested_ranks,
                                  why_mpi_cannot_start)
+from tinygpt.files import PROMPT_FILE_BYTES, TOKENIZER_FILE_BYTES, decode_utf8, read_stream, regular_file
 from tinygpt.flags import OneLineParser, add_setting_flags
 from tinygpt.gpt2_tokenizer import save_gpt2_tokenizer
 from tinygpt.instruments.commands import attention_picture, profile_training
@@ -197,6 +202,7 @@ def add_export_parser(subparsers) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     checkpoint = load_checkpoint(args.out_dir)
+    refuse_checkpoint_target(Path(args.to))
     model = checkpoint.load_model()
     try:
         model.save_gpt2_checkpoint(args.to)
@@ -205,6 +211,13 @@ def run_export(args: argparse.Namespace) -> int:
         raise ConfigError(str(error)) from None
     print(f"wrote {args.to}: config.json, model.safetensors, {', '.join(path.name for path in written)}")
     return 0
+
+
+def refuse_checkpoint_target(target: Path) -> None:
+    """Export never writes into a TinyGPT checkpoint (its config.json would replace the checkpoint's)."""
+    if (target / STATE_FILE).exists() or target.name in (CHECKPOINT_DIR, PREVIOUS_CHECKPOINT_DIR) or \
+            target.name.startswith(STAGING_PREFIX):
+        raise ConfigError(f"--to {target} is a TinyGPT checkpoint directory: export to a directory of its own")
 
 
 def add_eval_parser(subparsers) -> None:
@@ -261,18 +274,16 @@ def read_text(path: Path) -> str:
 def read_stdin_text() -> str:
     """All of stdin as UTF-8 text, exactly as it came (no newline translation)."""
     try:
-        return sys.stdin.buffer.read().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"stdin is not UTF-8 text ({error.reason} at byte {error.start})") from None
+        return decode_utf8(read_stream(sys.stdin.buffer, "stdin", PROMPT_FILE_BYTES), "stdin")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def load_tokenizer(path: str) -> BPETokenizer:
-    if not Path(path).is_file():
-        raise ConfigError(f"tokenizer model {path} does not exist")
     tokenizer = BPETokenizer()
     try:
-        tokenizer.load(path)
-    except ValueError as error:
+        tokenizer.load(regular_file(path, "tokenizer model", TOKENIZER_FILE_BYTES))
+    except (OSError, ValueError) as error:
         raise ConfigError(str(error)) from None
     return tokenizer
 
@@ -344,6 +355,12 @@ def fail(message: str) -> int:
     return 1
 
 
+def interrupt(signum, frame) -> None:
+    """SIGTERM stops the command as Ctrl-C does: the training loop saves a checkpoint (train.deferred_interrupt),
+    and elsewhere the exception unwinds through every cleanup (a half-written token cache is deleted)."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line `argv` (default: sys.argv[1:]); returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -357,8 +374,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = parser.parse_args(argv)
     args.argv = argv
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, interrupt) if on_main_thread else None
     try:
         return args.handler(args)
+    except BrokenPipeError:  # the reader of stdout went away (`tinygpt sample | head`): nothing is left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the flush at exit fails quietly too
+        return 141  # 128 + SIGPIPE, as a shell reports a command stopped by a closed pipe
     except (ConfigError, OSError) as error:
         return fail(str(error))
     except TrainingInterrupted as interrupted:
@@ -372,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tinygpt: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if on_main_thread:  # main() called from Python leaves the caller's handler as it was
+            signal.signal(signal.SIGTERM, previous_handler if previous_handler is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tinygpt import backend
+from tinygpt.files import CONFIG_FILE_BYTES, read_text
 from tinygpt.flags import Setting, dataclass_settings
 from tinygpt.nn import NORMS, GPTConfig, GPTMLP
 from tinygpt.tokenizer_checks import MAX_TOKEN_ID
@@ -231,9 +232,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """Flat settings from a .toml (Python 3.11+, tomllib) or .json file, checked by name and type."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read config file {path}: {error}") from None
+        text = read_text(path, "config file", CONFIG_FILE_BYTES)
+    except (OSError, ValueError) as error:
+        raise ConfigError(str(error)) from None
     if path.suffix == ".toml":
         if sys.version_info < (3, 11):
             raise ConfigError(f"config file {path}: TOML needs Python 3.11+ (tomllib); write it as .json instead")

@@ -6,9 +6,9 @@ tokenizer) and read back through a memory map, so a corpus larger than RAM can t
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
-import stat
 import struct
 import warnings
 from abc import ABC, abstractmethod
@@ -17,12 +17,16 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import regex
 
+from tinygpt.files import decode_utf8, open_regular, regular_file
 from tinygpt.serialization import atomic_write
 from tinygpt.tensor import Tensor
 from tinygpt.tokenizer import BPETokenizer, RegexPatterns
 
 TEXT_BLOCK_CHARS = 1 << 22
+MAX_UNCUT_CHARS = 1 << 24  # tokenising holds this much text at most: a run without a place to cut is refused
+SAFE_CUT = regex.compile(r"(?r)[\p{L}\p{N}](?=[^\p{L}\p{N}])")  # searched backwards: the last place to cut
 CACHE_MAGIC = b"TGTOKv1\0"
 CACHE_HEADER = struct.Struct("<8sQ32s")  # magic, token count, SHA-256 of the ids
 
@@ -48,7 +52,8 @@ def tokenizer_fingerprint(tokenizer: BPETokenizer) -> str:
     return hashlib.sha256(description.encode("utf-8")).hexdigest()
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file's bytes, hex, read a block at a time."""
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
@@ -57,68 +62,87 @@ def _file_digest(path: Path) -> str:
 
 
 def _read_text_blocks(path: Path, tokenizer: BPETokenizer, block_chars: int) -> Iterator[str]:
-    """Yield the file's text in pieces that the tokenizer may encode one at a time.
+    """Yield the file's text in pieces that the tokenizer may encode one at a time, holding about one block.
 
-    With the GPT-2 and GPT-4 patterns, a position just after a "\\n" that sits between two
-    non-whitespace characters always starts a new chunk, so cutting there changes no id. Other
-    patterns give no such guarantee: their text comes as one piece.
+    With the GPT-2 and GPT-4 patterns, a chunk always ends after a letter or digit that is followed by another
+    kind of character (a space, a line ending, punctuation), and matching the text before that place never
+    looks past it, so cutting there changes no id, whatever the line endings (see `_last_safe_cut`). Other
+    patterns give no such guarantee: their text comes as one piece. A NUL byte (a binary file) or a position
+    that is not UTF-8 is refused with its offset in the file.
     """
-    with open(path, encoding="utf-8", newline="") as file:  # newline="": keep "\r\n" as it is
-        if tokenizer.pattern not in (RegexPatterns.GPT2, RegexPatterns.GPT4):
-            yield file.read()
-            return
-        carry = ""
-        while block := file.read(block_chars):
-            text = carry + block
-            cut = _last_safe_cut(text, searched_up_to=len(carry))
-            if cut:
-                yield text[:cut]
-            carry = text[cut:]
-        if carry:
-            yield carry
+    splits_in_pieces = tokenizer.pattern in (RegexPatterns.GPT2, RegexPatterns.GPT4) and not tokenizer.original_format
+    carry = ""
+    for text in _decoded_blocks(path, block_chars):
+        if not splits_in_pieces:
+            carry += text
+            continue
+        searched_from = max(len(carry) - 1, 0)
+        text = carry + text
+        cut = _last_safe_cut(text, searched_from, tokenizer.special_tokens)
+        if cut:
+            yield text[:cut]
+        carry = text[cut:]
+        if len(carry) > MAX_UNCUT_CHARS:
+            raise ValueError(f"corpus file {path} has more than {MAX_UNCUT_CHARS:,} characters in a row without a "
+                             "letter or digit followed by another character: no place to cut it for tokenising")
+    if carry:
+        yield carry
 
 
-def _last_safe_cut(text: str, searched_up_to: int) -> int:
-    """The last index `i` with text[i-1] == "\\n" between two non-whitespace characters, else 0.
+def _decoded_blocks(path: Path, block_chars: int) -> Iterator[str]:
+    """The UTF-8 text of a file, about block_chars characters at a time, exactly as stored ("\r\n" kept)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # bytes of the file handed to the decoder so far
+    with open_regular(path, "corpus file") as file:
+        while True:
+            data = file.read(block_chars)
+            pending = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(data, final=not data)
+            except UnicodeDecodeError as error:
+                raise ValueError(f"corpus file {path} is not UTF-8 text ({error.reason} at byte "
+                                 f"{offset - pending + error.start:,})") from None
+            if "\0" in text:
+                where = offset - pending + len(text[:text.index("\0")].encode("utf-8"))
+                raise ValueError(f"corpus file {path} holds a NUL byte (at byte {where:,}): it is not a text file")
+            offset += len(data)
+            if text:
+                yield text
+            if not data:
+                return
 
-    The text before `searched_up_to` was searched already (it is the carry of earlier blocks).
+
+def _last_safe_cut(text: str, searched_from: int, special_tokens: dict[str, int]) -> int:
+    """The last index `i` >= searched_from + 1 where text[i - 1] is a letter or digit and text[i] is not, and no
+    special token spans i; else 0.
+
+    Each alternative of the GPT-2 / GPT-4 patterns that consumes a letter or digit stops at the first other
+    character (possessive runs, `\\p{N}{1,3}`, contractions), and the alternatives that look ahead or at the end
+    of the text (`\\s+(?!\\S)`, `\\s++$`) start on whitespace, so none reaches across i: text[:i] splits into
+    the chunks the whole text has before i, and a chunk starts at i.
     """
-    position = len(text) - 1
-    while (position := text.rfind("\n", max(searched_up_to - 1, 0), position)) > 0:
-        if not text[position - 1].isspace() and not text[position + 1].isspace():
-            return position + 1
+    end = len(text) - max(map(len, special_tokens), default=1) + 1  # a special token around a cut is all in text
+    while match := SAFE_CUT.search(text, searched_from, end):
+        cut = match.end()
+        if not any(token in text[max(cut - len(token) + 1, 0):cut + len(token) - 1] for token in special_tokens):
+            return cut
+        end = match.start() + 1
     return 0
 
 
 def check_corpus_file(path: str | Path) -> Path:
-    """The path of an existing, non-empty file; FileNotFoundError or ValueError that say which it is not."""
-    path = Path(path)
-    if path.is_dir():
-        raise FileNotFoundError(f"corpus file {path} is a directory, not a text file")
-    if path.exists() and not path.is_file():
-        raise ValueError(f"corpus file {path} is {_file_kind(path)}, not a regular text file")
-    if not path.is_file():
-        raise FileNotFoundError(f"corpus file {path} does not exist")
+    """The path of an existing, non-empty regular file; FileNotFoundError or ValueError that say which it is not."""
+    path = regular_file(path, "corpus file")
     if path.stat().st_size == 0:
         raise ValueError(f"corpus file {path} is empty")
     return path
 
 
-def _file_kind(path: Path) -> str:
-    """What a path that exists but is no regular file is, in words."""
-    mode = path.stat().st_mode
-    kinds = [(stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-             (stat.S_ISSOCK, "a socket")]
-    return next((name for test, name in kinds if test(mode)), "not a regular file")
-
-
 def read_corpus_text(path: str | Path) -> str:
     """The whole text of a corpus file (checked by check_corpus_file); ValueError naming the byte if not UTF-8."""
     path = check_corpus_file(path)
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"corpus file {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    with open_regular(path, "corpus file") as file:
+        return decode_utf8(file.read(), f"corpus file {path}")
 
 
 def tokenize_corpus(data_file_path: str | Path, tokenizer: BPETokenizer,
@@ -134,7 +158,7 @@ def tokenize_corpus(data_file_path: str | Path, tokenizer: BPETokenizer,
     largest_id = max(tokenizer.vocab)
     dtype = np.dtype(np.uint16 if largest_id < 2**16 else np.uint32)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    cache_file = cache_dir / (f"{data_file_path.stem}-{_file_digest(data_file_path)[:16]}-"
+    cache_file = cache_dir / (f"{data_file_path.stem}-{file_digest(data_file_path)[:16]}-"
                               f"{tokenizer_fingerprint(tokenizer)[:16]}.{dtype.name}.tokens")
     if cache_file.exists():
         problem = _cache_problem(cache_file, dtype, largest_id)
@@ -153,10 +177,7 @@ def tokenize_corpus(data_file_path: str | Path, tokenizer: BPETokenizer,
                 file.write(ids)
             file.seek(0)
             file.write(CACHE_HEADER.pack(CACHE_MAGIC, count, digest.digest()))
-    try:
-        atomic_write(cache_file, write_tokens)
-    except UnicodeDecodeError as error:
-        raise ValueError(f"corpus file {data_file_path} is not UTF-8 text: {error}") from error
+    atomic_write(cache_file, write_tokens)
     return np.memmap(cache_file, dtype=dtype, mode="r", offset=CACHE_HEADER.size)
 
 

@@ -9,43 +9,87 @@ each a dict by parameter or block name (tinygpt.instruments.stats).
 
     import json
     records = [json.loads(line) for line in open("out/metrics.jsonl")]
+
+Each record is appended with one write of a whole line, so a crash (or a full disk) tears at most the last line;
+reading drops a torn last line with a warning, and the file a run starts from is rewritten atomically. A run
+that replaces another (--overwrite) writes its records to PENDING_METRICS_FILE until its first checkpoint lands.
 """
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
-METRICS_FILE = "metrics.jsonl"
+from tinygpt.files import METRICS_FILE_BYTES, read_text
+from tinygpt.serialization import atomic_write
+
+METRICS_FILE, PENDING_METRICS_FILE, PLOT_FILE = "metrics.jsonl", ".metrics.jsonl.pending", "loss.png"
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Every record of a metrics.jsonl file, in order (none when it does not exist)."""
+    """Every record of a metrics.jsonl file, in order (none when it does not exist). A torn last line (a run killed
+    while writing it) is dropped with a warning; any other line that is not a record raises ValueError naming it."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = read_text(path, "metrics file", METRICS_FILE_BYTES).split("\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        record = _record(line)
+        if record is None and number == len(lines):
+            warnings.warn(f"{path}: dropped a torn last line (a run was stopped while writing it)", stacklevel=2)
+        elif record is None:
+            raise ValueError(f"{path} line {number} is not a metrics record: {line[:60]!r}")
+        else:
+            records.append(record)
+    return records
+
+
+def _record(line: str) -> dict[str, Any] | None:
+    """The record of one line: a JSON object with a string "type" and an integer "iter", or None."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("type"), str) or not isinstance(record.get("iter"), int):
+        return None
+    return record
 
 
 class MetricsLog:
     """Appends records to metrics.jsonl. A fresh run empties the file; a run resumed at iteration k keeps the
-    records before k (and the evaluation at k), dropping what a run killed after its checkpoint wrote."""
+    records before k (and the evaluation at k), dropping what a run killed after its checkpoint wrote. With
+    `pending`, the records go to PENDING_METRICS_FILE beside it until `publish` (the first checkpoint)."""
 
-    def __init__(self, path: Path, resumed_at: int | None = None) -> None:
-        self.path = path
-        kept = [record for record in read_metrics(path) if resumed_at is not None and
-                (record["iter"] < resumed_at or (record["type"] == "eval" and record["iter"] == resumed_at))]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+    def __init__(self, path: Path, resumed_at: int | None = None, pending: bool = False) -> None:
+        self.final_path = path
+        self.path = path.with_name(PENDING_METRICS_FILE) if pending else path
+        kept = [] if resumed_at is None else [
+            record for record in read_metrics(path)
+            if record["iter"] < resumed_at or (record["type"] == "eval" and record["iter"] == resumed_at)]
+        atomic_write(self.path, lambda temporary: Path(temporary).write_text(
+            "".join(json.dumps(record) + "\n" for record in kept)))
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as file:
             file.write(json.dumps(record) + "\n")
 
+    def publish(self) -> None:
+        """Put pending records in place of metrics.jsonl, and remove the replaced run's plot (once the run they belong
+        to has a checkpoint)."""
+        if self.path != self.final_path:
+            os.replace(self.path, self.final_path)
+            self.path = self.final_path
+            self.final_path.with_name(PLOT_FILE).unlink(missing_ok=True)
+
 
 def plot_metrics(records: list[dict[str, Any]], path: Path) -> Path | None:
     """Save the loss curve of metrics records (training lines and evaluations) as a PNG with a log-scale loss
-    axis; None without matplotlib. Uses matplotlib's object API: the global backend is left alone."""
+    axis, atomically; None without matplotlib. Uses matplotlib's object API: the global backend is left alone."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -67,9 +111,8 @@ def plot_metrics(records: list[dict[str, Any]], path: Path) -> Path | None:
     axes.grid(alpha=0.3, which="both")
     axes.legend()
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=100, format="png"))
     return path
 
 
-__all__ = ["METRICS_FILE", "MetricsLog", "read_metrics", "plot_metrics"]
+__all__ = ["METRICS_FILE", "PLOT_FILE", "MetricsLog", "read_metrics", "plot_metrics"]

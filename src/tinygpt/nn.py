@@ -253,13 +253,15 @@ class GPTConfig:
         if not self.logit_soft_cap >= 0.0 or math.isinf(self.logit_soft_cap):
             raise ValueError(f"logit_soft_cap must be 0 (off) or a positive finite number, got {self.logit_soft_cap}")
         if self.minimum_parameters() > MAX_MODEL_PARAMETERS:
-            raise ValueError(f"a GPT of {self.num_layers:,} layers of width {self.embedding_dim:,} and a vocabulary of "
-                             f"{self.vocab_size:,} has over {MAX_MODEL_PARAMETERS:,} parameters, the bound on a model")
+            raise ValueError(f"a GPT of {self.num_layers:,} layers of width {self.embedding_dim:,}, a vocabulary of "
+                             f"{self.vocab_size:,} and max_seq_length {self.max_seq_length:,} has over {MAX_MODEL_PARAMETERS:,} parameters, the bound on a model")
 
     def minimum_parameters(self) -> int:
-        """A lower bound on the parameter count, whatever the options: the token table V C and each block's
-        attention projections 4 C^2 (the MLP, norms, biases and positions only add to it)."""
-        return self.vocab_size * self.embedding_dim + self.num_layers * 4 * self.embedding_dim ** 2
+        """A lower bound on the parameter count, whatever the options: the token table V C, the position table T C
+        (without rotary embeddings) and each block's attention projections 4 C^2 (the MLP, norms and biases only
+        add to it)."""
+        positions = 0 if self.rotary else self.max_seq_length * self.embedding_dim
+        return self.vocab_size * self.embedding_dim + positions + self.num_layers * 4 * self.embedding_dim ** 2
 
 
 class GPT(Module):
@@ -370,8 +372,8 @@ class GPT(Module):
             fed = ids.shape[1]
             next_ids = pick(logits.numpy()[:, -1, :])
             ids = np.concatenate([ids, next_ids[:, None]], axis=1)
-            if ids.shape[1] > self.max_seq_length:
-                kv_cache = None
+            if ids.shape[1] > self.max_seq_length:  # only the window the next step sees is kept
+                kv_cache, ids = None, ids[:, -self.max_seq_length:]
             yield Tensor(next_ids.astype(np.int32))
 
     def generate_greedy(self, token_ids: Tensor, max_new_tokens: int) -> Tensor:

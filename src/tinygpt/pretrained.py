@@ -3,26 +3,31 @@ GPT-2 directory, with its tokenizer when it has one. The run takes the source's 
 optimizer and iteration count start afresh (train.py)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from tinygpt import gpt2
 from tinygpt.checkpoint import CHECKPOINT_DIR, load_checkpoint
+from tinygpt.checkpoint_checks import check_weights_fit_config
 from tinygpt.config import ConfigError
 from tinygpt.gpt2_tokenizer import TOKENIZER_JSON, VOCAB_FILE, GPT2Tokenizer, load_gpt2_tokenizer
-from tinygpt.nn import GPT
+from tinygpt.nn import GPT, GPTConfig
 from tinygpt.tensor import Tensor, no_grad
 from tinygpt.tokenizer import BPETokenizer
+from tinygpt.utils import is_real
 
 
 @dataclass
 class Pretrained:
-    """A source model and its tokenizer (None when the source has none)."""
+    """A source model and its tokenizer (None when the source has none), and for a TinyGPT checkpoint the data it
+    was trained on (state.json's record: path and SHA-256 of each text file)."""
 
     model: GPT
     tokenizer: BPETokenizer | None
+    data: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def load_pretrained(path: str | Path) -> Pretrained:
@@ -33,17 +38,23 @@ def load_pretrained(path: str | Path) -> Pretrained:
     out_dir = path.parent if path.name == CHECKPOINT_DIR else path
     if (out_dir / CHECKPOINT_DIR).is_dir():
         checkpoint = load_checkpoint(out_dir)
-        return Pretrained(checkpoint.load_model(), checkpoint.tokenizer)
+        return Pretrained(checkpoint.load_model(), checkpoint.tokenizer, checkpoint.state.get("data") or {})
     raise ConfigError(f"--init-from {path}: neither a TinyGPT checkpoint (an out dir holding ckpt/) nor a Hugging "
                       "Face GPT-2 directory (config.json of model_type gpt2 and model.safetensors)")
 
 
 def _from_gpt2(directory: Path) -> Pretrained:
     try:
+        check_gpt2_sizes(directory)
         model = GPT.load_gpt2_checkpoint(directory)
-        tokenizer = load_gpt2_tokenizer(directory) if _has_tokenizer(directory) else None
+        check_finite_parameters(model, directory / gpt2.WEIGHTS_FILE)
     except (OSError, ValueError) as error:
         raise ConfigError(f"--init-from {directory}: {error}") from None
+    try:
+        tokenizer = load_gpt2_tokenizer(directory) if _has_tokenizer(directory) else None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError) as error:
+        raise ConfigError(f"--init-from {directory}: its tokenizer files are malformed ({type(error).__name__}: "
+                          f"{error})") from None
     if tokenizer is None:
         return Pretrained(model, None)
     file_ids = _file_ids(tokenizer)
@@ -51,6 +62,29 @@ def _from_gpt2(directory: Path) -> Pretrained:
         raise ConfigError(f"--init-from {directory}: the tokenizer has the id {max(file_ids)}, beyond the model's "
                           f"vocab_size {model.config.vocab_size}")
     return Pretrained(_on_our_ids(model, file_ids), tokenizer.canonical())
+
+
+def check_gpt2_sizes(directory: Path) -> None:
+    """The sizes of config.json checked as our own checkpoints' are (types, each >= 1, the parameter bound with the
+    positions), layer_norm_epsilon a positive number, and model.safetensors holding at least that many values, all
+    before anything is allocated: ValueError naming the file."""
+    arguments = gpt2.read_gpt2_config(directory)
+    epsilon = arguments.pop("layer_norm_epsilon")
+    try:
+        config = GPTConfig(**arguments)
+        config.validate()
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{gpt2.CONFIG_FILE}: {error}") from None
+    if not (is_real(epsilon) and math.isfinite(epsilon) and epsilon > 0):
+        raise ValueError(f"{gpt2.CONFIG_FILE}: layer_norm_epsilon must be a positive number, got {epsilon!r}")
+    check_weights_fit_config(directory / gpt2.WEIGHTS_FILE, config)
+
+
+def check_finite_parameters(model: GPT, path: Path) -> None:
+    """Refuse imported weights that hold NaN or infinity, naming the first such tensor (bad input, not a divergence)."""
+    for name, tensor in model.named_parameters():
+        if not np.isfinite(tensor.numpy()).all():
+            raise ValueError(f"{path.name} holds non-finite values in {name}: not a usable model")
 
 
 def _has_tokenizer(directory: Path) -> bool:

@@ -8,6 +8,7 @@ from typing import Iterator
 
 import numpy as np
 
+from tinygpt.files import PROMPT_FILE_BYTES, read_text
 from tinygpt.nn import GPT
 from tinygpt.tensor import Tensor
 from tinygpt.tokenizer import BPETokenizer
@@ -22,8 +23,8 @@ def read_prompt(prompt: str) -> str:
         return prompt
     path = Path(prompt[len(FILE_PREFIX):])
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
+        return read_text(path, "prompt file", PROMPT_FILE_BYTES)
+    except OSError as error:
         raise ValueError(f"cannot read the prompt file {path}: {error}") from None
 
 

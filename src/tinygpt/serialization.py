@@ -10,7 +10,10 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from tinygpt.files import regular_file, read_text
+
 FORMATS = (".safetensors", ".json")
+JSON_WEIGHTS_BYTES = 1 << 30  # the readable format is for small models
 
 
 def _format(path: str | os.PathLike) -> str:
@@ -71,8 +74,7 @@ def _numeric_dtype(name: str) -> np.dtype:
 
 def load_arrays(path: str | os.PathLike, with_metadata: bool = False):
     """Read named arrays written by save_arrays; a corrupt or foreign file raises ValueError naming it."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such weights file")
+    regular_file(path, "weights file")
     if _format(path) == ".safetensors":
         try:
             with safe_open(str(path), framework="numpy") as file:
@@ -82,7 +84,7 @@ def load_arrays(path: str | os.PathLike, with_metadata: bool = False):
             raise ValueError(f"{path}: not a valid safetensors file ({error})") from None
     else:
         try:
-            record = json.loads(Path(path).read_text())
+            record = json.loads(read_text(path, "weights file", JSON_WEIGHTS_BYTES))
             metadata = record.get("metadata", {})
             arrays = {name: np.array(entry["data"], dtype=_numeric_dtype(entry["dtype"])).reshape(entry["shape"])
                       for name, entry in record["tensors"].items()}

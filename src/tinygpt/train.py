@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -26,9 +27,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tinygpt import backend
-from tinygpt.checkpoint import (CHECKPOINT_DIR, TOKENIZER_PREFIX, Checkpoint, check_architecture, find_checkpoint,
-                                load_checkpoint, random_state, read_checkpoint_config, restore_training_state,
-                                save_checkpoint)
+from tinygpt.checkpoint import (CHECKPOINT_DIR, TOKENIZER_PREFIX, Checkpoint, check_architecture, check_same_data,
+                                data_record, find_checkpoint, load_checkpoint, out_dir_lock, random_state,
+                                read_checkpoint_config, restore_training_state, save_checkpoint)
 from tinygpt.checkpoint_checks import check_finite_weights
 from tinygpt.config import PRESETS, ConfigError, TrainConfig, setting_schema
 from tinygpt.dataset import (check_corpus_file, default_corpus_path, get_batch, read_corpus_text, tokenize_corpus,
@@ -38,7 +39,7 @@ from tinygpt.evaluation import estimate_loss, split_windows, whole_split_loss
 from tinygpt.instruments.run import RunInstruments
 from tinygpt.losses import CrossEntropyLoss
 from tinygpt.memory import keep_freed_memory
-from tinygpt.metrics import METRICS_FILE, MetricsLog, plot_metrics, read_metrics
+from tinygpt.metrics import METRICS_FILE, PLOT_FILE, MetricsLog, plot_metrics, read_metrics
 from tinygpt.nn import GPT, LayerNorm
 from tinygpt.optimizers import (AdamW, Muon, Optimizer, OptimizerGroups, ParameterGroup, clip_grad_norm, cosine_schedule,
                                 wsd_schedule)
@@ -154,6 +155,19 @@ def read_tokens(path: Path, tokenizer: BPETokenizer) -> np.ndarray:
         raise ConfigError(str(error)) from None
 
 
+def data_files(path: Path, config: TrainConfig) -> dict[str, Path]:
+    """The run's text files by setting: {"data": path} and, when it is set, {"val_data": its path}."""
+    return {"data": path} | ({"val_data": checked_text_file(config.val_data)} if config.val_data is not None else {})
+
+
+def warn_of_other_data(source: str, trained_on: dict[str, dict[str, str]], data: dict[str, dict[str, str]]) -> None:
+    """--init-from a run trained on other text is what the user asked for: said once, as a warning."""
+    before = trained_on.get("data")
+    if before is not None and before.get("sha256") != data["data"]["sha256"]:
+        warnings.warn(f"--init-from {source} was trained on other data ({before.get('path')}); this run trains on "
+                      f"{data['data']['path']}", stacklevel=2)
+
+
 def train_tokenizer(path: Path, vocab_size: int) -> BPETokenizer:
     """Byte level (no merges) for vocab_size 256, else a BPETokenizer trained on the corpus."""
     tokenizer = BPETokenizer()
@@ -179,6 +193,9 @@ def load_tokens(path: Path, tokenizer: BPETokenizer, config: TrainConfig) -> tup
     if len(val_tokens) < block_size + 1:
         raise ConfigError(f"{described} of {len(val_tokens)} tokens is too short for block size {block_size} (needs "
                           f"{block_size + 1}); use a smaller --block-size or more data")
+    if len(train_tokens) < block_size + 1:
+        raise ConfigError(f"data file {path}: its training split of {len(train_tokens)} tokens is too short for block "
+                          f"size {block_size} (needs {block_size + 1}); use a smaller --block-size or more data")
     return train_tokens, val_tokens
 
 
@@ -240,6 +257,7 @@ def _evaluate_checkpoint(out_dir: str | Path, data: str | Path | None, device: s
     model = checkpoint.load_model(device)
     if data is None:
         path = corpus_path(config)
+        check_same_data(checkpoint, data_record(data_files(path, config)))
         tokens, max_tokens = load_tokens(path, checkpoint.tokenizer, config)[1], 1 << 20
         source = f"the validation data of the run ({config.val_data or path})"
     else:
@@ -296,30 +314,38 @@ def train_step(model: GPT, optimizer: Optimizer, x: np.ndarray, y: np.ndarray, c
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped a run; a checkpoint of the interrupted iteration was saved first. str() says where, and the
-    command that continues it."""
+    """Ctrl-C (or SIGTERM) stopped a run; a checkpoint of the interrupted iteration was saved first. str() says
+    where, and the command that continues it."""
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what kill, a job scheduler or a container stop send
 
 
 @contextmanager
 def deferred_interrupt() -> Iterator[threading.Event]:
-    """Within it, the first Ctrl-C (SIGINT) only sets the event, so that the loop stops between two steps and
-    saves; a second Ctrl-C interrupts at once. Off the main thread, where signals cannot be caught, the event
+    """Within it, the first Ctrl-C (SIGINT) or SIGTERM only sets the event, so that the loop stops between two steps
+    and saves; a second one interrupts at once. Off the main thread, where signals cannot be caught, the event
     never fires."""
     requested = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield requested
         return
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.default_int_handler)
 
     def request_stop(signum, frame) -> None:
         requested.set()
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        restore()
 
-    signal.signal(signal.SIGINT, request_stop)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, request_stop)
     try:
         yield requested
     finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        restore()
 
 
 def on_any_rank(world: World, flag: bool) -> bool:
@@ -327,15 +353,17 @@ def on_any_rank(world: World, flag: bool) -> bool:
     return flag if world.world_size == 1 else world.sum_floats([float(flag)])[0] > 0
 
 
-def refuse_overwrite(out_dir: Path, config: TrainConfig) -> None:
-    """A fresh run never silently replaces a checkpoint: it needs --resume or --overwrite."""
+def refuse_overwrite(out_dir: Path, config: TrainConfig) -> bool:
+    """A fresh run never silently replaces a checkpoint: it needs --resume or --overwrite. Returns whether the run
+    replaces one (then the old run's files stay until its first checkpoint lands)."""
     try:
         directory = find_checkpoint(out_dir)
     except ConfigError:
-        return
+        return False
     if not config.overwrite:
         raise ConfigError(f"{out_dir} already holds a checkpoint ({directory}): continue it with --resume, or replace "
                           "it with --overwrite, or give another --out-dir")
+    return True
 
 
 class ProgressReport:
@@ -353,7 +381,10 @@ class ProgressReport:
         self.recent_rate = 0.9 * self.recent_rate + 0.1 * rate if self.recent_rate else rate  # smoothed for the bar
         text = f"loss {loss:.4f}, lr {learning_rate:.2e}, {self.recent_rate:,.0f} tok/s, MFU {mfu:.1%}"
         if self.plain and iteration % self.log_interval == 0:
-            print(f"iter {iteration}: {text}", file=sys.stderr, flush=True)
+            try:
+                print(f"iter {iteration}: {text}", file=sys.stderr, flush=True)
+            except OSError:  # stderr redirected to a full disk: the run matters more than its progress lines
+                self.plain = False
         self.bar.set_postfix_str(text, refresh=False)
         self.bar.update(1)
 
@@ -367,6 +398,14 @@ def describe_layout(config: TrainConfig, world: World) -> str:
     processes = f"{world.world_size} ranks" if world.world_size > 1 else "1 process"
     cores = f" x {threads} thread{'s' if threads > 1 else ''}" if threads else ""
     return f"{processes}{cores}, {sequences_per_rank(config, world)} sequences each"
+
+
+def open_metrics(out_dir: Path, resumed_at: int | None, replacing: bool) -> MetricsLog:
+    """The run's MetricsLog (see tinygpt.metrics); a metrics.jsonl damaged before its last line is one ConfigError."""
+    try:
+        return MetricsLog(out_dir / METRICS_FILE, resumed_at, pending=replacing)
+    except ValueError as error:
+        raise ConfigError(f"{error}; move it aside to resume without its history") from None
 
 
 def check_out_dir_writable(out_dir: Path) -> None:
@@ -402,27 +441,29 @@ def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
     Progress goes to stderr, evaluations and the final sample to stdout, when verbose; every log_interval-th
     iteration and every evaluation also to <out_dir>/metrics.jsonl. Ctrl-C saves a checkpoint and raises
     TrainingInterrupted. Under mpiexec every rank runs this, on its share of each batch (see
-    docs/distributed.md); rank 0 alone writes and prints. BLAS runs on one thread (threads.engine_threads)."""
+    docs/distributed.md); rank 0 alone writes and prints, holding the out dir's lock (a second run into it is
+    refused). BLAS runs on one thread (threads.engine_threads)."""
+    config.validate()
     with engine_threads():
-        return _train(config, verbose)
+        if not get_world().is_main:
+            return _train(config, verbose)
+        check_out_dir_writable(Path(config.out_dir))
+        with out_dir_lock(Path(config.out_dir)):
+            return _train(config, verbose)
 
 
 def _train(config: TrainConfig, verbose: bool) -> TrainResult:
     started = time.perf_counter()
-    config.validate()
     check_device(config.device)
     world = get_world()
     out_dir = Path(config.out_dir)
     verbose = verbose and world.is_main
     keep_freed_memory()  # every step frees and reallocates the same arrays: reuse them, no page faults (memory.py)
     log = tqdm.write if verbose else (lambda message: None)
-    if world.is_main:
-        check_out_dir_writable(out_dir)
 
     checkpoint = load_checkpoint(out_dir) if config.resume else None
-    if checkpoint is None:
-        refuse_overwrite(out_dir, config)
-    else:
+    replacing = checkpoint is None and refuse_overwrite(out_dir, config)
+    if checkpoint is not None:
         check_architecture(checkpoint, config)
     pretrained = load_pretrained(config.init_from) if config.init_from and checkpoint is None else None
     if pretrained is not None:
@@ -430,9 +471,12 @@ def _train(config: TrainConfig, verbose: bool) -> TrainResult:
         config.validate()
         log(f"starting from {config.init_from}: its architecture and weights, a fresh optimizer, iteration 0")
     path = corpus_path(config)
+    data = data_record(data_files(path, config))
     if checkpoint is not None:
+        check_same_data(checkpoint, data)
         tokenizer = checkpoint.tokenizer
     elif pretrained is not None:
+        warn_of_other_data(config.init_from, pretrained.data, data)
         tokenizer = pretrained.tokenizer or train_tokenizer(path, 256)  # a source without a tokenizer: bytes
     else:
         tokenizer = train_tokenizer(path, config.model.vocab_size)
@@ -462,7 +506,7 @@ def _train(config: TrainConfig, verbose: bool) -> TrainResult:
         if start > config.max_iters:
             raise ConfigError(f"the checkpoint in {out_dir} is at iteration {start}, beyond --max-iters "
                               f"{config.max_iters}: give a larger --max-iters to continue it")
-    metrics = MetricsLog(out_dir / METRICS_FILE, start if checkpoint is not None else None) if world.is_main else None
+    metrics = open_metrics(out_dir, start if checkpoint is not None else None, replacing) if world.is_main else None
     instruments = RunInstruments(model, config, out_dir if world.is_main else None, world.world_size)
     log(f"{model.num_parameters():,} parameters, {len(splits['train']):,} train and {len(splits['val']):,} val tokens, "
         f"iterations {start} -> {config.max_iters} on {config.device}: {describe_layout(config, world)}")
@@ -485,8 +529,10 @@ def _train(config: TrainConfig, verbose: bool) -> TrainResult:
         if not world.is_main:
             return directory
         state = {"iteration": iteration, "data_rng": data_rng.bit_generator.state, "dropout_rng": dropout_rngs[0],
-                 "dropout_rngs": dropout_rngs, "history": history, "elapsed": train_seconds}
-        return save_checkpoint(out_dir, model, optimizer, tokenizer, config, state)
+                 "dropout_rngs": dropout_rngs, "history": history, "elapsed": train_seconds, "data": data}
+        saved = save_checkpoint(out_dir, model, optimizer, tokenizer, config, state)
+        metrics.publish()  # a run that replaces another takes the out dir's metrics.jsonl only now
+        return saved
 
     with deferred_interrupt() as interrupted:
         try:
@@ -547,7 +593,7 @@ def _train(config: TrainConfig, verbose: bool) -> TrainResult:
     result = TrainResult(model=model, tokenizer=tokenizer, config=config, history=history, final_eval=final_eval,
                          wall_seconds=0.0, tokens_per_second=trained * tokens_per_iteration / step_seconds if trained else 0.0,
                          checkpoint_dir=directory,
-                         plot=plot_metrics(read_metrics(metrics.path), out_dir / "loss.png") if metrics is not None else None)
+                         plot=plot_metrics(read_metrics(metrics.path), out_dir / PLOT_FILE) if metrics is not None else None)
     if metrics is not None:
         instruments.close(read_metrics(metrics.path))
     if config.sample_tokens and world.is_main:

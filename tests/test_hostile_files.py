@@ -1,0 +1,85 @@
+"""Files that are not what they claim to be: every reader refuses a FIFO, a device or an oversized file with one
+line, in bounded memory and time (the `tinygpt` command as a subprocess under a memory cap and a timeout)."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_one_line_error, run_capped
+from test_hostile_checkpoints import TINY, copy, tinygpt, trained  # noqa: F401 (the fixtures)
+
+
+def hostile(workspace: Path, kind: str, name: str) -> Path:
+    """A path named `name` that is a FIFO, or a symlink to /dev/zero or to a FIFO."""
+    path = workspace / name
+    path.unlink(missing_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "zero":
+        path.symlink_to("/dev/zero")
+    else:
+        fifo = workspace / f"{name}.fifo"
+        fifo.unlink(missing_ok=True)
+        os.mkfifo(fifo)
+        path.symlink_to(fifo)
+    return path
+
+
+KINDS = ["fifo", "zero", "link to fifo"]
+EXPECTED = {"fifo": "FIFO", "zero": "character device", "link to fifo": "FIFO"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_config_file_that_is_not_a_regular_file_is_refused(workspace, kind):
+    path = hostile(workspace, kind, "settings.json")
+    result = tinygpt(workspace, "train", "--config", str(path), "--out-dir", "never", *TINY)
+    assert_one_line_error(result, "settings.json", EXPECTED[kind])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_prompt_file_that_is_not_a_regular_file_is_refused(workspace, trained, kind):
+    path = hostile(workspace, kind, "prompt.txt")
+    result = tinygpt(workspace, "sample", "--out-dir", str(trained), "--prompt", f"FILE:{path}", "--max-new-tokens", "2")
+    assert_one_line_error(result, "prompt.txt", EXPECTED[kind])
+
+
+def test_endless_stdin_of_tokenizer_encode_is_cut_off(workspace):
+    result = tinygpt(workspace, "tokenizer", "train", "--data", "corpus.txt", "--vocab-size", "260", "--out", "tok")
+    assert result.returncode == 0, result.stderr
+    with open("/dev/zero", "rb") as endless:
+        result = tinygpt(workspace, "tokenizer", "encode", "--model", "tok.model", stdin=endless)
+    assert_one_line_error(result, "stdin", "bytes")
+
+
+@pytest.mark.parametrize("name", ["config.json", "state.json", "tokenizer.model", "weights.safetensors"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_checkpoint_file_that_is_not_a_regular_file_is_refused(workspace, copy, name, kind):
+    (copy / "ckpt" / name).unlink()
+    hostile(copy / "ckpt", kind, name)
+    result = tinygpt(workspace, "sample", "--out-dir", str(copy), "--max-new-tokens", "2")
+    assert_one_line_error(result, name, EXPECTED[kind])
+
+
+# ---- a corpus tokenised in bounded memory, whatever its line endings -----------------------------------
+
+CORPUS_MEMORY_CAP = 500 << 20  # address space: imports and one block fit; 48 MB of text held whole does not
+TOKENIZE = ("import sys; from tinygpt.dataset import tokenize_corpus; from tinygpt.tokenizer import BPETokenizer; "
+            "print(len(tokenize_corpus(sys.argv[1], BPETokenizer(), cache_dir=sys.argv[2])))")
+
+
+@pytest.fixture(scope="module")
+def long_text(workspace) -> str:
+    text = (workspace / "corpus.txt").read_text(encoding="utf-8")
+    return (text * (48_000_000 // len(text) + 1))[:48_000_000]
+
+
+@pytest.mark.parametrize("line_end", ["\n", "\r\n", " "], ids=["LF", "CRLF", "one line"])
+def test_a_corpus_is_tokenised_in_bounded_memory_whatever_its_line_endings(workspace, long_text, line_end):
+    path = workspace / "long.txt"
+    path.write_bytes(long_text.replace("\n", line_end).encode("utf-8"))
+    result = run_capped([sys.executable, "-c", TOKENIZE, str(path), str(workspace / f"cache-{len(line_end)}")],
+                        memory=CORPUS_MEMORY_CAP, timeout=300)
+    path.unlink()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout) == len(long_text.replace("\n", line_end).encode("utf-8"))
