@@ -25,13 +25,13 @@ from tinygpt.config import read_config_file, setting_schema
 from tinygpt.dataset import default_corpus_path, read_corpus_text
 from tinygpt.distributed import get_world, launched_by_mpi
 from tinygpt.flags import OneLineParser, add_setting_flags
-from tinygpt.gpt2_tokenizer import save_gpt2_tokenizer
+from tinygpt.tokenizer import save_gpt2_tokenizer
 from tinygpt.sampling import read_prompt, stream_text
-from tinygpt.tokenizer import BPETokenizer, RegexPatterns
+from tinygpt.tokenizer import SPLIT_PATTERNS, BPETokenizer
 from tinygpt.train import (PRESETS, ConfigError, TrainConfig, TrainingInterrupted, check_device, evaluate_checkpoint,
                            load_checkpoint, resolve_config, train)
 
-PATTERNS = {"gpt2": RegexPatterns.GPT2, "gpt4": RegexPatterns.GPT4}
+PATTERNS = {name: known.pattern for name, known in SPLIT_PATTERNS.items()}
 
 
 def add_train_parser(subparsers) -> None:

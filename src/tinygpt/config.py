@@ -19,7 +19,7 @@ from typing import Any
 from tinygpt import backend
 from tinygpt.flags import Setting, dataclass_settings
 from tinygpt.nn import NORMS, GPTConfig, GPTMLP
-from tinygpt.tokenizer_checks import MAX_TOKEN_ID
+from tinygpt.tokenizer import MAX_TOKEN_ID
 from tinygpt.utils import check_count, check_finite
 
 OPTIMIZERS, SCHEDULES = ("adamw", "muon"), ("cosine", "wsd")

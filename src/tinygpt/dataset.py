@@ -20,7 +20,7 @@ import numpy as np
 
 from tinygpt.serialization import atomic_write
 from tinygpt.tensor import Tensor
-from tinygpt.tokenizer import BPETokenizer, RegexPatterns
+from tinygpt.tokenizer import BPETokenizer, can_cut_at_newlines
 
 TEXT_BLOCK_CHARS = 1 << 22
 CACHE_MAGIC = b"TGTOKv1\0"
@@ -64,7 +64,7 @@ def _read_text_blocks(path: Path, tokenizer: BPETokenizer, block_chars: int) -> 
     patterns give no such guarantee: their text comes as one piece.
     """
     with open(path, encoding="utf-8", newline="") as file:  # newline="": keep "\r\n" as it is
-        if tokenizer.pattern not in (RegexPatterns.GPT2, RegexPatterns.GPT4):
+        if not can_cut_at_newlines(tokenizer.pattern):
             yield file.read()
             return
         carry = ""
