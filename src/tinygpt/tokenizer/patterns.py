@@ -15,7 +15,9 @@ from typing import Callable
 import regex
 
 from tinygpt.tokenizer.checks import compile_pattern, split_with_timeout
+from tinygpt.tokenizer.fast import njit
 from tinygpt.tokenizer.formats import compile_original_pattern
+from tinygpt.tokenizer.scanner import scan
 
 
 class RegexPatterns:
@@ -39,13 +41,18 @@ _SPACE = r"\t\n\v\f\r "
 @dataclass(frozen=True)
 class SplitPattern:
     """A known pattern. `cut_at_newlines`: a position just after a "\\n" that sits between two
-    non-whitespace characters always starts a new chunk, so text may be encoded in pieces cut there."""
+    non-whitespace characters always starts a new chunk, so text may be encoded in pieces cut there.
+    `gpt4_rules`: which rules of the compiled scanner (scanner.py) split as the pattern does."""
     pattern: str
     ascii_splitter: re.Pattern
     cut_at_newlines: bool
+    gpt4_rules: bool
 
     def split(self, text: str) -> list[str]:
-        """Every match of the pattern in `text`, in order."""
+        """Every match of the pattern in `text`, in order: by the compiled scanner, or without numba by `re`
+        (ASCII-only text) or `regex`."""
+        if njit is not None:
+            return scan(text, self.gpt4_rules)
         if text.isascii():
             return self.ascii_splitter.findall(text)
         return regex.compile(self.pattern).findall(text)  # compiled once: `regex` keeps it in its cache
@@ -54,10 +61,11 @@ class SplitPattern:
 SPLIT_PATTERNS = {
     "gpt2": SplitPattern(RegexPatterns.GPT2, re.compile(
         rf"""'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+| ?[0-9]+| ?[^{_SPACE}A-Za-z0-9]+"""
-        rf"""|[{_SPACE}]+$|[{_SPACE}]+(?![^{_SPACE}])|[{_SPACE}]"""), cut_at_newlines=True),
+        rf"""|[{_SPACE}]+$|[{_SPACE}]+(?![^{_SPACE}])|[{_SPACE}]"""), cut_at_newlines=True, gpt4_rules=False),
     "gpt4": SplitPattern(RegexPatterns.GPT4, re.compile(
         rf"""'(?i:[sdmt]|ll|ve|re)|[^\r\nA-Za-z0-9]?[A-Za-z]+|[0-9]{{1,3}}| ?[^{_SPACE}A-Za-z0-9]+[\r\n]*"""
-        rf"""|[{_SPACE}]+$|[{_SPACE}]*[\r\n]|[{_SPACE}]+(?![^{_SPACE}])|[{_SPACE}]"""), cut_at_newlines=True),
+        rf"""|[{_SPACE}]+$|[{_SPACE}]*[\r\n]|[{_SPACE}]+(?![^{_SPACE}])|[{_SPACE}]"""), cut_at_newlines=True,
+        gpt4_rules=True),
 }
 _BY_PATTERN = {known.pattern: known for known in SPLIT_PATTERNS.values()}
 

@@ -1,0 +1,123 @@
+"""The registry's two patterns (GPT-2's and GPT-4's) as one compiled scanner: the chunks `regex` would find,
+found by a numba loop over the text's code points, in one pass (each position is read a bounded number of
+times, so the time is linear in the text).
+
+A code point's class (letter \\p{L}, number \\p{N}, white space \\s, or other) is read from `regex` itself, the
+first time the code point is met, and kept in a table, so the scanner and `regex` agree by construction.
+The tests compare its chunks with `regex`'s and its ids with tiktoken's.
+"""
+from __future__ import annotations
+
+import numpy as np
+import regex
+
+from tinygpt.tokenizer.fast import njit
+
+OTHER, LETTER, NUMBER, SPACE, UNKNOWN = 0, 1, 2, 3, 255
+CLASS_PATTERNS = {LETTER: regex.compile(r"\p{L}"), NUMBER: regex.compile(r"\p{N}"), SPACE: regex.compile(r"\s")}
+NEWLINE, RETURN, BLANK, APOSTROPHE, LONG_S = 10, 13, 32, 39, 0x17F
+_classes = np.full(0x110000, UNKNOWN, dtype=np.uint8)
+
+
+def scan(text: str, gpt4: bool) -> list[str]:
+    """The chunks of `text` under GPT-4's pattern (`gpt4`) or GPT-2's."""
+    code_points = (np.frombuffer(text.encode("ascii"), np.uint8) if text.isascii() else
+                   np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32))
+    _learn_classes(code_points)
+    ends = chunk_ends(code_points, _classes, gpt4).tolist()
+    return [text[start:end] for start, end in zip([0] + ends, ends)]
+
+
+def _learn_classes(code_points: np.ndarray) -> None:
+    """Fill the table for the code points of the text not met before, asking `regex`."""
+    unknown = np.unique(code_points[_classes[code_points] == UNKNOWN])
+    if len(unknown):
+        characters = "".join(map(chr, unknown.tolist()))
+        _classes[unknown] = OTHER
+        for kind, pattern in CLASS_PATTERNS.items():
+            _classes[unknown[[match.start() for match in pattern.finditer(characters)]]] = kind
+
+
+def run_end(classes, code_points, start, kind):
+    """The first position from `start` whose code point is not of class `kind`."""
+    end = start
+    while end < len(code_points) and classes[code_points[end]] == kind:
+        end += 1
+    return end
+
+
+def folded(code_point, ignore_case):
+    """A contraction letter as (?i) matches it: ASCII capitals and the long s fold to lower case."""
+    if ignore_case and (65 <= code_point <= 90):
+        return code_point + 32
+    return 115 if ignore_case and code_point == LONG_S else code_point
+
+
+def contraction_end(code_points, start, ignore_case):
+    """Where `'(?:[sdmt]|ll|ve|re)` matching at `start` ends, or `start` if it does not match."""
+    if code_points[start] != APOSTROPHE or start + 1 == len(code_points):
+        return start
+    first = folded(code_points[start + 1], ignore_case)
+    if first == 115 or first == 100 or first == 109 or first == 116:  # s d m t
+        return start + 2
+    if start + 2 < len(code_points):
+        second = folded(code_points[start + 2], ignore_case)
+        if (first == 108 and second == 108) or ((first == 118 or first == 114) and second == 101):  # ll ve re
+            return start + 3
+    return start
+
+
+def space_end(classes, code_points, start, gpt4):
+    """Where the white-space alternatives end: `\\s++$`, GPT-4's `\\s*[\\r\\n]`, `\\s+(?!\\S)`, then `\\s`."""
+    end = run_end(classes, code_points, start, SPACE)
+    if end == len(code_points):
+        return end
+    if gpt4:
+        for last in range(end - 1, start - 1, -1):
+            if code_points[last] == NEWLINE or code_points[last] == RETURN:
+                return last + 1
+    return max(end - 1, start + 1)
+
+
+def match_end(classes, code_points, start, gpt4):
+    """Where the pattern's match at `start` ends: its alternatives tried in order, as `regex` does."""
+    end = contraction_end(code_points, start, gpt4)
+    if end > start:
+        return end
+    here = classes[code_points[start]]
+    following = classes[code_points[start + 1]] if start + 1 < len(code_points) else SPACE
+    if gpt4:
+        if here == LETTER:  # [^\r\n\p{L}\p{N}]?+\p{L}++
+            return run_end(classes, code_points, start, LETTER)
+        if following == LETTER and here != NUMBER and code_points[start] != NEWLINE and code_points[start] != RETURN:
+            return run_end(classes, code_points, start + 1, LETTER)
+        if here == NUMBER:  # \p{N}{1,3}+
+            return min(run_end(classes, code_points, start, NUMBER), start + 3)
+        first = start + 1 if code_points[start] == BLANK and following == OTHER else start
+        if classes[code_points[first]] == OTHER:  # ` ?[^\s\p{L}\p{N}]++[\r\n]*+`
+            end = run_end(classes, code_points, first, OTHER)
+            while end < len(code_points) and (code_points[end] == NEWLINE or code_points[end] == RETURN):
+                end += 1
+            return end
+    else:  # ` ?\p{L}++`, ` ?\p{N}++`, ` ?[^\s\p{L}\p{N}]++`
+        first = start + 1 if code_points[start] == BLANK and following != SPACE else start
+        if classes[code_points[first]] != SPACE:
+            return run_end(classes, code_points, first, classes[code_points[first]])
+    return space_end(classes, code_points, start, gpt4)
+
+
+def chunk_ends(code_points, classes, gpt4):
+    """Where each chunk of the text ends, in code points."""
+    ends = np.empty(len(code_points), np.int64)
+    count, start = 0, 0
+    while start < len(code_points):
+        start = match_end(classes, code_points, start, gpt4)
+        ends[count] = start
+        count += 1
+    return ends[:count]
+
+
+if njit is not None:
+    run_end, folded, contraction_end, space_end, match_end = (
+        njit(cache=True)(function) for function in (run_end, folded, contraction_end, space_end, match_end))
+    chunk_ends = njit(cache=True)(chunk_ends)
