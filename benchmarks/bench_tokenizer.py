@@ -48,15 +48,24 @@ CORPUS_CHARACTERS = 1_000_000
 
 
 def corpora(characters: int = CORPUS_CHARACTERS) -> dict[str, str]:
-    """The three corpora, about `characters` long each (whole lines, spread evenly over each source)."""
+    """The three corpora, at most `characters` long each (whole lines, spread evenly over each source).
+
+    Python's standard library holds about 60,000 characters of the multilingual kind (the corpus is that
+    long at most): the UTF-8 test texts of its CJK codecs, each line of its modules and tests with a character
+    beyond Latin (Cyrillic, Greek, Arabic, CJK, emoji...), and the letters of its single-byte codecs for
+    other scripts (Thai, Hebrew, Arabic...), decoded, first. Installed packages are left out: they differ by
+    machine.
+    """
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    modules = sorted(stdlib.glob("*.py"))
-    code = "".join(path.read_text(encoding="utf-8", errors="replace") for path in modules)
-    multilingual = [path.read_text(encoding="utf-8") for path in sorted(stdlib.glob("test/cjkencodings/*-utf8.txt"))]
-    for path in sorted(stdlib.rglob("*.py")):
+    own = [path for path in sorted(stdlib.rglob("*.py")) if not {"site-packages", "dist-packages"} & set(path.parts)]
+    code = "".join(path.read_text(encoding="utf-8", errors="replace") for path in own if path.parent == stdlib)
+    multilingual = [bytes(range(160, 256)).decode(codec, errors="ignore") + "\n" for codec in
+                    ("cp874", "cp1255", "cp1256", "cp1251", "cp1253", "koi8_u", "tis_620", "iso8859_6", "iso8859_8")]
+    multilingual += [path.read_text(encoding="utf-8") for path in sorted(stdlib.glob("test/cjkencodings/*-utf8.txt"))]
+    for path in own:
         try:
             text = path.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
+        except UnicodeDecodeError:
             continue  # a test file in another encoding, on purpose
         multilingual += [line for line in text.splitlines(keepends=True) if any(ord(c) > 0x2FF for c in line)]
     texts = {"shakespeare": default_corpus_path().read_text(encoding="utf-8"), "code": code,
@@ -65,12 +74,13 @@ def corpora(characters: int = CORPUS_CHARACTERS) -> dict[str, str]:
 
 
 def spread_lines(text: str, characters: int) -> str:
-    """About `characters` of `text`: blocks of 64 whole lines taken at even steps through it."""
-    if len(text) <= characters:
-        return text
+    """At most `characters` of `text`: all of it if it fits, else blocks of 64 whole lines at even steps."""
     lines = text.splitlines(keepends=True)
-    step = 64 * math.ceil(len(text) / characters)
-    return "".join(line for start in range(0, len(lines), step) for line in lines[start:start + 64])[:characters]
+    blocks = range(0, len(lines), 64)
+    step = len(text) / characters
+    if step > 1:
+        blocks = [blocks[int(index * step)] for index in range(int(len(blocks) / step))]
+    return "".join(line for start in blocks for line in lines[start:start + 64])[:characters]
 
 
 def rounds(sides: dict[str, callable], repeats: int) -> dict[str, list[float]]:

@@ -38,10 +38,12 @@ def _learn_classes(code_points: np.ndarray) -> None:
             _classes[unknown[[match.start() for match in pattern.finditer(characters)]]] = kind
 
 
-def run_end(classes, code_points, start, kind):
-    """The first position from `start` whose code point is not of class `kind`."""
+def run_end(classes, code_points, start, kind, longest=-1):
+    """The first position from `start` whose code point is not of class `kind` (at most `longest` on from
+    `start`, if given)."""
+    stop = len(code_points) if longest < 0 else min(len(code_points), start + longest)
     end = start
-    while end < len(code_points) and classes[code_points[end]] == kind:
+    while end < stop and classes[code_points[end]] == kind:
         end += 1
     return end
 
@@ -92,7 +94,7 @@ def match_end(classes, code_points, start, gpt4):
         if following == LETTER and here != NUMBER and code_points[start] != NEWLINE and code_points[start] != RETURN:
             return run_end(classes, code_points, start + 1, LETTER)
         if here == NUMBER:  # \p{N}{1,3}+
-            return min(run_end(classes, code_points, start, NUMBER), start + 3)
+            return run_end(classes, code_points, start, NUMBER, 3)
         first = start + 1 if code_points[start] == BLANK and following == OTHER else start
         if classes[code_points[first]] == OTHER:  # ` ?[^\s\p{L}\p{N}]++[\r\n]*+`
             end = run_end(classes, code_points, first, OTHER)
