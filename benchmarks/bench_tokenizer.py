@@ -26,7 +26,6 @@ printed are the median and the spread (min-max) of each tree, and the ratio of t
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics

@@ -62,6 +62,15 @@ def test_ids_equal_tiktoken_cold_and_warm_on_each_corpus(trained, corpora, name)
     assert fresh.encode(corpora[name]) == expected
 
 
+def test_without_numba_the_ids_are_the_same(trained, corpora, monkeypatch):
+    monkeypatch.setattr("tinygpt.tokenizer.fast.njit", None)  # as when numba cannot be imported
+    monkeypatch.setattr("tinygpt.tokenizer.patterns.njit", None)
+    fresh = BPETokenizer(trained.pattern)
+    fresh.merges = trained.merges
+    text = "".join(corpora.values())
+    assert fresh.encode(text) == tiktoken_oracle(trained).encode_ordinary(text)
+
+
 @pytest.mark.parametrize("name", ["shakespeare", "code", "multilingual"])
 def test_ids_equal_hugging_face_tokenizers_loading_our_files(tmp_path, corpora, name):
     """GPT-2's pattern: Hugging Face's Oniguruma reads GPT-4's `\\p{N}{1,3}+` as `(\\p{N}{1,3})+`."""

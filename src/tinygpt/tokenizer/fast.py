@@ -17,7 +17,9 @@ from tinygpt.tokenizer.bpe import encode_chunk
 
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "tinygpt" / "numba"))
 try:
-    from numba import njit
+    from numba import config, njit
+    if config.DISABLE_JIT:
+        njit = None  # these loops as Python would be slower than bpe.encode_chunk and `regex`
 except ImportError:
     njit = None
 
