@@ -17,11 +17,11 @@ from tinygpt.tokenizer.bpe import encode_chunk
 
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "tinygpt" / "numba"))
 try:
-    from numba import config, njit
-    if config.DISABLE_JIT:
-        njit = None  # these loops as Python would be slower than bpe.encode_chunk and `regex`
+    import numba
 except ImportError:
-    njit = None
+    numba = None
+# under NUMBA_DISABLE_JIT these loops would run as Python, slower than bpe.encode_chunk and `regex`
+njit = numba.njit if numba is not None and not numba.config.DISABLE_JIT else None
 
 ID_BITS = 24
 EMPTY = -1
@@ -49,6 +49,15 @@ class MergeTable:
         ids, id_ends = encode_all(data, ends, self.keys, self.values)
         flat, id_ends = ids.tolist(), id_ends.tolist()
         return [flat[start:end] for start, end in zip([0] + id_ends, id_ends)]
+
+
+def gather(flat_ids: np.ndarray, lengths: np.ndarray, which: np.ndarray) -> np.ndarray:
+    """The ids of a text's chunks one after another, where distinct chunk d has the `lengths[d]` ids that
+    start at `flat_ids[sum(lengths[:d])]` and chunk c of the text is distinct chunk `which[c]`."""
+    offsets = np.cumsum(lengths) - lengths
+    counts = lengths[which]
+    ends = np.cumsum(counts)
+    return flat_ids[np.repeat(offsets[which] - (ends - counts), counts) + np.arange(ends[-1] if len(ends) else 0)]
 
 
 def _slot(key, size):

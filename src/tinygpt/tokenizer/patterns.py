@@ -12,12 +12,13 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import regex
 
 from tinygpt.tokenizer.checks import compile_pattern, split_with_timeout
 from tinygpt.tokenizer.fast import njit
 from tinygpt.tokenizer.formats import compile_original_pattern
-from tinygpt.tokenizer.scanner import scan
+from tinygpt.tokenizer.scanner import distinct, scan, scan_distinct
 
 
 class RegexPatterns:
@@ -56,6 +57,10 @@ class SplitPattern:
         if text.isascii():
             return self.ascii_splitter.findall(text)
         return regex.compile(self.pattern).findall(text)  # compiled once: `regex` keeps it in its cache
+
+    def split_distinct(self, text: str) -> tuple[list[str], np.ndarray]:
+        """The distinct chunks of `text` in order of first appearance, and which of them each chunk is."""
+        return scan_distinct(text, self.gpt4_rules) if njit is not None else distinct(self.split(text))
 
 
 SPLIT_PATTERNS = {

@@ -21,11 +21,27 @@ _classes = np.full(0x110000, UNKNOWN, dtype=np.uint8)
 
 def scan(text: str, gpt4: bool) -> list[str]:
     """The chunks of `text` under GPT-4's pattern (`gpt4`) or GPT-2's."""
+    distinct, which = scan_distinct(text, gpt4)
+    return [distinct[index] for index in which.tolist()]
+
+
+def scan_distinct(text: str, gpt4: bool) -> tuple[list[str], np.ndarray]:
+    """The distinct chunks of `text` in the order they first appear, and for each chunk of the text which
+    of them it is: the text's chunks are never made into strings one by one."""
     code_points = (np.frombuffer(text.encode("ascii"), np.uint8) if text.isascii() else
                    np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32))
     _learn_classes(code_points)
-    ends = chunk_ends(code_points, _classes, gpt4).tolist()
-    return [text[start:end] for start, end in zip([0] + ends, ends)]
+    ends = chunk_ends(code_points, _classes, gpt4)
+    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    firsts, which = distinct_chunks(code_points, starts, ends)
+    return [text[start:end] for start, end in zip(starts[firsts].tolist(), ends[firsts].tolist())], which
+
+
+def distinct(chunks: list[str]) -> tuple[list[str], np.ndarray]:
+    """scan_distinct for chunks already made: the distinct ones, and which of them each chunk is."""
+    index: dict[str, int] = {}
+    which = [index.setdefault(chunk, len(index)) for chunk in chunks]
+    return list(index), np.array(which, dtype=np.int64)
 
 
 def _learn_classes(code_points: np.ndarray) -> None:
@@ -119,7 +135,41 @@ def chunk_ends(code_points, classes, gpt4):
     return ends[:count]
 
 
+def same_chunk(code_points, start, end, other_start, other_end):
+    if end - start != other_end - other_start:
+        return False
+    for offset in range(end - start):
+        if code_points[start + offset] != code_points[other_start + offset]:
+            return False
+    return True
+
+
+def distinct_chunks(code_points, starts, ends):
+    """The first chunk of each distinct content, and for every chunk the index of its content among them:
+    a hash table of the contents seen (FNV-1a of the code points, equal contents compared in full)."""
+    size = 1
+    while size < 2 * len(ends):
+        size *= 2
+    table = np.full(size, -1, np.int64)  # slot -> index of a distinct content
+    firsts, which = np.empty(len(ends), np.int64), np.empty(len(ends), np.int64)
+    count = 0
+    for chunk in range(len(ends)):
+        digest = 1469598103934665603
+        for position in range(starts[chunk], ends[chunk]):
+            digest = (digest ^ code_points[position]) * 1099511628211
+        slot = digest & (size - 1)
+        while table[slot] != -1 and not same_chunk(code_points, starts[chunk], ends[chunk],
+                                                     starts[firsts[table[slot]]], ends[firsts[table[slot]]]):
+            slot = (slot + 1) & (size - 1)
+        if table[slot] == -1:
+            table[slot], firsts[count] = count, chunk
+            count += 1
+        which[chunk] = table[slot]
+    return firsts[:count], which
+
+
 if njit is not None:
     run_end, folded, contraction_end, space_end, match_end = (
         njit(cache=True)(function) for function in (run_end, folded, contraction_end, space_end, match_end))
-    chunk_ends = njit(cache=True)(chunk_ends)
+    same_chunk = njit(cache=True)(same_chunk)
+    chunk_ends, distinct_chunks = njit(cache=True)(chunk_ends), njit(cache=True)(distinct_chunks)

@@ -7,7 +7,6 @@ before costs a dictionary look-up.
 
 from __future__ import annotations
 
-from collections import Counter
 from itertools import chain
 from pathlib import Path
 from typing import Iterable
@@ -20,9 +19,10 @@ from tinygpt.serialization import atomic_write
 from tinygpt.tensor import Tensor
 from tinygpt.tokenizer.bpe import PairStatistics
 from tinygpt.tokenizer.checks import MAX_TOKEN_ID, MAX_VOCAB_BYTES, check_special_tokens
-from tinygpt.tokenizer.fast import MergeTable
+from tinygpt.tokenizer.fast import MergeTable, gather
 from tinygpt.tokenizer.formats import model_text, read_model, render_token, vocab_text
-from tinygpt.tokenizer.patterns import RegexPatterns, splitter
+from tinygpt.tokenizer.patterns import RegexPatterns, known_pattern, splitter
+from tinygpt.tokenizer.scanner import distinct
 
 REPLACEMENT_CHARACTER = "\ufffd".encode("utf-8")
 CHUNK_CACHE_LIMIT = 1_000_000
@@ -49,6 +49,8 @@ class BPETokenizer:
     def _use_pattern(self, pattern: str, original: bool) -> None:
         """Split with `pattern`, read as the original TinyGPT read it (`re`, verbose) if `original`."""
         self._split = splitter(pattern, original)
+        known = None if original else known_pattern(pattern)
+        self._split_distinct = known.split_distinct if known else lambda text: distinct(self._split(text))
         self._pattern, self.original_format = pattern, original
 
     def split_into_chunks(self, text: str) -> list[str]:
@@ -86,7 +88,8 @@ class BPETokenizer:
         if clashing:
             raise ValueError(f"special tokens {clashing} have ids below vocab_size {vocab_size}")
 
-        chunk_counts = Counter(self.split_into_chunks(text_corpus))
+        chunks, which = self._split_distinct(text_corpus)
+        chunk_counts = dict(zip(chunks, np.bincount(which).tolist()))
         statistics = PairStatistics(chunk_counts)
         vocab = {index: bytes([index]) for index in range(256)}
         known_tokens = set(vocab.values())
@@ -161,22 +164,20 @@ class BPETokenizer:
             raise TypeError(f"encode needs a str, got {type(text).__name__} (decode bytes to text first)")
         if not self.merges:
             return list(text.encode("utf-8"))
-        chunks = self.split_into_chunks(text)
+        chunks, which = self._split_distinct(text)
         cache = self._chunk_cache
-        try:  # the common case once the cache is warm: every chunk is known
-            return list(chain.from_iterable(map(cache.__getitem__, chunks)))
-        except KeyError:
-            pass
-        missing = set(chunks).difference(cache)
+        missing = [chunk for chunk in chunks if chunk not in cache]
         if len(cache) + len(missing) > CHUNK_CACHE_LIMIT:
             cache.clear()
             cache.update(self._whole_tokens)
-            missing = set(chunks).difference(cache)
-        if self._merge_table is None:
-            self._merge_table = MergeTable(self.merges)
-        missing = list(missing)
-        cache.update(zip(missing, self._merge_table.encode_chunks([chunk.encode("utf-8") for chunk in missing])))
-        return list(chain.from_iterable(map(cache.__getitem__, chunks)))
+            missing = [chunk for chunk in chunks if chunk not in cache]
+        if missing:
+            if self._merge_table is None:
+                self._merge_table = MergeTable(self.merges)
+            cache.update(zip(missing, self._merge_table.encode_chunks([chunk.encode("utf-8") for chunk in missing])))
+        ids = [cache[chunk] for chunk in chunks]
+        lengths = np.fromiter(map(len, ids), np.int64, len(ids))
+        return gather(np.fromiter(chain.from_iterable(ids), np.int64, lengths.sum()), lengths, which).tolist()
 
     def encode(self, text: str, allowed_special: str | set[str] = "none_raise") -> list[int]:
         """Encode `text` to ids.
