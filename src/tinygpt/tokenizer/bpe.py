@@ -99,35 +99,39 @@ class PairStatistics:
         """Merge `pair` into `new_id` in the chunks that contain it and update the counts there.
 
         Each occurrence `x a b y` -> `x Z y` only changes the neighbouring pairs: (x, a) and
-        (b, y) lose the chunk's frequency, (x, Z) and (Z, y) gain it. `x` is read from the
-        merged output, so back-to-back occurrences (`a b a b` -> `Z Z`) are counted right.
+        (b, y) lose the chunk's frequency, (x, Z) and (Z, y) gain it. The chunk is merged in place, left
+        to right, so `x` is already merged and back-to-back occurrences (`a b a b` -> `Z Z`) count right.
         """
         first, second = pair
         counts, where = self.counts, self.where
         created_pairs = set()
         for index in where.pop(pair):
             word, freq = self.words[index], self.freqs[index]
-            merged, position, length = [], 0, len(word)
-            while position < length:
-                if word[position] == first and position < length - 1 and word[position + 1] == second:
-                    if merged:
-                        left = merged[-1]
+            found = _find(word, first, 0)
+            while found >= 0:  # each `first`, found by list.index (in C); the word is changed in place
+                if found + 1 < len(word) and word[found + 1] == second:
+                    if found > 0:
+                        left = word[found - 1]
                         counts[left, first] -= freq
                         counts[left, new_id] += freq
                         created_pairs.add((left, new_id))
                         where[left, new_id].add(index)
-                    if position < length - 2:
-                        right = word[position + 2]
+                    if found + 2 < len(word):
+                        right = word[found + 2]
                         counts[second, right] -= freq
                         counts[new_id, right] += freq
                         created_pairs.add((new_id, right))
                         where[new_id, right].add(index)
-                    merged.append(new_id)
-                    position += 2
-                else:
-                    merged.append(word[position])
-                    position += 1
-            self.words[index] = merged
+                    word[found:found + 2] = (new_id,)
+                found = _find(word, first, found + 1)
         del counts[pair]
         for new_pair in created_pairs:
             heapq.heappush(self.heap, (-counts[new_pair], new_pair))
+
+
+def _find(word: list[int], value: int, start: int) -> int:
+    """The first position of `value` in `word` from `start`, or -1."""
+    try:
+        return word.index(value, start)
+    except ValueError:
+        return -1
