@@ -169,3 +169,4 @@ if njit is not None:
         njit(cache=True)(function)
         for function in (_slot, lookup, heap_push, heap_pop, push_pair, encode_one))
     fill_table, encode_all = njit(cache=True)(fill_table), njit(cache=True)(encode_all)
+    MergeTable({(97, 97): 256}).encode_chunks([b"aaa"])  # compiled (or read from numba's cache) now, not in an encode

@@ -173,3 +173,5 @@ if njit is not None:
         njit(cache=True)(function) for function in (run_end, folded, contraction_end, space_end, match_end))
     same_chunk = njit(cache=True)(same_chunk)
     chunk_ends, distinct_chunks = njit(cache=True)(chunk_ends), njit(cache=True)(distinct_chunks)
+    for sample in ("a", "\u00e4"):  # compiled (or read from numba's cache) now, for ASCII and for other text
+        scan_distinct(sample, gpt4=True)
