@@ -1,21 +1,25 @@
-"""BPETokenizer against its peers on Tiny Shakespeare.
+"""BPETokenizer against its peers on three corpora: Tiny Shakespeare, code (the Python standard library's
+own .py files, English prose in docstrings and comments) and multilingual text (the standard library's
+UTF-8 test texts in Chinese, Japanese and Korean, and every line of its .py files that holds a character
+beyond Latin: Cyrillic, Greek, Arabic, Hebrew, Thai, CJK, emoji...).
 
-Training: ours vs Hugging Face `tokenizers` (BpeTrainer, the same GPT-4 split regex, then the
-ByteLevel pre-tokenizer), at vocab 1,024 and 4,096. Encoding: ours vs tiktoken loaded with our
-merges (same pattern), in MB/s, asserting identical ids. Ours is timed with an empty chunk cache
-("cold", the first pass over a text) and with the cache filled ("warm", every later pass).
-Each time is the best of --repeats runs.
+Training: ours vs Hugging Face `tokenizers` (BpeTrainer, the same GPT-4 split regex, then the ByteLevel
+pre-tokenizer) on the same text and vocab size. Encoding: ours vs tiktoken built with our merges
+(`tiktoken.Encoding` with `mergeable_ranks` from our vocabulary, the same pattern), in MB/s, the ids
+compared every round. Ours is timed "cold" (a fresh BPETokenizer with the trained merges: the first pass
+over the text, an empty chunk cache; numba's kernels are loaded once per process, before the rounds)
+and "warm" (the second pass). Each of --repeats rounds times every side once, the order of the sides
+alternating between rounds; printed are the median and the spread (min-max) of the wall times.
 
 With --baseline-src DIR (the src/ of an earlier checkout), training, encoding and the two pathological
 vocabularies (24 doubling merges `a`+`a`, ...; a tokenizer trained on an `abab...` line) are also timed
-for that source tree and for this one in the same run: --repeats times each, every time in a fresh
-subprocess (with the same hash seed), the two trees taking turns (which goes first alternates, so a
-change in the machine's load falls on both). Each is timed in CPU seconds of its process (single-threaded
-code: the time other processes hold the core is left out); printed are the median and the spread
-(min-max) of each tree, and the ratio of the medians.
+for that source tree and for this one in the same run, on Tiny Shakespeare: --repeats times each, every
+time in a fresh subprocess (with the same hash seed), the two trees taking turns (which goes first
+alternates, so a change in the machine's load falls on both). Each is timed in CPU seconds of its process;
+printed are the median and the spread (min-max) of each tree, and the ratio of the medians.
 
-    python benchmarks/bench_tokenizer.py            # the full run
-    python benchmarks/bench_tokenizer.py --quick    # a smoke run on 100 kB, vocab 300 and 512
+    python benchmarks/bench_tokenizer.py            # the full run: 1 MB of each corpus, vocab 2,048, 5 rounds
+    python benchmarks/bench_tokenizer.py --quick    # a smoke run on 100 kB, vocab 512
     mkdir /tmp/baseline && git archive HEAD~1 src | tar -x -C /tmp/baseline
     python benchmarks/bench_tokenizer.py --repeats 5 --baseline-src /tmp/baseline/src
 """
@@ -27,6 +31,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -38,15 +43,55 @@ from tinygpt.dataset import default_corpus_path
 from tinygpt.tokenizer import BPETokenizer, RegexPatterns
 
 
-def best_time(function, repeats: int, before_each=lambda: None) -> float:
-    """The fastest of `repeats` runs of `function()`, in seconds."""
-    times = []
-    for _ in range(repeats):
-        before_each()
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+CORPUS_CHARACTERS = 1_000_000
+
+
+def corpora(characters: int = CORPUS_CHARACTERS) -> dict[str, str]:
+    """The three corpora, at most `characters` long each (whole lines, spread evenly over each source).
+
+    Python's standard library holds about 60,000 characters of the multilingual kind (the corpus is that
+    long at most): the UTF-8 test texts of its CJK codecs, each line of its modules and tests with a character
+    beyond Latin (Cyrillic, Greek, Arabic, CJK, emoji...), and the letters of its single-byte codecs for
+    other scripts (Thai, Hebrew, Arabic...), decoded, first. Installed packages are left out: they differ by
+    machine.
+    """
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    own = [path for path in sorted(stdlib.rglob("*.py")) if not {"site-packages", "dist-packages"} & set(path.parts)]
+    code = "".join(path.read_text(encoding="utf-8", errors="replace") for path in own if path.parent == stdlib)
+    multilingual = [bytes(range(160, 256)).decode(codec, errors="ignore") + "\n" for codec in
+                    ("cp874", "cp1255", "cp1256", "cp1251", "cp1253", "koi8_u", "tis_620", "iso8859_6", "iso8859_8")]
+    multilingual += [path.read_text(encoding="utf-8") for path in sorted(stdlib.glob("test/cjkencodings/*-utf8.txt"))]
+    for path in own:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue  # a test file in another encoding, on purpose
+        multilingual += [line for line in text.splitlines(keepends=True) if any(ord(c) > 0x2FF for c in line)]
+    texts = {"shakespeare": default_corpus_path().read_text(encoding="utf-8"), "code": code,
+             "multilingual": "".join(multilingual)}
+    return {name: spread_lines(text, characters) for name, text in texts.items()}
+
+
+def spread_lines(text: str, characters: int) -> str:
+    """At most `characters` of `text`: all of it if it fits, else blocks of 64 whole lines at even steps."""
+    lines = text.splitlines(keepends=True)
+    blocks = range(0, len(lines), 64)
+    step = len(text) / characters
+    if step > 1:
+        blocks = [blocks[int(index * step)] for index in range(int(len(blocks) / step))]
+    return "".join(line for start in blocks for line in lines[start:start + 64])[:characters]
+
+
+def rounds(sides: dict[str, callable], repeats: int) -> dict[str, list[float]]:
+    """Wall seconds of each side over `repeats` rounds; each round runs every side once, the order
+    reversed every other round."""
+    times = {name: [] for name in sides}
+    for repeat in range(repeats):
+        for name in sorted(sides, reverse=repeat % 2 == 1):
+            start = time.perf_counter()
+            sides[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def train_hugging_face(text: str, vocab_size: int) -> Tokenizer:
@@ -186,11 +231,39 @@ def shown(times: tuple[float, float, float] | None, timeout: float) -> str:
     return text.rjust(22)
 
 
+def compare_encoding(text: str, trained: BPETokenizer, repeats: int) -> tuple[int, dict[str, list[float]]]:
+    """The number of ids, and the wall seconds of ours cold and warm and of tiktoken with the same merges."""
+    oracle = tiktoken.Encoding(name="tinygpt", pat_str=trained.pattern, special_tokens={},
+                               mergeable_ranks={trained.vocab[index]: index for index in range(256 + len(trained.merges))})
+    expected = oracle.encode_ordinary(text)
+    fresh = {}
+
+    def cold():
+        fresh[0] = BPETokenizer(trained.pattern)
+        fresh[0].merges = trained.merges
+        assert fresh[0].encode(text) == expected, "ids differ from tiktoken's"
+
+    def warm():
+        assert fresh[0].encode(text) == expected, "ids differ from tiktoken's"
+
+    sides = {"cold": cold, "warm": warm, "tiktoken": lambda: oracle.encode_ordinary(text)}
+    times = {name: [] for name in sides}
+    for repeat in range(repeats):  # cold then warm, with tiktoken after them or before them
+        for name in ("cold", "warm", "tiktoken") if repeat % 2 == 0 else ("tiktoken", "cold", "warm"):
+            start = time.perf_counter()
+            sides[name]()
+            times[name].append(time.perf_counter() - start)
+    return len(expected), times
+
+
+def spread(times: list[float]) -> str:
+    return f"{statistics.median(times):.3f} ({min(times):.3f}-{max(times):.3f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke run on 100 kB of text")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="runs per measurement (the best is kept; against a baseline: median and spread)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run on 100 kB of each corpus, vocab 512")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds per measurement (median and spread)")
     parser.add_argument("--baseline-src", metavar="DIR", help="also time the tinygpt of this src/ directory")
     parser.add_argument("--baseline-timeout", type=float, default=600, metavar="S",
                         help="seconds each baseline part may take before it is reported as timed out")
@@ -200,36 +273,35 @@ def main() -> None:
         worker(args.worker)
         return
 
-    text = default_corpus_path().read_text(encoding="utf-8")
-    vocab_sizes = (1024, 4096)
-    if args.quick:
-        text, vocab_sizes = text[:100_000], (300, 512)
-    megabytes = len(text.encode("utf-8")) / 1e6
+    texts = corpora(100_000 if args.quick else CORPUS_CHARACTERS)
+    vocab_size = 512 if args.quick else 2048
     print(f"command: python {' '.join(sys.argv)}")
-    print(f"python {platform.python_version()}, {os.cpu_count()} cores, corpus {megabytes:.2f} MB, "
-          f"best of {args.repeats}")
-
-    print("\ntraining (GPT-4 pattern)      ours (s)   HF tokenizers (s)   ours / HF")
-    trained = {}
-    for vocab_size in vocab_sizes:
-        ours = best_time(lambda: trained.__setitem__(vocab_size, train_ours(text, vocab_size)), args.repeats)
-        hugging_face = best_time(lambda: train_hugging_face(text, vocab_size), args.repeats)
-        print(f"  vocab {vocab_size:>5}                {ours:8.3f}   {hugging_face:17.3f}   {ours / hugging_face:9.2f}x")
-
-    print("\nencoding the corpus           ours cold MB/s   ours warm MB/s   tiktoken MB/s   "
-          "cold / tiktoken   warm / tiktoken")
-    for vocab_size, tokenizer in trained.items():
-        oracle = tiktoken.Encoding(
-            name=f"tinygpt-{vocab_size}", pat_str=tokenizer.pattern, special_tokens={},
-            mergeable_ranks={tokenizer.vocab[index]: index for index in range(vocab_size)})
-        expected = oracle.encode_ordinary(text)
-        assert tokenizer.encode(text) == expected, "ids differ from tiktoken's"
-        cold = best_time(lambda: tokenizer.encode(text), args.repeats,
-                         before_each=lambda: tokenizer._chunk_cache.clear())
-        warm = best_time(lambda: tokenizer.encode(text), args.repeats)
-        peer = best_time(lambda: oracle.encode_ordinary(text), args.repeats)
-        print(f"  vocab {vocab_size:>5} ({len(expected):>7} ids)   {megabytes / cold:14.2f}   "
-              f"{megabytes / warm:14.2f}   {megabytes / peer:13.2f}   {peer / cold:14.2f}x   {peer / warm:14.2f}x")
+    print(f"python {platform.python_version()}, {os.cpu_count()} cores, GPT-4 pattern, vocab {vocab_size}, "
+          f"{args.repeats} rounds: median (min-max) of wall seconds")
+    BPETokenizer().train("warm up numba's kernels: héllo wörld 123 😀", 300)
+    BPETokenizer().train("load them before the rounds, ça va 42", 270)
+    ratios = {}
+    for name, text in texts.items():
+        megabytes = len(text.encode("utf-8")) / 1e6
+        print(f"\n{name} ({megabytes:.2f} MB)")
+        trained = {}
+        times = rounds({"ours": lambda: trained.__setitem__(0, train_ours(text, vocab_size)),
+                        "hf": lambda: train_hugging_face(text, vocab_size)}, args.repeats)
+        ours, hugging_face = (statistics.median(times[side]) for side in ("ours", "hf"))
+        print(f"  training      ours {spread(times['ours'])} s   HF tokenizers {spread(times['hf'])} s")
+        print(f"  vocab {vocab_size:>5}   {ours:8.3f}   {hugging_face:8.3f}   {ours / hugging_face:6.2f}x")
+        count, times = compare_encoding(text, trained[0], args.repeats)
+        medians = {side: statistics.median(seconds) for side, seconds in times.items()}
+        print(f"  encoding      cold {spread(times['cold'])} s   warm {spread(times['warm'])} s   "
+              f"tiktoken {spread(times['tiktoken'])} s")
+        print(f"  vocab {vocab_size:>5} ({count:>7} ids)   {megabytes / medians['cold']:8.2f}   "
+              f"{megabytes / medians['warm']:8.2f}   {megabytes / medians['tiktoken']:8.2f}   "
+              f"{medians['tiktoken'] / medians['cold']:6.2f}x   {medians['tiktoken'] / medians['warm']:6.2f}x")
+        ratios[name] = (hugging_face / ours, medians["tiktoken"] / medians["cold"], medians["tiktoken"] / medians["warm"])
+    print("\n| corpus | train: HF time / ours | encode cold: ours / tiktoken speed | encode warm: ours / tiktoken speed |")
+    print("|---|---|---|---|")
+    for name, (train, cold, warm) in ratios.items():
+        print(f"| {name} | {train:.2f}x | {cold:.2f}x | {warm:.2f}x |")
     print("\nids identical to tiktoken's: yes")
     if args.baseline_src:
         compare_with_baseline(args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tinygpt.gpt2_tokenizer import GPT2Tokenizer, bytes_to_unicode, load_gpt2_tokenizer, save_gpt2_tokenizer
+from tinygpt.tokenizer.gpt2 import GPT2Tokenizer, bytes_to_unicode, load_gpt2_tokenizer, save_gpt2_tokenizer
 from tinygpt.tokenizer import BPETokenizer, RegexPatterns
 
 tokenizers = pytest.importorskip("tokenizers", reason="Hugging Face tokenizers is the oracle")

@@ -16,7 +16,7 @@ import pytest
 from tinygpt.checkpoint import find_checkpoint
 from tinygpt.config import TrainConfig
 from tinygpt.dataset import default_corpus_path, get_batch
-from tinygpt.gpt2_tokenizer import load_gpt2_tokenizer
+from tinygpt.tokenizer import load_gpt2_tokenizer
 from tinygpt.nn import GPT
 from tinygpt.tokenizer import BPETokenizer
 from tinygpt.train import DATA_STREAM, corpus_path, load_tokens, train

@@ -12,11 +12,13 @@ from hypothesis import strategies as st
 
 from tinygpt.dataset import default_corpus_path
 from tinygpt.tensor import Tensor
-from tinygpt.tokenizer import ASCII_SPLITTERS, BPETokenizer, RegexPatterns, get_stats, merge
+from tinygpt.tokenizer import SPLIT_PATTERNS, BPETokenizer, RegexPatterns, get_stats, merge
+from tinygpt.tokenizer.bpe import encode_chunk
+from tinygpt.tokenizer.fast import MergeTable
 
 tiktoken = pytest.importorskip("tiktoken", reason="tiktoken is the oracle for encoding")
 
-PATTERNS = {"gpt2": RegexPatterns.GPT2, "gpt4": RegexPatterns.GPT4}
+PATTERNS = {name: known.pattern for name, known in SPLIT_PATTERNS.items()}
 
 MULTILINGUAL_TEXT = "".join([
     "Hello, world! Ça va? naïve café résumé Ångström ÉCOLE\r\n",
@@ -86,12 +88,12 @@ def test_patterns_are_tiktokens_gpt2_and_cl100k_patterns(monkeypatch):
                      st.text(alphabet=st.sampled_from(" \t\n\r\x0b\x0c\x1c\x1f\x00'sdmtlvreSDMTLVRE09aZ.,!-"))))
 def test_the_ascii_splitter_splits_like_the_pattern(pattern_name, text):
     pattern = PATTERNS[pattern_name]
-    assert ASCII_SPLITTERS[pattern].findall(text) == regex.findall(pattern, text)
+    assert SPLIT_PATTERNS[pattern_name].ascii_splitter.findall(text) == regex.findall(pattern, text)
 
 
 def test_the_ascii_splitter_splits_tiny_shakespeare_like_the_pattern(shakespeare):
-    for pattern in PATTERNS.values():
-        assert ASCII_SPLITTERS[pattern].findall(shakespeare) == regex.findall(pattern, shakespeare)
+    for known in SPLIT_PATTERNS.values():
+        assert known.ascii_splitter.findall(shakespeare) == regex.findall(known.pattern, shakespeare)
 
 
 # ---- training ------------------------------------------------------------------------------------
@@ -219,11 +221,11 @@ def test_encode_of_many_new_chunks_equals_tiktoken(trained, words):
     assert fresh.encode(text) == tiktoken_oracle(trained).encode_ordinary(text)
 
 
-def test_vectorised_chunk_encoding_equals_the_per_chunk_loop(trained, shakespeare):
+def test_compiled_chunk_encoding_equals_the_per_chunk_loop(trained, shakespeare):
     text = shakespeare[:50_000] + MULTILINGUAL_TEXT + "x" + " " * 100 + "y" + "ab" * 80
     chunks = sorted({chunk.encode("utf-8") for chunk in trained.split_into_chunks(text)})
-    assert max(len(chunk) for chunk in chunks) > 64  # some take the per-chunk path
-    assert trained._encode_chunks(chunks) == [trained._encode_chunk(chunk) for chunk in chunks]
+    assert max(len(chunk) for chunk in chunks) > 64
+    assert MergeTable(trained.merges).encode_chunks(chunks) == [encode_chunk(chunk, trained.merges) for chunk in chunks]
 
 
 def test_long_chunks_encode_like_tiktoken(shakespeare):

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import assert_one_line_error, run_capped
 from tinygpt.tokenizer import MAX_TOKEN_ID, MAX_VOCAB_BYTES, BPETokenizer, RegexPatterns
-from tinygpt.tokenizer_checks import MAX_PATTERN_CHARACTERS
+from tinygpt.tokenizer.checks import MAX_PATTERN_CHARACTERS
 
 CATASTROPHIC_PATTERN = r"(?:a|a)+$|\s|."
 
@@ -123,7 +123,7 @@ def test_a_tokenizer_trained_on_an_abab_line_saves_and_encodes_quickly(tmp_path)
 
 
 def test_training_stops_before_the_vocabulary_outgrows_its_bound(monkeypatch):
-    monkeypatch.setattr("tinygpt.tokenizer.MAX_VOCAB_BYTES", 256 + 2 + 4 + 8)
+    monkeypatch.setattr("tinygpt.tokenizer.tokenizer.MAX_VOCAB_BYTES", 256 + 2 + 4 + 8)
     tokenizer = BPETokenizer()
     tokenizer.train("a" * 64, 300)
     assert sorted(map(len, tokenizer.vocab.values()))[-3:] == [2, 4, 8]

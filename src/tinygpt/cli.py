@@ -32,14 +32,14 @@ from tinygpt.distributed import (RANKS_VARIABLE, get_world, launch_ranks, launch
                                  why_mpi_cannot_start)
 from tinygpt.files import PROMPT_FILE_BYTES, TOKENIZER_FILE_BYTES, decode_utf8, read_stream, regular_file
 from tinygpt.flags import OneLineParser, add_setting_flags
-from tinygpt.gpt2_tokenizer import save_gpt2_tokenizer
+from tinygpt.tokenizer import save_gpt2_tokenizer
 from tinygpt.instruments.commands import attention_picture, profile_training
 from tinygpt.sampling import read_prompt, stream_text
-from tinygpt.tokenizer import BPETokenizer, RegexPatterns
+from tinygpt.tokenizer import SPLIT_PATTERNS, BPETokenizer
 from tinygpt.train import (PRESETS, ConfigError, TrainConfig, TrainingInterrupted, check_device, evaluate_checkpoint,
                            load_checkpoint, resolve_config, train)
 
-PATTERNS = {"gpt2": RegexPatterns.GPT2, "gpt4": RegexPatterns.GPT4}
+PATTERNS = {name: known.pattern for name, known in SPLIT_PATTERNS.items()}
 
 
 def add_train_parser(subparsers) -> None:

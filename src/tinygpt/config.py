@@ -20,7 +20,7 @@ from tinygpt import backend
 from tinygpt.files import CONFIG_FILE_BYTES, read_text
 from tinygpt.flags import Setting, dataclass_settings
 from tinygpt.nn import NORMS, GPTConfig, GPTMLP
-from tinygpt.tokenizer_checks import MAX_TOKEN_ID
+from tinygpt.tokenizer import MAX_TOKEN_ID
 from tinygpt.utils import check_count, check_finite
 
 OPTIMIZERS, SCHEDULES = ("adamw", "muon"), ("cosine", "wsd")

@@ -22,7 +22,7 @@ import regex
 from tinygpt.files import decode_utf8, open_regular, regular_file
 from tinygpt.serialization import atomic_write
 from tinygpt.tensor import Tensor
-from tinygpt.tokenizer import BPETokenizer, RegexPatterns
+from tinygpt.tokenizer import BPETokenizer, can_cut_at_newlines
 
 TEXT_BLOCK_CHARS = 1 << 22
 MAX_UNCUT_CHARS = 1 << 24  # tokenising holds this much text at most: a run without a place to cut is refused
@@ -70,7 +70,7 @@ def _read_text_blocks(path: Path, tokenizer: BPETokenizer, block_chars: int) -> 
     patterns give no such guarantee: their text comes as one piece. A NUL byte (a binary file) or a position
     that is not UTF-8 is refused with its offset in the file.
     """
-    splits_in_pieces = tokenizer.pattern in (RegexPatterns.GPT2, RegexPatterns.GPT4) and not tokenizer.original_format
+    splits_in_pieces = can_cut_at_newlines(tokenizer.pattern) and not tokenizer.original_format
     carry = ""
     for text in _decoded_blocks(path, block_chars):
         if not splits_in_pieces:

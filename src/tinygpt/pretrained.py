@@ -13,7 +13,7 @@ from tinygpt import gpt2
 from tinygpt.checkpoint import CHECKPOINT_DIR, load_checkpoint
 from tinygpt.checkpoint_checks import check_weights_fit_config
 from tinygpt.config import ConfigError
-from tinygpt.gpt2_tokenizer import TOKENIZER_JSON, VOCAB_FILE, GPT2Tokenizer, load_gpt2_tokenizer
+from tinygpt.tokenizer.gpt2 import TOKENIZER_JSON, VOCAB_FILE, GPT2Tokenizer, load_gpt2_tokenizer
 from tinygpt.nn import GPT, GPTConfig
 from tinygpt.tensor import Tensor, no_grad
 from tinygpt.tokenizer import BPETokenizer

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import regex
 
-from tinygpt.tokenizer_checks import check_pattern_length
+from tinygpt.tokenizer.checks import check_pattern_length
 
 SHORTHANDS = frozenset("wWdDsS")
 # The `regex` set items nearest to what `re` matches with each shorthand

@@ -18,7 +18,8 @@ import numpy as np
 
 from tinygpt.serialization import atomic_write
 from tinygpt.tensor import Tensor
-from tinygpt.tokenizer import BPETokenizer, RegexPatterns
+from tinygpt.tokenizer.patterns import RegexPatterns
+from tinygpt.tokenizer.tokenizer import BPETokenizer
 
 VOCAB_FILE, MERGES_FILE, TOKENIZER_JSON = "vocab.json", "merges.txt", "tokenizer.json"
 
