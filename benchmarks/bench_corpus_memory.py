@@ -42,7 +42,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megabytes", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 MB, 1 round")
     args = parser.parse_args()
+    if args.quick:
+        args.megabytes, args.rounds = 2, 1
     text = default_corpus_path().read_text(encoding="utf-8")
     size = args.megabytes * 1_000_000
     text = (text * (size // len(text) + 1))[:size]

@@ -19,6 +19,8 @@ SUMMARY_LINES = {
                               r"^command: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_instruments_off\.py --quick$"],
     "bench_kernels": [rf"^\| all \| {NUMBER} \| {NUMBER} \| {NUMBER}x \|$",
                       r"^\$ python benchmarks/bench_kernels\.py --quick$"],
+    "bench_corpus_memory": [rf"^\| CRLF \| {NUMBER} \| {NUMBER}-{NUMBER} \| {NUMBER}x \|$",
+                            rf"^\| one line \| {NUMBER} \| {NUMBER}-{NUMBER} \| {NUMBER}x \|$"],
     "bench_generate": [rf"^\s+96\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x$",
                        r"^reproduce with: python benchmarks/bench_generate\.py --quick$"],
     "bench_nanogpt_loss": [rf"^val loss over 4,096 tokens: tinygpt {NUMBER}  nanoGPT {NUMBER}  difference [+-]{NUMBER}$",
