@@ -230,3 +230,28 @@ def test_without_mpi_one_warning_and_one_process(tmp_path, corpus):
     warnings = [line for line in hidden.stderr.splitlines() if line.startswith("tinygpt:")]
     assert len(warnings) == 1 and warnings[0].startswith("tinygpt: warning:") and "one process" in warnings[0]
     assert "1 process x 1 thread, 4 sequences each" in hidden.stdout
+
+
+def relayed(chunks: list[bytes]) -> str:
+    """What relay_stderr prints for the ranks' stderr arriving in these chunks."""
+    import io
+    from tinygpt.distributed import relay_stderr
+
+    read, write = os.pipe()
+    for chunk in chunks:
+        os.write(write, chunk)
+    os.close(write)
+    target = io.StringIO()
+    relay_stderr(read, target)
+    os.close(read)
+    return target.getvalue()
+
+
+def test_an_abort_banner_run_into_a_ranks_error_line_is_still_folded_away():
+    # as hydra forwarded them once: rank 1's line, its newline lost, then rank 0's MPI_Abort message
+    message = "data file x.txt is too short for block size 9"
+    abort = "Abort(1) on node 0 (rank 0 in comm 0): application called MPI_Abort(MPI_COMM_WORLD, 1) - process 0\n"
+    assert relayed([f"tinygpt: error: rank 0 of 2: {message}\n".encode(),
+                    f"tinygpt: error: rank 1 of 2: {message}".encode(), abort.encode()]) == f"tinygpt: error: {message}\n"
+    assert relayed([f"tinygpt: error: rank 1 of 2: {message}\n".encode(), b"step 3 loss 2.5" + abort.encode()]) == (
+        f"step 3 loss 2.5\ntinygpt: error: rank 1 of 2: {message}\n")

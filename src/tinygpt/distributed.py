@@ -36,7 +36,8 @@ SPLIT_BATCH_VARIABLE = "TINYGPT_SPLIT_BATCH"  # set by launch_ranks: batch_size 
 TERMINAL_VARIABLE = "TINYGPT_TERMINAL"  # set by launch_ranks when its stderr is a terminal (the ranks' is a pipe)
 RANK_ERROR = re.compile(r"^(?:.*\r)?tinygpt: error: rank (?P<rank>\d+) of (?P<ranks>\d+): (?P<message>.*)$")
 # What MPICH prints when a rank calls MPI_Abort, and hydra's banner when a rank ends badly
-MPI_ABORT_LINE = re.compile(r"^(Abort\(\d+\) on node \d+|=+$|=   |YOUR APPLICATION TERMINATED|This typically refers to a "
+MPI_ABORT = r"Abort\(\d+\) on node \d+ \(rank \d+"
+MPI_ABORT_LINE = re.compile(rf"^({MPI_ABORT}|=+$|=   |YOUR APPLICATION TERMINATED|This typically refers to a "
                             r"problem with your application|Please see the FAQ page)")
 PR_SET_PDEATHSIG = 1  # prctl(2)
 
@@ -277,13 +278,14 @@ def end_with_parent(parent: int):
 def relay_stderr(source: int, target: TextIO) -> None:
     """Copy the ranks' stderr to `target` as it comes, until it closes, but for their error lines, which are
     printed at the end once per message ("rank R of N:" only where rank 0 did not fail the same way), and the MPI
-    library's own lines about an abort, which say nothing more."""
+    library's own lines about an abort, which say nothing more (hydra can run one into another rank's line whose
+    newline it has not forwarded yet)."""
     failures: dict[str, list[str]] = {}
     pending = ""
     while chunk := os.read(source, 1 << 16):
         pending += chunk.decode("utf-8", errors="replace")
         *lines, pending = pending.split("\n")
-        for line in lines:
+        for line in (part for line in lines for part in re.split(f"(?={MPI_ABORT})", line)):
             found = RANK_ERROR.match(line)
             if found:
                 failures.setdefault(found["message"], []).append(f"rank {found['rank']} of {found['ranks']}")
