@@ -103,6 +103,13 @@ def test_train_settings_of_the_wrong_type_or_range_are_one_line(workspace, copy,
     lambda state: state.__setitem__("files", 5),
     lambda state: state["files"].__setitem__("weights.safetensors", 5),
     lambda state: state.__setitem__("data", {"data": "corpus.txt"}),
+    lambda state: state.__setitem__("dropout_rng", [1, 2, 3]),
+    lambda state: state.__setitem__("dropout_rngs", "rng"),
+    lambda state: state.__setitem__("dropout_rngs", [5]),
+    lambda state: state.__setitem__("dropout_rngs", [{"bit_generator": "nope"}]),
+    lambda state: state.__setitem__("data_rng", {"bit_generator": "PCG64", "state": "x"}),
+    lambda state: state.__setitem__("elapsed", "12.5"),
+    lambda state: state.__setitem__("elapsed", -1.0),
 ])
 def test_a_malformed_state_json_is_one_line(workspace, copy, edit):
     edit_json(copy / "ckpt" / "state.json", edit)

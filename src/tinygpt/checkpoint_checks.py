@@ -52,36 +52,62 @@ def check_finite_weights(module: Module, what: str) -> None:
 
 
 def check_state(state: Any) -> None:
-    """state.json as the training loop writes it: iteration, data_rng, a history of numeric series, and (since they
-    are recorded) the SHA-256 of the checkpoint's files and the path and SHA-256 of its data."""
+    """state.json as the training loop writes it: each field of STATE_FIELDS of its type and range, the required
+    ones present (the others came later: a checkpoint written before them lacks them)."""
     if not isinstance(state, dict):
         raise ValueError(f"expected an object, got {type(state).__name__}")
-    iteration = state.get("iteration")
-    if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 0:
-        raise ValueError(f"iteration must be an integer >= 0, got {iteration!r}")
-    if not isinstance(state.get("data_rng"), dict):
-        raise ValueError("data_rng must be a random generator's state (an object)")
-    history = state.get("history")
-    if not isinstance(history, dict):
-        raise ValueError("history must be an object")
-    for name in HISTORY_SERIES:
-        series = history.get(name)
-        if not isinstance(series, list) or not all(map(is_real, series)):
-            raise ValueError(f"history.{name} must be a list of numbers")
-    evals = history.get("evals")
-    if not isinstance(evals, list) or not all(_is_eval_record(record) for record in evals):
-        raise ValueError("history.evals must be a list of {iteration: integer, <name>: number} records")
-    files, data = state.get("files", {}), state.get("data", {})
-    if not isinstance(files, dict) or not all(isinstance(digest, str) for digest in files.values()):
-        raise ValueError("files must be an object of {file name: SHA-256}")
-    if not isinstance(data, dict) or not all(isinstance(record, dict) and isinstance(record.get("sha256"), str)
-                                             and isinstance(record.get("path"), str) for record in data.values()):
-        raise ValueError("data must be an object of {setting: {path, sha256}}")
+    for name, (required, is_valid, expected) in STATE_FIELDS.items():
+        if (name in state or required) and not is_valid(state.get(name)):
+            raise ValueError(f"{name} must be {expected}, got {_shown(state.get(name))}")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_generator_state(value: Any) -> bool:
+    """Whether numpy's generator (PCG64, as np.random.default_rng makes for the sampler and dropout) takes it."""
+    try:
+        np.random.PCG64().state = value
+    except (TypeError, ValueError, KeyError):
+        return False
+    return True
+
+
+def _is_history(history: Any) -> bool:
+    return (isinstance(history, dict)
+            and all(isinstance(history.get(name), list) and all(map(is_real, history[name])) for name in HISTORY_SERIES)
+            and isinstance(history.get("evals"), list) and all(map(_is_eval_record, history["evals"])))
 
 
 def _is_eval_record(record: Any) -> bool:
     return (isinstance(record, dict) and isinstance(record.get("iteration"), int)
             and all(is_real(value) for value in record.values()))
+
+
+STATE_FIELDS = {  # name: (required, check, what it must be)
+    "iteration": (True, _is_count, "an integer >= 0"),
+    "data_rng": (True, _is_generator_state, "a PCG64 generator's state"),
+    "history": (True, _is_history, "an object of lists of numbers (iterations, losses, learning_rates) and evals, "
+                                   "a list of {iteration: integer, <name>: number} records"),
+    "dropout_rng": (False, lambda value: value is None or _is_generator_state(value),
+                    "a PCG64 generator's state or null"),
+    "dropout_rngs": (False, lambda value: isinstance(value, list) and all(item is None or _is_generator_state(item)
+                                                                         for item in value),
+                     "a list of PCG64 generator states (or nulls), one per rank"),
+    "elapsed": (False, lambda value: is_real(value) and math.isfinite(value) and value >= 0,
+                "the training seconds so far (a number >= 0)"),
+    "files": (False, lambda files: isinstance(files, dict) and all(isinstance(digest, str) for digest in files.values()),
+              "an object of {file name: SHA-256}"),
+    "data": (False, lambda data: isinstance(data, dict) and all(
+        isinstance(record, dict) and isinstance(record.get("sha256"), str) and isinstance(record.get("path"), str)
+        for record in data.values()), "an object of {setting: {path, sha256}}"),
+}
 
 
 def check_optimizer_covers_model(optimizer: Any, iteration: int) -> None:
