@@ -21,8 +21,9 @@ from tinygpt import backend
 from tinygpt.bench import build_torch
 from tinygpt.dataset import get_batch
 from tinygpt.optimizers import cosine_schedule
-from tinygpt.train import (build_model, build_optimizer, corpus_path, load_tokens, resolve_config, split_windows,
-                           train_step, train_tokenizer, whole_split_loss)
+from tinygpt.corpus import corpus_path, load_tokens, train_tokenizer
+from tinygpt.evaluation import split_windows, whole_split_loss
+from tinygpt.train import build_model, build_optimizer, resolve_config, train_step
 
 
 def nanogpt_trainer(model: torch.nn.Module, config):

@@ -19,7 +19,8 @@ from tinygpt.dataset import default_corpus_path, get_batch
 from tinygpt.tokenizer import load_gpt2_tokenizer
 from tinygpt.nn import GPT
 from tinygpt.tokenizer import BPETokenizer
-from tinygpt.train import DATA_STREAM, corpus_path, load_tokens, train
+from tinygpt.corpus import corpus_path, load_tokens
+from tinygpt.train import DATA_STREAM, train
 
 torch = pytest.importorskip("torch", reason="torch runs the reference GPT-2")
 transformers = pytest.importorskip("transformers", reason="transformers provides the reference GPT-2")

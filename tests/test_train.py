@@ -12,8 +12,9 @@ import pytest
 from tinygpt.dataset import default_corpus_path
 from tinygpt.tensor import Tensor
 from tinygpt.tokenizer import BPETokenizer
-from tinygpt.train import (PRESETS, ConfigError, TrainConfig, build_model, build_optimizer, bytes_per_token,
-                           find_checkpoint, load_checkpoint, resolve_config, train, whole_split_loss)
+from tinygpt.corpus import bytes_per_token
+from tinygpt.train import (PRESETS, ConfigError, TrainConfig, build_model, build_optimizer, find_checkpoint,
+                           load_checkpoint, resolve_config, train, whole_split_loss)
 
 
 @pytest.fixture(scope="module")

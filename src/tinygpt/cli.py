@@ -36,8 +36,11 @@ from tinygpt.tokenizer import save_gpt2_tokenizer
 from tinygpt.instruments.commands import attention_picture, profile_training
 from tinygpt.sampling import read_prompt, stream_text
 from tinygpt.tokenizer import SPLIT_PATTERNS, BPETokenizer
-from tinygpt.train import (PRESETS, ConfigError, TrainConfig, TrainingInterrupted, check_device, evaluate_checkpoint,
-                           load_checkpoint, resolve_config, train)
+from tinygpt.checkpoint import load_checkpoint
+from tinygpt.config import PRESETS, ConfigError, TrainConfig, check_device
+from tinygpt.evaluation import evaluate_checkpoint
+from tinygpt.interrupts import TrainingInterrupted
+from tinygpt.train import resolve_config, train
 
 PATTERNS = {name: known.pattern for name, known in SPLIT_PATTERNS.items()}
 
@@ -356,7 +359,7 @@ def fail(message: str) -> int:
 
 
 def interrupt(signum, frame) -> None:
-    """SIGTERM stops the command as Ctrl-C does: the training loop saves a checkpoint (train.deferred_interrupt),
+    """SIGTERM stops the command as Ctrl-C does: the training loop saves a checkpoint (interrupts.deferred_interrupt),
     and elsewhere the exception unwinds through every cleanup (a half-written token cache is deleted)."""
     raise KeyboardInterrupt
 

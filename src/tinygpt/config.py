@@ -228,6 +228,17 @@ def check_settings(settings: dict[str, Any], origin: str) -> None:
                               f"{' or none' if schema[name].optional else ''}, got {value!r}")
 
 
+def check_device(device: str) -> None:
+    """Refuse, in one line, a device this machine cannot run ("cuda" without CuPy or without a GPU)."""
+    if device == "cuda":
+        try:
+            backend.array_module("cuda")
+        except RuntimeError as error:
+            raise ConfigError(str(error)) from None
+        if not backend.cuda_available():
+            raise ConfigError("device 'cuda': CuPy is installed but sees no CUDA GPU")
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Flat settings from a .toml (Python 3.11+, tomllib) or .json file, checked by name and type."""
     path = Path(path)
@@ -255,5 +266,5 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return settings
 
 
-__all__ = ["TrainConfig", "ConfigError", "PRESETS", "MODEL_SETTINGS", "NANOGPT_NAMES", "default_model", "setting_schema",
+__all__ = ["TrainConfig", "ConfigError", "check_device", "PRESETS", "MODEL_SETTINGS", "NANOGPT_NAMES", "default_model", "setting_schema",
            "check_settings", "read_config_file"]

@@ -3,21 +3,32 @@ graph, nothing kept for a backward) over large batches of windows, each rank tak
 
     estimate_loss      eval_iters random batches, drawn from a seeded generator (the periodic estimate)
     whole_split_loss   every non-overlapping window of a split (the final, exact figure; `tinygpt eval`)
+    evaluate           a run's periodic evaluation: both splits' estimates, in nats and bits per byte
+    evaluate_checkpoint  a saved checkpoint over a whole text file (`tinygpt eval`)
 """
 from __future__ import annotations
 
+import math
+import time
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
-from tinygpt.config import TrainConfig
+from tinygpt.checkpoint import check_same_data, data_record, load_checkpoint
+from tinygpt.config import ConfigError, TrainConfig, check_device, setting_schema
+from tinygpt.corpus import bytes_per_token, checked_text_file, corpus_path, data_files, load_tokens, read_tokens
 from tinygpt.dataset import get_batch
 from tinygpt.distributed import World, get_world
 from tinygpt.losses import CrossEntropyLoss
 from tinygpt.nn import GPT
 from tinygpt.tensor import Tensor, no_grad
+from tinygpt.threads import engine_threads
 
 # Tokens per forward pass: many windows at once, so that each op's fixed cost (Python, allocation) is spread over
 # much arithmetic, while the attention scores of a pass stay a few MB
 EVAL_TOKENS = 8192
+EVAL_STREAM = 2  # the evaluation's random stream, apart from init's and the sampler's
 
 
 @no_grad()
@@ -68,3 +79,48 @@ def whole_split_loss(model: GPT, tokens: np.ndarray, config: TrainConfig, max_to
 
 
 __all__ = ["EVAL_TOKENS", "estimate_loss", "mean_loss", "split_windows", "whole_split_loss"]
+
+
+def evaluate(model: GPT, splits: dict[str, np.ndarray], byte_ratios: dict[str, float], config: TrainConfig,
+             iteration: int, world: World | None = None) -> dict[str, float]:
+    """Train and val loss, and each as bits per byte (loss / ln 2 / bytes per token). Every evaluation uses
+    the same batches (drawn from the seed), so successive evaluations compare like with like."""
+    result: dict[str, float] = {"iteration": iteration}
+    for index, (name, tokens) in enumerate(splits.items()):
+        loss = estimate_loss(model, tokens, config, np.random.default_rng([config.seed, EVAL_STREAM, index]), world)
+        result[f"{name}_loss"] = loss
+        result[f"{name}_bpb"] = loss / math.log(2) / byte_ratios[name]
+    return result
+
+
+def evaluate_checkpoint(out_dir: str | Path, data: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
+    """The loss (nats per token) and bits per byte of the checkpoint in out_dir over every window of a text file
+    (all of it), or by default of the run's validation split: then it is the final whole-split loss the trainer
+    printed. Returns {"loss", "bpb", "tokens", "source", "seconds"} (seconds: of the forward passes)."""
+    check_device(device)
+    with engine_threads():
+        return _evaluate_checkpoint(out_dir, data, device)
+
+
+def _evaluate_checkpoint(out_dir: str | Path, data: str | Path | None, device: str) -> dict[str, Any]:
+    checkpoint = load_checkpoint(out_dir)
+    known = {setting.name for setting in setting_schema()}
+    settings = {key: value for key, value in checkpoint.config["train"].items() if key in known}
+    config = TrainConfig.from_settings(settings | {"device": device, "resume": False})
+    model = checkpoint.load_model(device)
+    if data is None:
+        path = corpus_path(config)
+        check_same_data(checkpoint, data_record(data_files(path, config)))
+        tokens, max_tokens = load_tokens(path, checkpoint.tokenizer, config)[1], 1 << 20
+        source = f"the validation data of the run ({config.val_data or path})"
+    else:
+        path = checked_text_file(data)
+        tokens = read_tokens(path, checkpoint.tokenizer)
+        if len(tokens) < config.model.max_seq_length + 1:
+            raise ConfigError(f"{path} has {len(tokens)} tokens, fewer than one window of block size "
+                              f"{config.model.max_seq_length} + 1")
+        max_tokens, source = len(tokens), str(path)
+    started = time.perf_counter()
+    loss, covered = whole_split_loss(model, tokens, config, max_tokens=max_tokens)
+    return {"loss": loss, "bpb": loss / math.log(2) / bytes_per_token(tokens, checkpoint.tokenizer), "tokens": covered,
+            "source": source, "seconds": time.perf_counter() - started}

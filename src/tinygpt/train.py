@@ -10,15 +10,9 @@ loop: data, evaluation, the training step, and the run from start (or a checkpoi
 from __future__ import annotations
 
 import math
-import os
-import signal
-import sys
 import tempfile
-import threading
 import time
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,12 +24,13 @@ from tinygpt import backend
 from tinygpt.checkpoint import (CHECKPOINT_DIR, TOKENIZER_PREFIX, Checkpoint, check_architecture, check_same_data,
                                 data_record, find_checkpoint, load_checkpoint, out_dir_lock, random_state,
                                 read_checkpoint_config, restore_training_state, save_checkpoint)
-from tinygpt.checkpoint_checks import check_finite_weights
-from tinygpt.config import PRESETS, ConfigError, TrainConfig, setting_schema
-from tinygpt.dataset import (check_corpus_file, default_corpus_path, get_batch, read_corpus_text, tokenize_corpus,
-                             train_val_split)
-from tinygpt.distributed import TERMINAL_VARIABLE, World, get_world
-from tinygpt.evaluation import estimate_loss, split_windows, whole_split_loss
+from tinygpt.checkpoint_checks import HISTORY_SERIES, check_finite_weights
+from tinygpt.config import PRESETS, ConfigError, TrainConfig, check_device
+from tinygpt.corpus import (bytes_per_token, corpus_path, data_files, load_tokens, rank_batch, sequences_per_rank,
+                            train_tokenizer, warn_of_other_data)
+from tinygpt.distributed import World, get_world
+from tinygpt.evaluation import estimate_loss, evaluate, evaluate_checkpoint, split_windows, whole_split_loss
+from tinygpt.interrupts import TrainingInterrupted, deferred_interrupt, on_any_rank
 from tinygpt.instruments.run import RunInstruments
 from tinygpt.losses import CrossEntropyLoss
 from tinygpt.memory import keep_freed_memory
@@ -44,12 +39,13 @@ from tinygpt.nn import GPT, LayerNorm
 from tinygpt.optimizers import (AdamW, Muon, Optimizer, OptimizerGroups, ParameterGroup, clip_grad_norm, cosine_schedule,
                                 wsd_schedule)
 from tinygpt.pretrained import load_pretrained
+from tinygpt.progress import ProgressReport, describe_layout
 from tinygpt.sampling import stream_text
 from tinygpt.tensor import Tensor
-from tinygpt.threads import engine_threads, get_num_threads
+from tinygpt.threads import engine_threads
 from tinygpt.tokenizer import BPETokenizer
 
-DATA_STREAM, EVAL_STREAM = 1, 2  # the sampler's and the evaluation's random streams, apart from init's
+DATA_STREAM = 1  # the batch sampler's random stream, apart from init's (and evaluation's, EVAL_STREAM)
 
 
 def resolve_config(overrides: dict[str, Any], preset: str | None = None) -> TrainConfig:
@@ -134,156 +130,7 @@ def with_dropout(model: GPT, dropout: float) -> GPT:
     return rebuilt
 
 
-# ---- data ----------------------------------------------------------------------------------------
-def corpus_path(config: TrainConfig) -> Path:
-    """The training text file (the embedded Tiny Shakespeare when config.data is None), checked."""
-    return checked_text_file(config.data if config.data is not None else default_corpus_path())
-
-
-def checked_text_file(path: str | Path) -> Path:
-    try:
-        return check_corpus_file(path)
-    except (FileNotFoundError, ValueError) as error:
-        raise ConfigError(str(error)) from None
-
-
-def read_tokens(path: Path, tokenizer: BPETokenizer) -> np.ndarray:
-    """A text file as token ids (cached, memory-mapped)."""
-    try:
-        return tokenize_corpus(path, tokenizer)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-
-
-def data_files(path: Path, config: TrainConfig) -> dict[str, Path]:
-    """The run's text files by setting: {"data": path} and, when it is set, {"val_data": its path}."""
-    return {"data": path} | ({"val_data": checked_text_file(config.val_data)} if config.val_data is not None else {})
-
-
-def warn_of_other_data(source: str, trained_on: dict[str, dict[str, str]], data: dict[str, dict[str, str]]) -> None:
-    """--init-from a run trained on other text is what the user asked for: said once, as a warning."""
-    before = trained_on.get("data")
-    if before is not None and before.get("sha256") != data["data"]["sha256"]:
-        warnings.warn(f"--init-from {source} was trained on other data ({before.get('path')}); this run trains on "
-                      f"{data['data']['path']}", stacklevel=2)
-
-
-def train_tokenizer(path: Path, vocab_size: int) -> BPETokenizer:
-    """Byte level (no merges) for vocab_size 256, else a BPETokenizer trained on the corpus."""
-    tokenizer = BPETokenizer()
-    if vocab_size > 256:
-        try:
-            tokenizer.train(read_corpus_text(path), vocab_size)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
-    return tokenizer
-
-
-def load_tokens(path: Path, tokenizer: BPETokenizer, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Train and validation token ids: all of path and all of config.val_data when it is set, else path
-    split 90/10 (by default, config.val_fraction)."""
-    tokens = read_tokens(path, tokenizer)
-    if config.val_data is not None:
-        val_path = checked_text_file(config.val_data)
-        train_tokens, val_tokens, described = tokens, read_tokens(val_path, tokenizer), f"validation file {val_path}"
-    else:
-        train_tokens, val_tokens = train_val_split(tokens, config.val_fraction)
-        described = f"data file {path} has {len(tokens)} tokens: its validation split"
-    block_size = config.model.max_seq_length
-    if len(val_tokens) < block_size + 1:
-        raise ConfigError(f"{described} of {len(val_tokens)} tokens is too short for block size {block_size} (needs "
-                          f"{block_size + 1}); use a smaller --block-size or more data")
-    if len(train_tokens) < block_size + 1:
-        raise ConfigError(f"data file {path}: its training split of {len(train_tokens)} tokens is too short for block "
-                          f"size {block_size} (needs {block_size + 1}); use a smaller --block-size or more data")
-    return train_tokens, val_tokens
-
-
-def bytes_per_token(tokens: np.ndarray, tokenizer: BPETokenizer, chunk: int = 1 << 22) -> float:
-    """Average UTF-8 bytes per token, for converting a loss in nats/token to bits/byte (1 at byte level)."""
-    if not tokenizer.merges and not tokenizer.special_tokens:
-        return 1.0
-    lengths = np.zeros(max(tokenizer.vocab) + 1, dtype=np.int64)
-    for index, token in tokenizer.vocab.items():
-        lengths[index] = len(token)
-    total = sum(int(lengths[np.asarray(tokens[start:start + chunk])].sum()) for start in range(0, len(tokens), chunk))
-    return total / len(tokens)
-
-
-# ---- evaluation ----------------------------------------------------------------------------------
-def sequences_per_rank(config: TrainConfig, world: World) -> int:
-    """A rank's share of each batch: an equal share of batch_size under `tinygpt train`'s own ranks (and in one
-    process), all of batch_size on each rank under an explicit mpiexec (the global batch is batch_size x ranks)."""
-    return config.batch_size // world.world_size if world.splits_batch else config.batch_size
-
-
-def rank_batch(tokens: np.ndarray, config: TrainConfig, rng: np.random.Generator, world: World,
-               per_rank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """This rank's share of a global batch: every rank draws the same per_rank x ranks windows (per_rank:
-    sequences_per_rank by default) from the same generator and takes its own per_rank of them, so the ranks
-    together see one process's batch."""
-    per_rank = per_rank or sequences_per_rank(config, world)
-    x, y = get_batch(tokens, config.model.max_seq_length, per_rank * world.world_size, rng)
-    share = slice(world.rank * per_rank, (world.rank + 1) * per_rank)
-    return x[share], y[share]
-
-
-def evaluate(model: GPT, splits: dict[str, np.ndarray], byte_ratios: dict[str, float], config: TrainConfig,
-             iteration: int, world: World | None = None) -> dict[str, float]:
-    """Train and val loss, and each as bits per byte (loss / ln 2 / bytes per token). Every evaluation uses
-    the same batches (drawn from the seed), so successive evaluations compare like with like."""
-    result: dict[str, float] = {"iteration": iteration}
-    for index, (name, tokens) in enumerate(splits.items()):
-        loss = estimate_loss(model, tokens, config, np.random.default_rng([config.seed, EVAL_STREAM, index]), world)
-        result[f"{name}_loss"] = loss
-        result[f"{name}_bpb"] = loss / math.log(2) / byte_ratios[name]
-    return result
-
-
-def evaluate_checkpoint(out_dir: str | Path, data: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
-    """The loss (nats per token) and bits per byte of the checkpoint in out_dir over every window of a text file
-    (all of it), or by default of the run's validation split: then it is the final whole-split loss the trainer
-    printed. Returns {"loss", "bpb", "tokens", "source", "seconds"} (seconds: of the forward passes)."""
-    check_device(device)
-    with engine_threads():
-        return _evaluate_checkpoint(out_dir, data, device)
-
-
-def _evaluate_checkpoint(out_dir: str | Path, data: str | Path | None, device: str) -> dict[str, Any]:
-    checkpoint = load_checkpoint(out_dir)
-    known = {setting.name for setting in setting_schema()}
-    settings = {key: value for key, value in checkpoint.config["train"].items() if key in known}
-    config = TrainConfig.from_settings(settings | {"device": device, "resume": False})
-    model = checkpoint.load_model(device)
-    if data is None:
-        path = corpus_path(config)
-        check_same_data(checkpoint, data_record(data_files(path, config)))
-        tokens, max_tokens = load_tokens(path, checkpoint.tokenizer, config)[1], 1 << 20
-        source = f"the validation data of the run ({config.val_data or path})"
-    else:
-        path = checked_text_file(data)
-        tokens = read_tokens(path, checkpoint.tokenizer)
-        if len(tokens) < config.model.max_seq_length + 1:
-            raise ConfigError(f"{path} has {len(tokens)} tokens, fewer than one window of block size "
-                              f"{config.model.max_seq_length} + 1")
-        max_tokens, source = len(tokens), str(path)
-    started = time.perf_counter()
-    loss, covered = whole_split_loss(model, tokens, config, max_tokens=max_tokens)
-    return {"loss": loss, "bpb": loss / math.log(2) / bytes_per_token(tokens, checkpoint.tokenizer), "tokens": covered,
-            "source": source, "seconds": time.perf_counter() - started}
-
-
 # ---- the loop ------------------------------------------------------------------------------------
-def check_device(device: str) -> None:
-    if device == "cuda":
-        try:
-            backend.array_module("cuda")
-        except RuntimeError as error:
-            raise ConfigError(str(error)) from None
-        if not backend.cuda_available():
-            raise ConfigError("device 'cuda': CuPy is installed but sees no CUDA GPU")
-
-
 class Diverged(ValueError):
     """A training step whose loss or gradient norm is not finite: the update is not applied."""
 
@@ -313,46 +160,6 @@ def train_step(model: GPT, optimizer: Optimizer, x: np.ndarray, y: np.ndarray, c
     return loss_value, grad_norm
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGTERM) stopped a run; a checkpoint of the interrupted iteration was saved first. str() says
-    where, and the command that continues it."""
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what kill, a job scheduler or a container stop send
-
-
-@contextmanager
-def deferred_interrupt() -> Iterator[threading.Event]:
-    """Within it, the first Ctrl-C (SIGINT) or SIGTERM only sets the event, so that the loop stops between two steps
-    and saves; a second one interrupts at once. Off the main thread, where signals cannot be caught, the event
-    never fires."""
-    requested = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield requested
-        return
-    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-
-    def restore() -> None:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler if handler is not None else signal.default_int_handler)
-
-    def request_stop(signum, frame) -> None:
-        requested.set()
-        restore()
-
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, request_stop)
-    try:
-        yield requested
-    finally:
-        restore()
-
-
-def on_any_rank(world: World, flag: bool) -> bool:
-    """Whether flag is set on any rank (one all-reduce when there are several), so that the ranks stop together."""
-    return flag if world.world_size == 1 else world.sum_floats([float(flag)])[0] > 0
-
-
 def refuse_overwrite(out_dir: Path, config: TrainConfig) -> bool:
     """A fresh run never silently replaces a checkpoint: it needs --resume or --overwrite. Returns whether the run
     replaces one (then the old run's files stay until its first checkpoint lands)."""
@@ -364,40 +171,6 @@ def refuse_overwrite(out_dir: Path, config: TrainConfig) -> bool:
         raise ConfigError(f"{out_dir} already holds a checkpoint ({directory}): continue it with --resume, or replace "
                           "it with --overwrite, or give another --out-dir")
     return True
-
-
-class ProgressReport:
-    """A tqdm bar on a terminal (tqdm.auto: a widget in a notebook); when stderr is redirected, a plain line every
-    log_interval iterations instead of carriage-return updates. Nothing when not verbose."""
-
-    def __init__(self, config: TrainConfig, start: int, verbose: bool) -> None:
-        terminal = sys.stderr.isatty() or os.environ.get(TERMINAL_VARIABLE) == "1"  # a rank's stderr is mpiexec's pipe
-        self.plain = verbose and not terminal
-        self.bar = tqdm(total=config.max_iters, initial=start, disable=not verbose or self.plain, unit="it",
-                        mininterval=0.5, dynamic_ncols=True)
-        self.log_interval, self.recent_rate = config.log_interval, 0.0
-
-    def step(self, iteration: int, loss: float, learning_rate: float, rate: float, mfu: float = 0.0) -> None:
-        self.recent_rate = 0.9 * self.recent_rate + 0.1 * rate if self.recent_rate else rate  # smoothed for the bar
-        text = f"loss {loss:.4f}, lr {learning_rate:.2e}, {self.recent_rate:,.0f} tok/s, MFU {mfu:.1%}"
-        if self.plain and iteration % self.log_interval == 0:
-            try:
-                print(f"iter {iteration}: {text}", file=sys.stderr, flush=True)
-            except OSError:  # stderr redirected to a full disk: the run matters more than its progress lines
-                self.plain = False
-        self.bar.set_postfix_str(text, refresh=False)
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def describe_layout(config: TrainConfig, world: World) -> str:
-    """How the work is split, e.g. "2 ranks x 1 thread, 6 sequences each"."""
-    threads = get_num_threads() if config.device == "cpu" else 0
-    processes = f"{world.world_size} ranks" if world.world_size > 1 else "1 process"
-    cores = f" x {threads} thread{'s' if threads > 1 else ''}" if threads else ""
-    return f"{processes}{cores}, {sequences_per_rank(config, world)} sequences each"
 
 
 def open_metrics(out_dir: Path, resumed_at: int | None, replacing: bool) -> MetricsLog:
@@ -454,13 +227,146 @@ def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
 
 def _train(config: TrainConfig, verbose: bool) -> TrainResult:
     started = time.perf_counter()
+    run = prepare_run(config, verbose)
+    run_loop(run)
+    return finish_run(run, started)
+
+
+@dataclass
+class Run:
+    """A run in progress: what prepare_run set up, and where the loop is (its iteration, history and clocks)."""
+
+    config: TrainConfig
+    world: World
+    verbose: bool  # print progress, evaluations and the sample (rank 0 only)
+    model: GPT
+    optimizer: Optimizer | OptimizerGroups
+    tokenizer: BPETokenizer
+    splits: dict[str, np.ndarray]
+    byte_ratios: dict[str, float]
+    data: dict[str, dict[str, str]]
+    data_rng: np.random.Generator
+    history: dict[str, list]
+    start: int
+    train_seconds: float
+    directory: Path  # the checkpoint the run continues or last wrote
+    metrics: MetricsLog | None  # rank 0's only
+    instruments: RunInstruments
+    progress: ProgressReport
+    step_seconds: float = 0.0
+    iteration: int = field(init=False)
+    evaluated: set[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.iteration = self.start
+        self.evaluated = {record["iteration"] for record in self.history["evals"]}
+        self.micro_batches = sequences_per_rank(self.config, self.world) * self.config.gradient_accumulation_steps
+        self.tokens_per_iteration = self.micro_batches * self.config.model.max_seq_length * self.world.world_size
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.config.out_dir)
+
+    def log(self, message: str) -> None:
+        say(self.verbose)(message)
+
+    def record(self, entry: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            self.metrics.write(entry)
+            self.instruments.write(entry)
+
+    def evaluate(self) -> None:
+        """Both splits' loss estimates at this iteration: kept in the history, recorded and printed."""
+        evaluation = evaluate(self.model, self.splits, self.byte_ratios, self.config, self.iteration, self.world)
+        self.history["evals"].append(evaluation)
+        self.evaluated.add(self.iteration)
+        self.record({"type": "eval", "iter": self.iteration, **{key: value for key, value in evaluation.items()
+                                                                if key != "iteration"}, "elapsed": self.train_seconds})
+        self.log(f"iter {self.iteration}: train loss {evaluation['train_loss']:.4f} ({evaluation['train_bpb']:.3f} "
+                 f"bits/byte), val loss {evaluation['val_loss']:.4f} ({evaluation['val_bpb']:.3f} bits/byte)")
+
+    def save(self) -> None:
+        """A checkpoint of this iteration (rank 0 writes it; every rank gives its dropout generator's state)."""
+        dropout_rngs = self.world.gather(random_state(self.config.device))
+        if not self.world.is_main:
+            return
+        state = {"iteration": self.iteration, "data_rng": self.data_rng.bit_generator.state,
+                 "dropout_rng": dropout_rngs[0], "dropout_rngs": dropout_rngs, "history": self.history,
+                 "elapsed": self.train_seconds, "data": self.data}
+        self.directory = save_checkpoint(self.out_dir, self.model, self.optimizer, self.tokenizer, self.config, state)
+        self.metrics.publish()  # a run that replaces another takes the out dir's metrics.jsonl only now
+
+    def step(self) -> None:
+        """One training step on a fresh batch, recorded (metrics every log_interval, the progress every step)."""
+        config, started = self.config, time.perf_counter()
+        x, y = rank_batch(self.splits["train"], config, self.data_rng, self.world, self.micro_batches)
+        learning_rate = self.optimizer.current_learning_rate
+        try:
+            with self.instruments.watch(self.iteration):
+                loss, grad_norm = train_step(self.model, self.optimizer, x, y, config, self.world)
+        except Diverged as error:
+            raise diverged(self.iteration, str(error), self.directory) from None
+        elapsed = time.perf_counter() - started
+        self.step_seconds += elapsed
+        self.train_seconds += elapsed
+        for series, value in zip(HISTORY_SERIES, (self.iteration, loss, learning_rate)):
+            self.history[series].append(value)
+        mfu, rate = self.instruments.mfu(elapsed), self.tokens_per_iteration / elapsed
+        if self.iteration % config.log_interval == 0:
+            self.record({"type": "train", "iter": self.iteration, "loss": loss, "lr": learning_rate,
+                         "tokens_per_s": rate, "grad_norm": grad_norm, "mfu": mfu, "elapsed": self.train_seconds})
+            stats = self.instruments.take_stats()
+            if stats is not None:
+                self.record(stats)
+        self.progress.step(self.iteration, loss, learning_rate, rate, mfu)
+        self.iteration += 1
+
+    def interrupted(self) -> TrainingInterrupted:
+        launcher = f"mpiexec -n {self.world.world_size} " if not self.world.splits_batch else ""
+        return TrainingInterrupted(f"interrupted at iteration {self.iteration}: checkpoint saved in {self.directory}; "
+                                   f"continue it with: {launcher}tinygpt train --out-dir {self.out_dir} --resume")
+
+
+def prepare_run(config: TrainConfig, verbose: bool) -> Run:
+    """Everything a run needs before its first step: where it starts (fresh, a checkpoint, or pretrained
+    weights), its tokenizer and token ids, the model, the optimizer, the history so far, the metrics log."""
     check_device(config.device)
     world = get_world()
-    out_dir = Path(config.out_dir)
     verbose = verbose and world.is_main
     keep_freed_memory()  # every step frees and reallocates the same arrays: reuse them, no page faults (memory.py)
-    log = tqdm.write if verbose else (lambda message: None)
+    log = say(verbose)
+    checkpoint, pretrained, config, replacing = starting_point(config, log)
+    path = corpus_path(config)
+    data = data_record(data_files(path, config))
+    tokenizer = run_tokenizer(config, path, data, checkpoint, pretrained, log)
+    splits = dict(zip(("train", "val"), load_tokens(path, tokenizer, config)))
+    model = run_model(config, checkpoint, pretrained, world)
+    optimizer = build_optimizer(model, config)
+    data_rng = np.random.default_rng([config.seed, DATA_STREAM])
+    history: dict[str, list] = {"iterations": [], "losses": [], "learning_rates": [], "evals": []}
+    start, train_seconds = 0, 0.0
+    if checkpoint is not None:
+        start, history, train_seconds = resumed_state(checkpoint, optimizer, data_rng, config, world)
+    out_dir = Path(config.out_dir)
+    log(f"{model.num_parameters():,} parameters, {len(splits['train']):,} train and {len(splits['val']):,} val tokens, "
+        f"iterations {start} -> {config.max_iters} on {config.device}: {describe_layout(config, world)}")
+    return Run(config, world, verbose, model, optimizer, tokenizer, splits,
+               {name: bytes_per_token(tokens, tokenizer) for name, tokens in splits.items()}, data, data_rng, history,
+               start, train_seconds, checkpoint.directory if checkpoint is not None else out_dir / CHECKPOINT_DIR,
+               open_metrics(out_dir, start if checkpoint is not None else None, replacing) if world.is_main else None,
+               RunInstruments(model, config, out_dir if world.is_main else None, world.world_size),
+               ProgressReport(config, start, verbose))
 
+
+def say(verbose: bool) -> Callable[[str], None]:
+    """How a run prints a line: above the progress bar when verbose, else nowhere."""
+    return tqdm.write if verbose else (lambda message: None)
+
+
+def starting_point(config: TrainConfig, log: Callable[[str], None]):
+    """(the checkpoint the run continues (--resume) or None, the pretrained model it starts from (--init-from) or
+    None, the config that follows from them, whether the run replaces another's checkpoint (--overwrite))."""
+    out_dir = Path(config.out_dir)
     checkpoint = load_checkpoint(out_dir) if config.resume else None
     replacing = checkpoint is None and refuse_overwrite(out_dir, config)
     if checkpoint is not None:
@@ -470,24 +376,32 @@ def _train(config: TrainConfig, verbose: bool) -> TrainResult:
         config = replace(config, model=replace(pretrained.model.config, dropout=config.model.dropout))
         config.validate()
         log(f"starting from {config.init_from}: its architecture and weights, a fresh optimizer, iteration 0")
-    path = corpus_path(config)
-    data = data_record(data_files(path, config))
+    return checkpoint, pretrained, config, replacing
+
+
+def run_tokenizer(config: TrainConfig, path: Path, data: dict, checkpoint: Checkpoint | None, pretrained,
+                  log: Callable[[str], None]) -> BPETokenizer:
+    """The checkpoint's tokenizer (for the same data), the pretrained model's, or one trained on the corpus now
+    (saved in the out dir when it has merges)."""
     if checkpoint is not None:
         check_same_data(checkpoint, data)
-        tokenizer = checkpoint.tokenizer
-    elif pretrained is not None:
+        return checkpoint.tokenizer
+    if pretrained is not None:
         warn_of_other_data(config.init_from, pretrained.data, data)
-        tokenizer = pretrained.tokenizer or train_tokenizer(path, 256)  # a source without a tokenizer: bytes
-    else:
-        tokenizer = train_tokenizer(path, config.model.vocab_size)
-        if config.model.vocab_size > 256 and world.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            tokenizer.save(out_dir / TOKENIZER_PREFIX)
-            log(f"trained a BPE tokenizer of {len(tokenizer.vocab)} tokens: {out_dir / TOKENIZER_PREFIX}.model")
-    splits = dict(zip(("train", "val"), load_tokens(path, tokenizer, config)))
-    byte_ratios = {name: bytes_per_token(tokens, tokenizer) for name, tokens in splits.items()}
+        return pretrained.tokenizer or train_tokenizer(path, 256)  # a source without a tokenizer: bytes
+    tokenizer = train_tokenizer(path, config.model.vocab_size)
+    if config.model.vocab_size > 256 and get_world().is_main:
+        out_dir = Path(config.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(out_dir / TOKENIZER_PREFIX)
+        log(f"trained a BPE tokenizer of {len(tokenizer.vocab)} tokens: {out_dir / TOKENIZER_PREFIX}.model")
+    return tokenizer
 
-    backend.manual_seed(config.seed + world.rank)  # each rank its own dropout stream; the weights are rank 0's
+
+def run_model(config: TrainConfig, checkpoint: Checkpoint | None, pretrained, world: World) -> GPT:
+    """The checkpoint's model, the pretrained one with the run's dropout, or a fresh one; rank 0's weights on every
+    rank, each rank its own dropout stream."""
+    backend.manual_seed(config.seed + world.rank)
     if checkpoint is not None:
         model = checkpoint.load_model(config.device)
     elif pretrained is not None:
@@ -496,114 +410,68 @@ def _train(config: TrainConfig, verbose: bool) -> TrainResult:
         model = build_model(config).to(config.device)
     world.broadcast_parameters(model)
     model.train()
-    optimizer = build_optimizer(model, config)
-    data_rng = np.random.default_rng([config.seed, DATA_STREAM])
-    history: dict[str, list] = {"iterations": [], "losses": [], "learning_rates": [], "evals": []}
-    start, train_seconds = 0, 0.0
-    if checkpoint is not None:
-        start, history = restore_training_state(checkpoint, optimizer, data_rng, config.device, world.rank, world.world_size)
-        train_seconds = float(checkpoint.state.get("elapsed", 0.0))
-        if start > config.max_iters:
-            raise ConfigError(f"the checkpoint in {out_dir} is at iteration {start}, beyond --max-iters "
-                              f"{config.max_iters}: give a larger --max-iters to continue it")
-    metrics = open_metrics(out_dir, start if checkpoint is not None else None, replacing) if world.is_main else None
-    instruments = RunInstruments(model, config, out_dir if world.is_main else None, world.world_size)
-    log(f"{model.num_parameters():,} parameters, {len(splits['train']):,} train and {len(splits['val']):,} val tokens, "
-        f"iterations {start} -> {config.max_iters} on {config.device}: {describe_layout(config, world)}")
+    return model
 
-    micro_batches = sequences_per_rank(config, world) * config.gradient_accumulation_steps  # per rank and step
-    tokens_per_iteration = micro_batches * config.model.max_seq_length * world.world_size
-    step_seconds = 0.0
-    evaluated = {record["iteration"] for record in history["evals"]}
-    directory = checkpoint.directory if checkpoint is not None else out_dir / CHECKPOINT_DIR
-    progress = ProgressReport(config, start, verbose)
-    iteration = start
 
-    def record(entry: dict[str, Any]) -> None:
-        if metrics is not None:
-            metrics.write(entry)
-            instruments.write(entry)
+def resumed_state(checkpoint: Checkpoint, optimizer, data_rng: np.random.Generator, config: TrainConfig,
+                  world: World) -> tuple[int, dict[str, list], float]:
+    """The optimizer and generators put back as the checkpoint left them; its iteration, history and training
+    seconds."""
+    start, history = restore_training_state(checkpoint, optimizer, data_rng, config.device, world.rank, world.world_size)
+    if start > config.max_iters:
+        raise ConfigError(f"the checkpoint in {config.out_dir} is at iteration {start}, beyond --max-iters "
+                          f"{config.max_iters}: give a larger --max-iters to continue it")
+    return start, history, float(checkpoint.state.get("elapsed", 0.0))
 
-    def save() -> Path:
-        dropout_rngs = world.gather(random_state(config.device))
-        if not world.is_main:
-            return directory
-        state = {"iteration": iteration, "data_rng": data_rng.bit_generator.state, "dropout_rng": dropout_rngs[0],
-                 "dropout_rngs": dropout_rngs, "history": history, "elapsed": train_seconds, "data": data}
-        saved = save_checkpoint(out_dir, model, optimizer, tokenizer, config, state)
-        metrics.publish()  # a run that replaces another takes the out dir's metrics.jsonl only now
-        return saved
 
+def run_loop(run: Run) -> None:
+    """Evaluate every eval_interval iterations, save a checkpoint after each evaluation, step, until max_iters; the
+    first Ctrl-C or SIGTERM saves and raises TrainingInterrupted (on every rank together)."""
+    config = run.config
     with deferred_interrupt() as interrupted:
         try:
             while True:
-                at_end = iteration >= config.max_iters
-                if (at_end or iteration % config.eval_interval == 0) and iteration not in evaluated:
-                    evaluation = evaluate(model, splits, byte_ratios, config, iteration, world)
-                    history["evals"].append(evaluation)
-                    evaluated.add(iteration)
-                    record({"type": "eval", "iter": iteration, **{key: value for key, value in evaluation.items()
-                                                                  if key != "iteration"}, "elapsed": train_seconds})
-                    log(f"iter {iteration}: train loss {evaluation['train_loss']:.4f} ({evaluation['train_bpb']:.3f} "
-                        f"bits/byte), val loss {evaluation['val_loss']:.4f} ({evaluation['val_bpb']:.3f} bits/byte)")
-                if at_end or (iteration > start and iteration % config.eval_interval == 0):
-                    check_finite_before_saving(model, history["evals"][-1], iteration, directory)  # same on every rank
-                    directory = save()
+                at_end = run.iteration >= config.max_iters
+                if (at_end or run.iteration % config.eval_interval == 0) and run.iteration not in run.evaluated:
+                    run.evaluate()
+                if at_end or (run.iteration > run.start and run.iteration % config.eval_interval == 0):
+                    check_finite_before_saving(run.model, run.history["evals"][-1], run.iteration, run.directory)
+                    run.save()
                 if at_end:
-                    break
-                if on_any_rank(world, interrupted.is_set()):
-                    directory = save()
-                    launcher = f"mpiexec -n {world.world_size} " if not world.splits_batch else ""
-                    raise TrainingInterrupted(f"interrupted at iteration {iteration}: checkpoint saved in {directory}; "
-                                              f"continue it with: {launcher}tinygpt train --out-dir {out_dir} --resume")
-                step_started = time.perf_counter()
-                x, y = rank_batch(splits["train"], config, data_rng, world, micro_batches)
-                learning_rate = optimizer.current_learning_rate
-                try:
-                    with instruments.watch(iteration):
-                        loss_value, grad_norm = train_step(model, optimizer, x, y, config, world)
-                except Diverged as error:
-                    raise diverged(iteration, str(error), directory) from None
-                elapsed = time.perf_counter() - step_started
-                step_seconds += elapsed
-                train_seconds += elapsed
-                history["iterations"].append(iteration)
-                history["losses"].append(loss_value)
-                history["learning_rates"].append(learning_rate)
-                step_mfu = instruments.mfu(elapsed)
-                if iteration % config.log_interval == 0:
-                    record({"type": "train", "iter": iteration, "loss": loss_value, "lr": learning_rate,
-                            "tokens_per_s": tokens_per_iteration / elapsed, "grad_norm": grad_norm, "mfu": step_mfu,
-                            "elapsed": train_seconds})
-                    stats = instruments.take_stats()
-                    if stats is not None:
-                        record(stats)
-                progress.step(iteration, loss_value, learning_rate, tokens_per_iteration / elapsed, step_mfu)
-                iteration += 1
+                    return
+                if on_any_rank(run.world, interrupted.is_set()):
+                    run.save()
+                    raise run.interrupted()
+                run.step()
         finally:
-            progress.close()
+            run.progress.close()
 
-    trained = config.max_iters - start
-    final_eval = dict(next(record for record in history["evals"] if record["iteration"] == iteration))
-    final_eval["whole_val_loss"], covered = whole_split_loss(model, splits["val"], config, world=world)
-    final_eval["whole_val_bpb"] = final_eval["whole_val_loss"] / math.log(2) / byte_ratios["val"]
-    log(f"final val loss over {covered:,} of the {len(splits['val']):,} validation tokens (all of its "
-        f"{config.model.max_seq_length}-token windows, no sampling): {final_eval['whole_val_loss']:.4f} "
-        f"({final_eval['whole_val_bpb']:.3f} bits/byte)")
-    result = TrainResult(model=model, tokenizer=tokenizer, config=config, history=history, final_eval=final_eval,
-                         wall_seconds=0.0, tokens_per_second=trained * tokens_per_iteration / step_seconds if trained else 0.0,
-                         checkpoint_dir=directory,
-                         plot=plot_metrics(read_metrics(metrics.path), out_dir / PLOT_FILE) if metrics is not None else None)
-    if metrics is not None:
-        instruments.close(read_metrics(metrics.path))
-    if config.sample_tokens and world.is_main:
-        result.sample = sample_text(model, tokenizer, "\n", config.sample_tokens, temperature=0.8, top_k=200,
+
+def finish_run(run: Run, started: float) -> TrainResult:
+    """The exact loss over the whole validation split, the plot, the sample and the closing line."""
+    config, out_dir = run.config, run.out_dir
+    trained = config.max_iters - run.start
+    final_eval = dict(next(record for record in run.history["evals"] if record["iteration"] == run.iteration))
+    final_eval["whole_val_loss"], covered = whole_split_loss(run.model, run.splits["val"], config, world=run.world)
+    final_eval["whole_val_bpb"] = final_eval["whole_val_loss"] / math.log(2) / run.byte_ratios["val"]
+    run.log(f"final val loss over {covered:,} of the {len(run.splits['val']):,} validation tokens (all of its "
+            f"{config.model.max_seq_length}-token windows, no sampling): {final_eval['whole_val_loss']:.4f} "
+            f"({final_eval['whole_val_bpb']:.3f} bits/byte)")
+    rate = trained * run.tokens_per_iteration / run.step_seconds if trained else 0.0
+    result = TrainResult(model=run.model, tokenizer=run.tokenizer, config=config, history=run.history,
+                         final_eval=final_eval, wall_seconds=0.0, tokens_per_second=rate, checkpoint_dir=run.directory)
+    if run.metrics is not None:
+        records = read_metrics(run.metrics.path)
+        result.plot = plot_metrics(records, out_dir / PLOT_FILE)
+        run.instruments.close(records)
+    if config.sample_tokens and run.world.is_main:
+        result.sample = sample_text(run.model, run.tokenizer, "\n", config.sample_tokens, temperature=0.8, top_k=200,
                                     seed=config.seed, device=config.device)
     result.wall_seconds = time.perf_counter() - started
-    log(f"done: {trained} iterations, {step_seconds:.1f} s of training steps at {result.tokens_per_second:,.0f} tokens/s, "
-        f"{result.wall_seconds:.1f} s in all (start-up, evaluations, checkpoints, plot, sample); checkpoint in "
-        f"{directory}, metrics in {out_dir / METRICS_FILE}" + (f", loss curve {result.plot}" if result.plot else ""))
-    if verbose and result.sample:
+    run.log(f"done: {trained} iterations, {run.step_seconds:.1f} s of training steps at {rate:,.0f} tokens/s, "
+            f"{result.wall_seconds:.1f} s in all (start-up, evaluations, checkpoints, plot, sample); checkpoint in "
+            f"{run.directory}, metrics in {out_dir / METRICS_FILE}" + (f", loss curve {result.plot}" if result.plot else ""))
+    if run.verbose and result.sample:
         print(f"---- sample ----\n{result.sample}\n----------------", flush=True)
     return result
 

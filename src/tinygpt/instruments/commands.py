@@ -9,8 +9,10 @@ import numpy as np
 from tinygpt.config import ConfigError, TrainConfig
 from tinygpt.instruments.attention import attention_probabilities, draw_attention, token_labels
 from tinygpt.instruments.profile import Profile, profile
-from tinygpt.train import (DATA_STREAM, build_model, build_optimizer, check_device, corpus_path, load_checkpoint,
-                           load_tokens, rank_batch, train_step, train_tokenizer)
+from tinygpt.checkpoint import load_checkpoint
+from tinygpt.config import check_device
+from tinygpt.corpus import corpus_path, load_tokens, rank_batch, train_tokenizer
+from tinygpt.train import DATA_STREAM, build_model, build_optimizer, train_step
 from tinygpt.distributed import get_world
 
 
