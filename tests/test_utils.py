@@ -1,4 +1,5 @@
 """The tree utilities of tinygpt.utils: flatten, unflatten and map over nested dicts and lists."""
+import numpy as np
 import pytest
 
 from tinygpt.utils import tree_flatten, tree_map, tree_unflatten
@@ -27,3 +28,19 @@ def test_tree_map_leaves_of_the_first_tree_decide_where_to_stop():
 def test_tree_map_over_trees_of_another_structure_raises(other):
     with pytest.raises(ValueError, match="tree_map"):
         tree_map(lambda x, y: x, {"a": [1, 2]}, other)
+
+
+def test_pack_copies_arrays_one_after_another_and_unpack_gives_views_of_them():
+    from tinygpt.utils import pack, unpack
+
+    arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.array(7.0, dtype=np.float32), np.ones((1, 2), np.float32)]
+    flat = pack(arrays)
+    assert flat.dtype == np.float32 and flat.tolist() == [0, 1, 2, 3, 4, 5, 7, 1, 1]
+    views = unpack(flat, [a.shape for a in arrays])
+    assert [v.shape for v in views] == [(2, 3), (), (1, 2)]
+    assert all(np.array_equal(v, a) for v, a in zip(views, arrays))
+    views[0][1, 2] = -1.0  # a view, not a copy
+    assert flat[5] == -1.0
+    room = np.full(10, 9.0, np.float32)  # into a given array: the rest of it untouched
+    assert pack(arrays, room) is room and room.tolist() == [0, 1, 2, 3, 4, 5, 7, 1, 1, 9]
+    assert unpack(pack([]), []) == []

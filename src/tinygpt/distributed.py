@@ -28,6 +28,7 @@ import numpy as np
 from tinygpt.module import Module
 from tinygpt.threads import set_num_threads
 from tinygpt.tensor import Tensor
+from tinygpt.utils import pack, unpack
 
 # Each launcher tells its processes their rank in one of these (hydra: PMI_RANK; Slurm and Open MPI 5: PMIX_RANK).
 LAUNCHER_RANK_VARIABLES = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK")
@@ -90,17 +91,13 @@ class World:
         if self.world_size == 1:
             return loss
         tensors = [tensor for _, tensor in module.named_parameters() if tensor.grad is not None]
-        sizes = [tensor.numel for tensor in tensors]
-        xp, dtype = (tensors[0].grad.buffer.xp, tensors[0].grad.buffer.array.dtype) if tensors else (np, np.float32)
-        flat = self._flat_buffer(xp, sum(sizes) + 1, dtype)
-        offsets = np.cumsum([0, *sizes]).tolist()
-        for tensor, start, end in zip(tensors, offsets, offsets[1:]):
-            flat[start:end] = tensor.grad.buffer.array.reshape(-1)
+        grads = [tensor.grad.buffer.array for tensor in tensors]
+        xp, dtype = (tensors[0].grad.buffer.xp, grads[0].dtype) if tensors else (np, np.float32)
+        flat = pack(grads, self._flat_buffer(xp, sum(grad.size for grad in grads) + 1, dtype))
         flat[-1] = loss
         self.all_reduce(flat)
         flat /= self.world_size
-        for tensor, start, end in zip(tensors, offsets, offsets[1:]):
-            mean = flat[start:end].reshape(tensor.shape)
+        for tensor, mean in zip(tensors, unpack(flat, [tensor.shape for tensor in tensors])):
             if tensor.grad.buffer.is_contiguous():
                 tensor.grad.buffer.array[...] = mean
             else:  # a broadcast view, which cannot hold a value per element
@@ -112,14 +109,9 @@ class World:
         if self.world_size == 1:
             return
         buffers = [tensor.buffer for _, tensor in module.named_parameters()]
-        sizes = [buffer.numel for buffer in buffers]
-        flat = buffers[0].xp.empty(sum(sizes), dtype=buffers[0].array.dtype)
-        offsets = np.cumsum([0, *sizes]).tolist()
-        for buffer, start, end in zip(buffers, offsets, offsets[1:]):
-            flat[start:end] = buffer.array.reshape(-1)
-        self.broadcast(flat, root)
-        for buffer, start, end in zip(buffers, offsets, offsets[1:]):
-            buffer.array[...] = flat[start:end].reshape(buffer.shape)
+        flat = self.broadcast(pack([buffer.array for buffer in buffers]), root)
+        for buffer, value in zip(buffers, unpack(flat, [buffer.shape for buffer in buffers])):
+            buffer.array[...] = value
 
     def _flat_buffer(self, xp, size: int, dtype):
         """A reused 1-D array of `size` elements (gradients keep their shapes from step to step)."""

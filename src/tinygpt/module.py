@@ -1,13 +1,14 @@
 """Module: a dict of parameters (Tensors) and sub-modules, traversed by the generic tree utilities."""
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from tinygpt.serialization import load_arrays, save_arrays
 from tinygpt.tensor import Tensor
-from tinygpt.utils import tree_flatten, tree_map, tree_unflatten
+from tinygpt.utils import pack, tree_flatten, tree_map, tree_unflatten
 
 
 def _is_entry(value: Any) -> bool:
@@ -162,14 +163,10 @@ class Module(dict):
         is an offset into flat storage, so the model computes as before); returns that array.
         An optimizer asks for this to update every parameter in one pass over one buffer."""
         tensors = dict(self.named_parameters())
-        first = tensors[names[0]].buffer
-        flat = first.xp.empty(sum(tensors[name].numel for name in names), dtype=first.data.dtype)
-        offset = 0
-        for name in names:
-            buffer = tensors[name].buffer
-            flat[offset:offset + buffer.numel] = buffer.array.reshape(-1)
+        buffers = [tensors[name].buffer for name in names]
+        flat = pack([buffer.array for buffer in buffers])
+        for buffer, offset in zip(buffers, itertools.accumulate((buffer.numel for buffer in buffers), initial=0)):
             buffer.rehome(flat, offset)
-            offset += buffer.numel
         return flat
 
     def update(self, parameters: dict) -> "Module":  # type: ignore[override]

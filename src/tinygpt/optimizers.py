@@ -12,7 +12,7 @@ from tinygpt.distributed import get_world
 from tinygpt.module import Module
 from tinygpt.serialization import load_arrays, save_arrays
 from tinygpt.tensor import Tensor
-from tinygpt.utils import check_finite, check_fraction, is_real
+from tinygpt.utils import check_finite, check_fraction, is_real, pack, unpack
 
 LearningRate = float | Callable[[int], float]
 
@@ -190,20 +190,18 @@ class Adam(Optimizer):
         kernels.for_device(device).adam_update(values, grads, exp_avg, exp_avg_sq, int(decayed), float(learning_rate),
                                                float(beta1), float(beta2), float(self.eps), float(self.weight_decay), float(step))
 
-    def update(self) -> None:
-        parameters = [(name, p) for name, p in self.module.named_parameters() if p.requires_grad]
-        if not parameters or any(p.grad is None for _, p in parameters) or len({p.device for _, p in parameters}) > 1:
+    def apply_all(self, parameters: list[tuple[str, Tensor]]) -> None:
+        """All of them in one kernel over flat arrays (FlatParameters) where every trainable parameter has a
+        gradient, on one device, and all took the same number of steps so far; else one at a time, as PyTorch."""
+        trainable = sum(parameter.requires_grad for _, parameter in self.module.named_parameters())
+        if not parameters or len(parameters) != trainable or len({p.device for _, p in parameters}) > 1:
             self._flat = None  # its step count would go stale: rebuilt (if the steps agree again) at a later update
-            return super().update()  # some parameters skip this step: the per-parameter path, as PyTorch
+            return super().apply_all(parameters)
         if self._flat is None or not self._flat.holds(parameters):
             if len({float(self.state.get(name, {}).get("step", 0.0)) for name, _ in parameters}) > 1:
-                return super().update()  # parameters took different numbers of steps so far
+                return super().apply_all(parameters)
             self._flat = FlatParameters(parameters, self)
-        self.step_learning_rate = self.current_learning_rate
-        self.step_count += 1
         self._flat.step(self, self.step_learning_rate)
-        for _, parameter in parameters:
-            parameter._version += 1
 
 
 def _check_betas(betas: Any) -> tuple[float, float]:
@@ -225,20 +223,18 @@ class FlatParameters:
         self.names, self.tensors = [name for name, _ in ordered], [tensor for _, tensor in ordered]
         self.device = self.tensors[0].device
         self.values = optimizer.module.pack_parameters(self.names)
-        xp = self.tensors[0].buffer.xp
-        sizes = [tensor.numel for tensor in self.tensors]
-        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
-        self.decayed = sum(size for tensor, size in zip(self.tensors, sizes) if optimizer.decays(tensor))
+        xp, shapes = self.tensors[0].buffer.xp, [tensor.shape for tensor in self.tensors]
+        self.decayed = sum(tensor.numel for tensor in self.tensors if optimizer.decays(tensor))
         self.exp_avg, self.exp_avg_sq = xp.zeros_like(self.values), xp.zeros_like(self.values)
         self.grads = xp.empty_like(self.values)
         self.step_number = 0.0
-        for name, tensor, start, end in zip(self.names, self.tensors, self.offsets, self.offsets[1:]):
+        moments = {key: unpack(getattr(self, key), shapes) for key in ("exp_avg", "exp_avg_sq")}
+        for index, name in enumerate(self.names):
             state = optimizer.state.setdefault(name, {})
-            for key in ("exp_avg", "exp_avg_sq"):
-                flat = getattr(self, key)[start:end]
+            for key, views in moments.items():
                 if key in state:
-                    flat[...] = xp.asarray(state[key]).reshape(-1)
-                state[key] = flat.reshape(tensor.shape)
+                    views[index][...] = xp.asarray(state[key])
+                state[key] = views[index]
             self.step_number = float(state.get("step", self.step_number))
 
     def holds(self, parameters: list[tuple[str, Tensor]]) -> bool:
@@ -248,8 +244,7 @@ class FlatParameters:
                 and {id(t) for _, t in parameters} == {id(t) for t in self.tensors})
 
     def step(self, optimizer: Adam, learning_rate: float) -> None:
-        for tensor, start, end in zip(self.tensors, self.offsets, self.offsets[1:]):
-            self.grads[start:end] = tensor.grad.buffer.array.reshape(-1)
+        pack([tensor.grad.buffer.array for tensor in self.tensors], self.grads)
         self.step_number += 1.0
         optimizer.adam_update(self.device, self.values, self.grads, self.exp_avg, self.exp_avg_sq, self.decayed,
                               self.step_number, learning_rate)
@@ -379,14 +374,11 @@ class Muon(Optimizer):
         if world.world_size == 1 or len({stack.dtype for stack in stacks}) != 1:
             return [newton_schulz(xp, stack, self.ns_steps, self.ns_coefficients, self.eps) for stack in stacks]
         flat = xp.zeros(sum(stack.size for stack in stacks), dtype=stacks[0].dtype)
-        outputs, offset = [], 0
-        for stack in stacks:
-            out = flat[offset:offset + stack.size].reshape(stack.shape)
-            offset += stack.size
+        outputs = unpack(flat, [stack.shape for stack in stacks])
+        for stack, out in zip(stacks, outputs):
             mine = slice(len(stack) * world.rank // world.world_size, len(stack) * (world.rank + 1) // world.world_size)
             if mine.start < mine.stop:
                 out[mine] = newton_schulz(xp, stack[mine], self.ns_steps, self.ns_coefficients, self.eps)
-            outputs.append(out)
         world.all_reduce(flat)
         return outputs
 

@@ -1,10 +1,13 @@
 """DType, tree utilities and small shared helpers."""
 from __future__ import annotations
 
+import math
 from enum import Enum
 from typing import Any, Callable
 
 import numpy as np
+
+from tinygpt import backend
 
 
 class DType(Enum):
@@ -117,6 +120,28 @@ def _map_leaves(fn: Callable[..., Any], tree: Any, rest: tuple, is_leaf: Callabl
 
 def _child(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
+
+
+def pack(arrays: list, flat=None):
+    """Copy `arrays` (any shapes, one array module) one after another into the 1-D array `flat` (by default a new
+    one of exactly their size and the first's dtype) and return it: one buffer for one collective call or one
+    update kernel in place of one per array."""
+    if flat is None:
+        xp = np if not arrays else backend.array_module(backend.device_of(arrays[0]))
+        flat = xp.empty(sum(array.size for array in arrays), dtype=arrays[0].dtype if arrays else np.float32)
+    for view, array in zip(unpack(flat, [array.shape for array in arrays]), arrays):
+        view[...] = array
+    return flat
+
+
+def unpack(flat, shapes: list[tuple[int, ...]]) -> list:
+    """Views (not copies) of consecutive runs of the 1-D array `flat`, shaped as `shapes`: the inverse of pack."""
+    views, offset = [], 0
+    for shape in shapes:
+        size = math.prod(shape)
+        views.append(flat[offset:offset + size].reshape(shape))
+        offset += size
+    return views
 
 
 def normalize_axes(axes: int | tuple[int, ...] | list[int] | None, shape: tuple[int, ...]) -> tuple[int, ...]:
