@@ -9,7 +9,7 @@ from tinygpt import Tensor
 from tinygpt.instruments.graph import Graph, trace
 from tinygpt.losses import CrossEntropyLoss
 from tinygpt.nn import GPT
-from tinygpt.operation import Operation
+from tinygpt.mlops import Operation
 
 
 @pytest.fixture

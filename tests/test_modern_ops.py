@@ -7,7 +7,8 @@ from conftest import LAYOUTS, assert_close, make_leaf, random_values, to_torch, 
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from tinygpt import Tensor
-from tinygpt.modern_ops import ReluSquared, RMSNorm, RotaryQKNorm, SoftCap, rotary_angles
+from tinygpt.mlops import ReluSquared, RMSNorm, RotaryQKNorm, SoftCap
+from tinygpt.mlops.modern import rotary_angles
 from tinygpt.tensor import apply_op
 
 

@@ -8,7 +8,8 @@ from typing import Iterator
 
 import numpy as np
 
-from tinygpt import gpt2, mlops, modern_ops
+from tinygpt import gpt2, mlops
+from tinygpt.mlops.modern import rotary_angles
 from tinygpt.module import Module
 from tinygpt.tensor import Tensor, apply_op, no_grad
 from tinygpt.utils import check_count, check_fraction, is_real
@@ -108,7 +109,7 @@ class RMSNorm(Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1:] != (self.dims,):
             raise ValueError(f"RMS norm over {self.dims} values got input of shape {x.shape}")
-        return apply_op(modern_ops.RMSNorm, x, self.get("weights"), eps=self.eps)
+        return apply_op(mlops.RMSNorm, x, self.get("weights"), eps=self.eps)
 
 
 NORMS = ("layernorm", "rmsnorm")
@@ -157,9 +158,9 @@ class CasualSelfAttention(Module):
         qkv = self.c_attn(x)
         if self.rotary or self.qk_norm:
             start = kv_cache["k"].shape[2] if kv_cache and "k" in kv_cache else 0  # positions continue after the cache
-            angles = modern_ops.rotary_angles(np, start, x.shape[1], self.embedding_dim // self.num_heads,
+            angles = rotary_angles(np, start, x.shape[1], self.embedding_dim // self.num_heads,
                                               dtype=np.float32) if self.rotary else None
-            qkv = apply_op(modern_ops.RotaryQKNorm, qkv, num_heads=self.num_heads, angles=angles, qk_norm=self.qk_norm)
+            qkv = apply_op(mlops.RotaryQKNorm, qkv, num_heads=self.num_heads, angles=angles, qk_norm=self.qk_norm)
         dropout_p = self.dropout if self.training else 0.0
         if kv_cache is None:
             y = apply_op(mlops.MultiHeadAttention, qkv, num_heads=self.num_heads, dropout_p=dropout_p)
@@ -187,7 +188,7 @@ class GPTMLP(Module):
     """GPT-2's feed-forward: c_proj(gelu(c_fc(x))), width 4x, no activation after the output projection;
     activation "relu2" is the speedrun's max(x, 0)^2 instead of GELU."""
 
-    activations = {"gelu": Tensor.gelu, "relu2": lambda x: apply_op(modern_ops.ReluSquared, x)}
+    activations = {"gelu": Tensor.gelu, "relu2": lambda x: apply_op(mlops.ReluSquared, x)}
 
     def __init__(self, embedding_dim: int, bias: bool = True, activation: str = "gelu") -> None:
         super().__init__()
@@ -325,7 +326,7 @@ class GPT(Module):
             x = block(x, kv_cache[i] if kv_cache is not None else None)
         x = self.ln_f(x)
         logits = self.lm_head(x) if "lm_head" in self else x @ self.token_embedding.embeddings.transpose(0, 1)
-        return apply_op(modern_ops.SoftCap, logits, cap=self.config.logit_soft_cap) if self.config.logit_soft_cap else logits
+        return apply_op(mlops.SoftCap, logits, cap=self.config.logit_soft_cap) if self.config.logit_soft_cap else logits
 
     # ---- generation ------------------------------------------------------------------------------
     def generate(self, token_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,

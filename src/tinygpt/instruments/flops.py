@@ -15,7 +15,7 @@ import numpy as np
 
 from tinygpt import backend, mlops
 from tinygpt.buffer import Buffer, matmul
-from tinygpt.operation import Operation
+from tinygpt.mlops import Operation
 
 
 def operation_flops(operation: Operation, buffers: list[Buffer | None]) -> tuple[int, int]:

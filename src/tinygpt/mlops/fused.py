@@ -1,7 +1,7 @@
 """Fused operations: each computes a whole piece of math (a layer norm, an attention, a loss) in one op,
 with a hand-derived backward. Those with a loop kernel call it by name from `tinygpt.kernels` for the
-buffer's device; `docs/operation.md` shows each beside its composition from Tensor primitives.
-Re-exported from `tinygpt.mlops`, where the SPEC names them.
+buffer's device; `docs/operation.md` shows each beside its composition from Tensor primitives. The fused ops
+of the modern GPT recipe are beside them, in modern.py.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from tinygpt import kernels
 from tinygpt.buffer import Buffer, matmul
-from tinygpt.operation import Operation
+from tinygpt.mlops.operation import Operation
 from tinygpt.utils import normalize_axes
 
 

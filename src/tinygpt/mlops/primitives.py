@@ -1,14 +1,11 @@
-"""Operations: one class per differentiable op, forward(Buffers) and a hand-derived backward(grad).
-
-Here the primitives, grouped as elementwise, reduce and movement, each written in Buffer operations.
-The fused ops (matmul, softmax, cross-entropy, layer norm, GELU, attention) live in `tinygpt.fused`,
-call named kernels (`tinygpt.kernels`) and are re-exported from here. `backward` returns one gradient
-per input (a tuple when there are several), with None for inputs that need no gradient.
+"""The primitives: the documented ops, grouped as elementwise, reduce and movement, each written in Buffer
+operations. `backward` returns one gradient per input (a tuple when there are several), with None for inputs
+that need no gradient.
 """
 from __future__ import annotations
 
 from tinygpt.buffer import Buffer
-from tinygpt.operation import Operation
+from tinygpt.mlops.operation import Operation
 from tinygpt.utils import DType, normalize_axes
 
 
@@ -262,15 +259,5 @@ class Tril(Operation):
         return grad.tril(self.diagonal)
 
 
-# ---- fused (in their own file, named here as the SPEC does) ------------------------------------------
-from tinygpt.fused import (  # noqa: E402  (after the primitives, as the SPEC lists them)
-    GELU, CrossEntropy, Dropout, Embedding, LayerNorm, Linear, LogSoftmax, Matmul, MultiHeadAttention,
-    ScaledDotProductAttention, Softmax,
-)
-
-__all__ = [
-    "Operation", "Add", "Sub", "Neg", "Mul", "Div", "Pow", "Log", "Exp", "Maximum", "Relu", "Cast", "Tanh", "GELU",
-    "Sum", "Max", "Reshape", "Expand", "Permute", "Slice", "Concatenate", "Tril", "Matmul", "Softmax",
-    "LogSoftmax", "CrossEntropy", "LayerNorm", "Embedding", "Dropout", "ScaledDotProductAttention",
-    "MultiHeadAttention", "Linear",
-]
+__all__ = ["Add", "Sub", "Neg", "Mul", "Div", "Pow", "Log", "Exp", "Maximum", "Relu", "Cast", "Tanh", "Sum", "Max",
+           "Reshape", "Expand", "Permute", "Slice", "Concatenate", "Tril"]

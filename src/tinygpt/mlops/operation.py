@@ -1,4 +1,4 @@
-"""Operation: the base class of every differentiable op (the primitives in mlops.py, the fused ops in fused.py)."""
+"""Operation: the base class of every differentiable op (the primitives, the fused ops and the modern recipe's)."""
 from __future__ import annotations
 
 from tinygpt.buffer import Buffer

@@ -1,6 +1,6 @@
 """The fused ops of the modern GPT recipe (modded-nanogpt's): RMSNorm, rotary embeddings with QK-norm, ReLU^2, soft-cap.
 
-Like the fused ops of mlops.py, they reach the array module through `Buffer.array`. Rotary embeddings
+Like the fused ops of fused.py, they reach the array module through `Buffer.array`. Rotary embeddings
 use the rotate-half convention of Hugging Face's LLaMA (`apply_rotary_pos_emb`): the pair
 (x[i], x[i + d/2]) is turned by the angle position * base^(-2i/d).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from tinygpt.buffer import Buffer
-from tinygpt.mlops import Operation
+from tinygpt.mlops.operation import Operation
 
 
 def rms_normalize(xp, rows, eps: float):
