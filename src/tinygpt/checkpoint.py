@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -31,13 +32,13 @@ import numpy as np
 
 from tinygpt import backend
 from tinygpt.config import NANOGPT_NAMES, ConfigError, TrainConfig
-from tinygpt.checkpoint_checks import (check_finite_weights, check_optimizer_covers_model, check_state,
-                                       check_weights_fit_config)
+from tinygpt.checkpoint_checks import check_finite_weights, check_optimizer_covers_model, check_weights_fit_config
 from tinygpt.files import CONFIG_FILE_BYTES, STATE_FILE_BYTES, TOKENIZER_FILE_BYTES, read_text, regular_file
 from tinygpt.dataset import file_digest
 from tinygpt.nn import GPT, GPTConfig
 from tinygpt.optimizers import Optimizer
 from tinygpt.tokenizer import BPETokenizer
+from tinygpt.utils import is_real
 
 CHECKPOINT_FORMAT = "tinygpt-checkpoint v1"
 CHECKPOINT_DIR, PREVIOUS_CHECKPOINT_DIR, STAGING_PREFIX = "ckpt", "ckpt.old", "ckpt.tmp-"
@@ -266,6 +267,76 @@ def check_architecture(checkpoint: Checkpoint, config: TrainConfig) -> None:
                           "use the checkpoint's architecture or drop --resume")
 
 
+# ---- state.json: its schema, written, checked and restored here ------------------------------------------
+HISTORY_SERIES = ("iterations", "losses", "learning_rates")
+
+
+def training_state(iteration: int, data_rng: np.random.Generator, dropout_rngs: list[dict | None],
+                   history: dict[str, list], elapsed: float, data: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """state.json's content for a run at `iteration` (save_checkpoint adds the SHA-256 of the files it writes)."""
+    return {"iteration": iteration, "data_rng": data_rng.bit_generator.state, "dropout_rng": dropout_rngs[0],
+            "dropout_rngs": dropout_rngs, "history": history, "elapsed": elapsed, "data": data}
+
+
+def check_state(state: Any) -> None:
+    """state.json as the training loop writes it: each field of STATE_FIELDS of its type and range, the required
+    ones present (the others came later: a checkpoint written before them lacks them)."""
+    if not isinstance(state, dict):
+        raise ValueError(f"expected an object, got {type(state).__name__}")
+    for name, (required, is_valid, expected) in STATE_FIELDS.items():
+        if (name in state or required) and not is_valid(state.get(name)):
+            raise ValueError(f"{name} must be {expected}, got {_shown(state.get(name))}")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_generator_state(value: Any) -> bool:
+    """Whether numpy's generator (PCG64, as np.random.default_rng makes for the sampler and dropout) takes it."""
+    try:
+        np.random.PCG64().state = value
+    except (TypeError, ValueError, KeyError):
+        return False
+    return True
+
+
+def _is_history(history: Any) -> bool:
+    return (isinstance(history, dict)
+            and all(isinstance(history.get(name), list) and all(map(is_real, history[name])) for name in HISTORY_SERIES)
+            and isinstance(history.get("evals"), list) and all(map(_is_eval_record, history["evals"])))
+
+
+def _is_eval_record(record: Any) -> bool:
+    return (isinstance(record, dict) and isinstance(record.get("iteration"), int)
+            and all(is_real(value) for value in record.values()))
+
+
+STATE_FIELDS = {  # name: (required, check, what it must be)
+    "iteration": (True, _is_count, "an integer >= 0"),
+    "data_rng": (True, _is_generator_state, "a PCG64 generator's state"),
+    "history": (True, _is_history, "an object of lists of numbers (iterations, losses, learning_rates) and evals, "
+                                   "a list of {iteration: integer, <name>: number} records"),
+    "dropout_rng": (False, lambda value: value is None or _is_generator_state(value),
+                    "a PCG64 generator's state or null"),
+    "dropout_rngs": (False, lambda value: isinstance(value, list) and all(item is None or _is_generator_state(item)
+                                                                         for item in value),
+                     "a list of PCG64 generator states (or nulls), one per rank"),
+    "elapsed": (False, lambda value: is_real(value) and math.isfinite(value) and value >= 0,
+                "the training seconds so far (a number >= 0)"),
+    "files": (False, lambda files: isinstance(files, dict) and all(isinstance(digest, str) for digest in files.values()),
+              "an object of {file name: SHA-256}"),
+    "data": (False, lambda data: isinstance(data, dict) and all(
+        isinstance(record, dict) and isinstance(record.get("sha256"), str) and isinstance(record.get("path"), str)
+        for record in data.values()), "an object of {setting: {path, sha256}}"),
+}
+
+
 def restore_training_state(checkpoint: Checkpoint, optimizer: Optimizer, data_rng: np.random.Generator,
                            device: str, rank: int = 0, ranks: int = 1) -> tuple[int, dict[str, list]]:
     """Put the optimizer and the random generators (the sampler's, and rank `rank` of `ranks`'s dropout one) back
@@ -307,4 +378,5 @@ def random_state(device: str) -> dict | None:
 
 
 __all__ = ["Checkpoint", "CHECKPOINT_DIR", "CHECKPOINT_FORMAT", "TOKENIZER_PREFIX", "find_checkpoint", "load_checkpoint",
-           "read_checkpoint_config", "save_checkpoint", "out_dir_lock", "data_record", "check_same_data", "check_architecture", "restore_training_state", "random_state"]
+           "read_checkpoint_config", "save_checkpoint", "out_dir_lock", "data_record", "check_same_data", "check_architecture", "restore_training_state", "random_state",
+           "training_state", "check_state", "HISTORY_SERIES"]

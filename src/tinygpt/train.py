@@ -21,10 +21,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tinygpt import backend
-from tinygpt.checkpoint import (CHECKPOINT_DIR, TOKENIZER_PREFIX, Checkpoint, check_architecture, check_same_data,
-                                data_record, find_checkpoint, load_checkpoint, out_dir_lock, random_state,
-                                read_checkpoint_config, restore_training_state, save_checkpoint)
-from tinygpt.checkpoint_checks import HISTORY_SERIES, check_finite_weights
+from tinygpt.checkpoint import (CHECKPOINT_DIR, HISTORY_SERIES, TOKENIZER_PREFIX, Checkpoint, check_architecture,
+                                check_same_data, data_record, find_checkpoint, load_checkpoint, out_dir_lock,
+                                random_state, read_checkpoint_config, restore_training_state, save_checkpoint,
+                                training_state)
+from tinygpt.checkpoint_checks import check_finite_weights
 from tinygpt.config import PRESETS, ConfigError, TrainConfig, check_device
 from tinygpt.corpus import (bytes_per_token, corpus_path, data_files, load_tokens, rank_batch, sequences_per_rank,
                             train_tokenizer, warn_of_other_data)
@@ -290,9 +291,7 @@ class Run:
         dropout_rngs = self.world.gather(random_state(self.config.device))
         if not self.world.is_main:
             return
-        state = {"iteration": self.iteration, "data_rng": self.data_rng.bit_generator.state,
-                 "dropout_rng": dropout_rngs[0], "dropout_rngs": dropout_rngs, "history": self.history,
-                 "elapsed": self.train_seconds, "data": self.data}
+        state = training_state(self.iteration, self.data_rng, dropout_rngs, self.history, self.train_seconds, self.data)
         self.directory = save_checkpoint(self.out_dir, self.model, self.optimizer, self.tokenizer, self.config, state)
         self.metrics.publish()  # a run that replaces another takes the out dir's metrics.jsonl only now
 
