@@ -11,7 +11,10 @@ vocab_size, dropout and bias keep theirs). `TrainConfig.from_settings` and `Trai
 from __future__ import annotations
 
 import json
+import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -55,6 +58,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 class ConfigError(ValueError):
     """A problem with the settings, the data or a checkpoint, told in one line (the CLI prints just that)."""
+
+
+@contextmanager
+def as_config_error(*kinds: type[Exception]) -> Iterator[None]:
+    """Within it, a ValueError (bad input, found by a lower layer) or an error of `kinds` becomes a ConfigError: the
+    one line the command prints, with no traceback."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, *kinds) as error:
+        raise ConfigError(str(error)) from None
 
 
 def default_model() -> GPTConfig:
@@ -139,8 +154,6 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {settings[name]}")
         if self.model.vocab_size < 256:
             raise ConfigError(f"vocab_size must be >= 256 (the byte tokens), got {self.model.vocab_size}")
-        if self.model.embedding_dim % self.model.num_heads:
-            raise ConfigError(f"n_embd {self.model.embedding_dim} is not divisible by n_head {self.model.num_heads}")
         for name in ("learning_rate", "weight_decay", "grad_clip"):
             if not settings[name] >= 0.0:
                 raise ConfigError(f"{name} must be >= 0, got {settings[name]}")
@@ -149,8 +162,6 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             if not 0.0 <= settings[name] < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {settings[name]}")
-        if not 0.0 <= self.model.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.model.dropout}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.lr_decay_iters is not None and self.lr_decay_iters < self.warmup_iters:
@@ -165,14 +176,14 @@ class TrainConfig:
                               f"got {self.model.vocab_size:,}")
         try:
             self.model.validate()
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
+        except ValueError as error:  # named as the model's fields: say the settings' names
+            raise ConfigError(re.sub(r"\b(\w+)\b", lambda word: NANOGPT_NAMES.get(word[1], word[1]), str(error))) from None
 
     @staticmethod
     def _check_types(settings: dict[str, Any]) -> None:
         """Each setting of the type its default has: integers, finite numbers, strings, booleans."""
         kinds = TrainConfig().settings()
-        try:
+        with as_config_error():
             for name, value in settings.items():
                 default = kinds[name]
                 if value is None and (default is None or name == "lr_decay_iters"):
@@ -186,8 +197,6 @@ class TrainConfig:
                     check_finite(name, value)
                 elif isinstance(default, str) and not isinstance(value, str):
                     raise ValueError(f"{name} must be a string, got {value!r}")
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
 
 
     def _validate_speedrun(self) -> None:
@@ -231,10 +240,8 @@ def check_settings(settings: dict[str, Any], origin: str) -> None:
 def check_device(device: str) -> None:
     """Refuse, in one line, a device this machine cannot run ("cuda" without CuPy or without a GPU)."""
     if device == "cuda":
-        try:
+        with as_config_error(RuntimeError):
             backend.array_module("cuda")
-        except RuntimeError as error:
-            raise ConfigError(str(error)) from None
         if not backend.cuda_available():
             raise ConfigError("device 'cuda': CuPy is installed but sees no CUDA GPU")
 
@@ -242,10 +249,8 @@ def check_device(device: str) -> None:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Flat settings from a .toml (Python 3.11+, tomllib) or .json file, checked by name and type."""
     path = Path(path)
-    try:
+    with as_config_error(OSError):
         text = read_text(path, "config file", CONFIG_FILE_BYTES)
-    except (OSError, ValueError) as error:
-        raise ConfigError(str(error)) from None
     if path.suffix == ".toml":
         if sys.version_info < (3, 11):
             raise ConfigError(f"config file {path}: TOML needs Python 3.11+ (tomllib); write it as .json instead")

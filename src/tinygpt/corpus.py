@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygpt.config import ConfigError, TrainConfig
+from tinygpt.config import ConfigError, TrainConfig, as_config_error
 from tinygpt.dataset import (check_corpus_file, default_corpus_path, get_batch, read_corpus_text, tokenize_corpus,
                              train_val_split)
 from tinygpt.distributed import World
@@ -20,18 +20,14 @@ def corpus_path(config: TrainConfig) -> Path:
 
 
 def checked_text_file(path: str | Path) -> Path:
-    try:
+    with as_config_error(FileNotFoundError):
         return check_corpus_file(path)
-    except (FileNotFoundError, ValueError) as error:
-        raise ConfigError(str(error)) from None
 
 
 def read_tokens(path: Path, tokenizer: BPETokenizer) -> np.ndarray:
     """A text file as token ids (cached, memory-mapped)."""
-    try:
+    with as_config_error():
         return tokenize_corpus(path, tokenizer)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
 
 
 def data_files(path: Path, config: TrainConfig) -> dict[str, Path]:
@@ -51,10 +47,8 @@ def train_tokenizer(path: Path, vocab_size: int) -> BPETokenizer:
     """Byte level (no merges) for vocab_size 256, else a BPETokenizer trained on the corpus."""
     tokenizer = BPETokenizer()
     if vocab_size > 256:
-        try:
+        with as_config_error():
             tokenizer.train(read_corpus_text(path), vocab_size)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
     return tokenizer
 
 

@@ -26,7 +26,7 @@ from tinygpt.checkpoint import (CHECKPOINT_DIR, HISTORY_SERIES, TOKENIZER_PREFIX
                                 random_state, read_checkpoint_config, restore_training_state, save_checkpoint,
                                 training_state)
 from tinygpt.checkpoint_checks import check_finite_weights
-from tinygpt.config import PRESETS, ConfigError, TrainConfig, check_device
+from tinygpt.config import PRESETS, ConfigError, TrainConfig, as_config_error, check_device
 from tinygpt.corpus import (bytes_per_token, corpus_path, data_files, load_tokens, rank_batch, sequences_per_rank,
                             train_tokenizer, warn_of_other_data)
 from tinygpt.distributed import World, get_world
@@ -478,10 +478,8 @@ def finish_run(run: Run, started: float) -> TrainResult:
 def sample_text(model: GPT, tokenizer: BPETokenizer, prompt: str, max_new_tokens: int, temperature: float = 0.8,
                 top_k: int | None = 200, seed: int = 1337, device: str = "cpu", top_p: float | None = None) -> str:
     """The prompt followed by max_new_tokens tokens drawn from the model, as text (stream_text, joined)."""
-    try:
+    with as_config_error():
         return "".join(stream_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed, device))
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
 
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingInterrupted", "PRESETS", "ConfigError", "Checkpoint", "train", "whole_split_loss", "split_windows",

@@ -6,7 +6,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from tinygpt.config import ConfigError, TrainConfig
+from tinygpt.config import TrainConfig, as_config_error
 from tinygpt.instruments.flops import gpt_step_flops, measure_peak_flops, mfu
 from tinygpt.instruments.stats import LayerStats, plot_stats
 from tinygpt.instruments.tensorboard import TENSORBOARD_DIR, TensorBoardLog
@@ -28,10 +28,8 @@ class RunInstruments:
         self.stats = LayerStats(model) if config.log_stats and out_dir is not None else None
         self.board = None
         if config.tensorboard and out_dir is not None:
-            try:
+            with as_config_error(RuntimeError):
                 self.board = TensorBoardLog(out_dir / TENSORBOARD_DIR)
-            except RuntimeError as error:
-                raise ConfigError(str(error)) from None
         self.stats_record: dict[str, Any] | None = None
 
     def mfu(self, seconds: float) -> float:
