@@ -83,3 +83,17 @@ def test_a_corpus_is_tokenised_in_bounded_memory_whatever_its_line_endings(works
     path.unlink()
     assert result.returncode == 0, result.stderr[-2000:]
     assert int(result.stdout) == len(long_text.replace("\n", line_end).encode("utf-8"))
+
+
+# ---- the library's readers ---------------------------------------------------------------------------
+
+LOAD_TOKENIZER = ("import sys; from tinygpt.tokenizer import BPETokenizer\n"
+                  "try:\n    BPETokenizer().load(sys.argv[1])\nexcept ValueError as error:\n    print(error)")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bpe_tokenizer_load_refuses_a_file_that_is_not_a_regular_file(workspace, kind):
+    path = hostile(workspace, kind, "hostile.model")
+    result = run_capped([sys.executable, "-c", LOAD_TOKENIZER, str(path)], timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "hostile.model" in result.stdout and EXPECTED[kind] in result.stdout

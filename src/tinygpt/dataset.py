@@ -53,9 +53,9 @@ def tokenizer_fingerprint(tokenizer: BPETokenizer) -> str:
 
 
 def file_digest(path: Path) -> str:
-    """The SHA-256 of a file's bytes, hex, read a block at a time."""
+    """The SHA-256 of a file's bytes, hex, read a block at a time (a regular file: a FIFO is refused, not waited on)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as file:
+    with open_regular(path, "file") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
