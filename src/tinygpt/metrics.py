@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tinygpt.files import METRICS_FILE_BYTES, read_text
+from tinygpt.figures import save_figure
 from tinygpt.serialization import atomic_write
 
 METRICS_FILE, PENDING_METRICS_FILE, PLOT_FILE = "metrics.jsonl", ".metrics.jsonl.pending", "loss.png"
@@ -111,8 +112,7 @@ def plot_metrics(records: list[dict[str, Any]], path: Path) -> Path | None:
     axes.grid(alpha=0.3, which="both")
     axes.legend()
     figure.tight_layout()
-    atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=100, format="png"))
-    return path
+    return save_figure(figure, path, dpi=100, format="png")
 
 
 __all__ = ["METRICS_FILE", "PLOT_FILE", "MetricsLog", "read_metrics", "plot_metrics"]
