@@ -210,3 +210,9 @@ def test_a_tokenizer_json_that_is_a_fifo_is_refused(workspace, hf_copy):
     (hf_copy / "tokenizer.json").unlink()
     os.mkfifo(hf_copy / "tokenizer.json")
     assert_refused_naming(init_from(workspace, hf_copy), "tokenizer.json", "FIFO")
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer.json"])
+def test_a_json_file_nested_too_deeply_is_one_line(workspace, hf_copy, name):
+    (hf_copy / name).write_text("[" * 200_000)
+    assert_refused_naming(init_from(workspace, hf_copy), name)

@@ -54,7 +54,7 @@ def _record(line: str) -> dict[str, Any] | None:
     """The record of one line: a JSON object with a string "type" and an integer "iter", or None."""
     try:
         record = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(record, dict) or not isinstance(record.get("type"), str) or not isinstance(record.get("iter"), int):
         return None

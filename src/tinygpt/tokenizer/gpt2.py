@@ -17,7 +17,7 @@ from typing import Iterable
 
 import numpy as np
 
-from tinygpt.files import TOKENIZER_FILE_BYTES, read_text
+from tinygpt.files import TOKENIZER_FILE_BYTES, read_json, read_text
 from tinygpt.serialization import atomic_write
 from tinygpt.tensor import Tensor
 from tinygpt.tokenizer.checks import check_merge_count, check_token_id
@@ -269,10 +269,9 @@ def _field(record: dict, key: str, kind: type, default: object, path: Path):
 
 
 def _read_json(path: Path):
-    text = read_text(path, "tokenizer file", TOKENIZER_FILE_BYTES)
     try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as error:
+        return read_json(path, "tokenizer file", TOKENIZER_FILE_BYTES)
+    except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not readable JSON ({error})") from None
 
 
