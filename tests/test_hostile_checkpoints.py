@@ -78,6 +78,7 @@ def resume(workspace, out_dir, *extra):
 @pytest.mark.parametrize("field, value, message", [
     ("num_layers", 1_000_000_000, "weights.safetensors"),
     ("embedding_dim", 10**7, "weights.safetensors"),
+    ("max_seq_length", 10**9, "max_seq_length"),
     ("num_heads", 0, "num_heads must be an integer >= 1"),
     ("vocab_size", "many", "vocab_size must be an integer >= 1"),
     ("dropout", 2.0, "dropout must be in [0, 1)"),
