@@ -78,6 +78,7 @@ def resume(workspace, out_dir, *extra):
 @pytest.mark.parametrize("field, value, message", [
     ("num_layers", 1_000_000_000, "weights.safetensors"),
     ("embedding_dim", 10**7, "weights.safetensors"),
+    ("max_seq_length", 10**9, "max_seq_length"),
     ("num_heads", 0, "num_heads must be an integer >= 1"),
     ("vocab_size", "many", "vocab_size must be an integer >= 1"),
     ("dropout", 2.0, "dropout must be in [0, 1)"),
@@ -246,13 +247,17 @@ def test_a_full_disk_keeps_the_old_checkpoint_and_removes_the_staging_directory(
 
 # ---- the token cache ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("damage", ["random bytes", "a third"])
+@pytest.mark.parametrize("damage", ["random bytes", "a third", "FIFO"])
 def test_a_damaged_token_cache_is_rebuilt(workspace, trained, damage):
     cache_dir = workspace / "token-cache"
     (cache_file,) = [path for path in cache_dir.iterdir() if not path.name.startswith(".")]
     data = cache_file.read_bytes()
-    damaged = np.random.default_rng(0).bytes(len(data)) if damage == "random bytes" else data[:len(data) // 3]
-    cache_file.write_bytes(damaged)
+    if damage == "FIFO":  # opened blindly, it would block the run forever
+        cache_file.unlink()
+        os.mkfifo(cache_file)
+    else:
+        damaged = np.random.default_rng(0).bytes(len(data)) if damage == "random bytes" else data[:len(data) // 3]
+        cache_file.write_bytes(damaged)
     result = tinygpt(workspace, "train", "--data", "corpus.txt", "--out-dir", f"rebuilt-{damage[0]}", *TINY,
                      "--max-iters", "2")
     assert result.returncode == 0, result.stderr

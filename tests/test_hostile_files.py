@@ -83,3 +83,43 @@ def test_a_corpus_is_tokenised_in_bounded_memory_whatever_its_line_endings(works
     path.unlink()
     assert result.returncode == 0, result.stderr[-2000:]
     assert int(result.stdout) == len(long_text.replace("\n", line_end).encode("utf-8"))
+
+
+# ---- the library's readers ---------------------------------------------------------------------------
+
+LOAD_TOKENIZER = ("import sys; from tinygpt.tokenizer import BPETokenizer\n"
+                  "try:\n    BPETokenizer().load(sys.argv[1])\nexcept ValueError as error:\n    print(error)")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bpe_tokenizer_load_refuses_a_file_that_is_not_a_regular_file(workspace, kind):
+    path = hostile(workspace, kind, "hostile.model")
+    result = run_capped([sys.executable, "-c", LOAD_TOKENIZER, str(path)], timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "hostile.model" in result.stdout and EXPECTED[kind] in result.stdout
+
+
+# ---- JSON nested deeper than the parser can follow ------------------------------------------------------
+
+DEEP_JSON = "[" * 200_000  # a RecursionError in json.loads, were it not caught
+
+
+@pytest.mark.parametrize("suffix, text", [(".json", DEEP_JSON), (".toml", "a = " + DEEP_JSON)])
+def test_a_config_file_nested_too_deeply_is_one_line(workspace, suffix, text):
+    (workspace / f"deep{suffix}").write_text(text)
+    result = tinygpt(workspace, "train", "--config", f"deep{suffix}", "--out-dir", "never", *TINY)
+    assert_one_line_error(result, f"deep{suffix}")
+
+
+@pytest.mark.parametrize("name", ["config.json", "state.json"])
+def test_a_checkpoint_file_nested_too_deeply_is_one_line(workspace, copy, name):
+    (copy / "ckpt" / name).write_text(DEEP_JSON)
+    result = tinygpt(workspace, "sample", "--out-dir", str(copy), "--max-new-tokens", "2")
+    assert_one_line_error(result, name)
+
+
+def test_a_metrics_line_nested_too_deeply_is_one_line(workspace, copy):
+    lines = (copy / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (copy / "metrics.jsonl").write_text(DEEP_JSON + "\n" + "".join(lines[1:]))
+    result = tinygpt(workspace, "train", "--data", "corpus.txt", "--out-dir", str(copy), "--resume", "--max-iters", "6")
+    assert_one_line_error(result, "metrics.jsonl", "line 1")

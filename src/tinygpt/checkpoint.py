@@ -33,7 +33,7 @@ import numpy as np
 from tinygpt import backend
 from tinygpt.config import NANOGPT_NAMES, ConfigError, TrainConfig
 from tinygpt.checkpoint_checks import check_finite_weights, check_optimizer_covers_model, check_weights_fit_config
-from tinygpt.files import CONFIG_FILE_BYTES, STATE_FILE_BYTES, TOKENIZER_FILE_BYTES, read_text, regular_file
+from tinygpt.files import CONFIG_FILE_BYTES, STATE_FILE_BYTES, TOKENIZER_FILE_BYTES, read_json, regular_file
 from tinygpt.dataset import file_digest
 from tinygpt.nn import GPT, GPTConfig
 from tinygpt.optimizers import Optimizer
@@ -63,7 +63,7 @@ def find_checkpoint(out_dir: str | os.PathLike) -> Path:
 def read_checkpoint_config(directory: Path) -> dict[str, Any]:
     """config.json of a checkpoint: {"format", "model": GPTConfig as a dict, "train": flat settings}."""
     try:
-        config = json.loads(read_text(directory / CONFIG_FILE, "checkpoint file", CONFIG_FILE_BYTES))
+        config = read_json(directory / CONFIG_FILE, "checkpoint file", CONFIG_FILE_BYTES)
         if config.get("format") != CHECKPOINT_FORMAT or not isinstance(config["model"], dict):
             raise ValueError(f"format {config.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
         config["train"] = dict(config["train"])
@@ -121,7 +121,7 @@ def load_checkpoint(out_dir: str | os.PathLike) -> Checkpoint:
     directory = find_checkpoint(out_dir)
     config = read_checkpoint_config(directory)
     try:
-        state = json.loads(read_text(directory / STATE_FILE, "checkpoint file", STATE_FILE_BYTES))
+        state = read_json(directory / STATE_FILE, "checkpoint file", STATE_FILE_BYTES)
         check_state(state)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ConfigError(f"corrupt checkpoint {directory}: cannot read {STATE_FILE} ({error})") from None

@@ -256,9 +256,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"config file {path}: TOML needs Python 3.11+ (tomllib); write it as .json instead")
         import tomllib
 
-        parse, errors = tomllib.loads, (tomllib.TOMLDecodeError,)
+        parse, errors = tomllib.loads, (tomllib.TOMLDecodeError, RecursionError)
     elif path.suffix == ".json":
-        parse, errors = json.loads, (ValueError,)
+        parse, errors = json.loads, (ValueError, RecursionError)
     else:
         raise ConfigError(f"config file {path}: expected a .toml or .json file")
     try:

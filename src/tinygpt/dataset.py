@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import os
+import stat
 import struct
 import warnings
 from abc import ABC, abstractmethod
@@ -19,7 +20,7 @@ from typing import Iterator
 import numpy as np
 import regex
 
-from tinygpt.files import decode_utf8, open_regular, regular_file
+from tinygpt.files import decode_utf8, file_kind, open_regular, regular_file
 from tinygpt.serialization import atomic_write
 from tinygpt.tensor import Tensor
 from tinygpt.tokenizer import BPETokenizer, can_cut_at_newlines
@@ -53,9 +54,9 @@ def tokenizer_fingerprint(tokenizer: BPETokenizer) -> str:
 
 
 def file_digest(path: Path) -> str:
-    """The SHA-256 of a file's bytes, hex, read a block at a time."""
+    """The SHA-256 of a file's bytes, hex, read a block at a time (a regular file: a FIFO is refused, not waited on)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as file:
+    with open_regular(path, "file") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -183,8 +184,11 @@ def tokenize_corpus(data_file_path: str | Path, tokenizer: BPETokenizer,
 
 def _cache_problem(cache_file: Path, dtype: np.dtype, largest_id: int) -> str | None:
     """Why a token cache cannot be used (its length, checksum or ids disagree with its header), or None."""
-    size = cache_file.stat().st_size
-    with open(cache_file, "rb") as file:
+    status = cache_file.stat()
+    if not stat.S_ISREG(status.st_mode):
+        return f"is {file_kind(status.st_mode)}, not a regular file"
+    size = status.st_size
+    with open_regular(cache_file, "token cache") as file:
         header = file.read(CACHE_HEADER.size)
         if len(header) < CACHE_HEADER.size:
             return "is shorter than its header"

@@ -8,6 +8,7 @@ what it is.
 """
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -88,6 +89,20 @@ def read_text(path: str | os.PathLike, what: str, limit: int) -> str:
     return decode_utf8(read_bytes(path, what, limit), f"{what} {path}")
 
 
+def parse_json(text: str, what: str):
+    """The value of JSON text; a JSONDecodeError (a ValueError) when it is not JSON, and a ValueError naming `what`
+    when it nests deeper than Python's parser follows (which would otherwise end in a RecursionError)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{what} is not readable JSON: it nests too deeply") from None
+
+
+def read_json(path: str | os.PathLike, what: str, limit: int):
+    """The JSON value of a regular file of at most `limit` bytes (see read_text and parse_json)."""
+    return parse_json(read_text(path, what, limit), f"{what} {path}")
+
+
 def read_stream(stream: BinaryIO, what: str, limit: int) -> bytes:
     """At most `limit` bytes of an open stream (stdin); ValueError when it holds more."""
     data = stream.read(limit + 1)
@@ -96,4 +111,5 @@ def read_stream(stream: BinaryIO, what: str, limit: int) -> bytes:
     return data
 
 
-__all__ = ["regular_file", "open_regular", "read_bytes", "read_text", "read_stream", "decode_utf8", "file_kind"]
+__all__ = ["regular_file", "open_regular", "read_bytes", "read_text", "read_json", "parse_json", "read_stream", "decode_utf8",
+           "file_kind"]

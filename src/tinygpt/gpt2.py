@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from tinygpt.files import CONFIG_FILE_BYTES, read_text
+from tinygpt.files import CONFIG_FILE_BYTES, read_json
 from tinygpt.module import Module
 from tinygpt.serialization import atomic_write, load_arrays, save_arrays
 
@@ -57,7 +57,7 @@ def read_gpt2_config(directory: Path) -> dict[str, Any]:
     """The GPT arguments (and "layer_norm_epsilon") of a Hugging Face GPT-2 config.json; anything GPT-2's
     architecture as we build it cannot express raises ValueError naming it."""
     try:
-        config = json.loads(read_text(directory / CONFIG_FILE, CONFIG_FILE, CONFIG_FILE_BYTES))
+        config = read_json(directory / CONFIG_FILE, CONFIG_FILE, CONFIG_FILE_BYTES)
     except (OSError, ValueError) as error:
         raise ValueError(f"{directory}: no readable GPT-2 config.json ({error})") from None
     if not isinstance(config, dict):
@@ -93,7 +93,7 @@ def read_gpt2_weights(directory: Path, num_layers: int) -> list[tuple[str, np.nd
 def is_gpt2_directory(directory: Path) -> bool:
     """Whether a directory holds a Hugging Face GPT-2 (config.json of model_type gpt2 and model.safetensors)."""
     try:
-        config = json.loads(read_text(directory / CONFIG_FILE, CONFIG_FILE, CONFIG_FILE_BYTES))
+        config = read_json(directory / CONFIG_FILE, CONFIG_FILE, CONFIG_FILE_BYTES)
     except (OSError, ValueError):
         return (directory / CONFIG_FILE).exists() and (directory / WEIGHTS_FILE).exists()  # then _from_gpt2 says why
     return isinstance(config, dict) and config.get("model_type") == "gpt2" and (directory / WEIGHTS_FILE).is_file()

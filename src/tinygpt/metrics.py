@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from tinygpt.files import METRICS_FILE_BYTES, read_text
+from tinygpt.figures import save_figure
 from tinygpt.serialization import atomic_write
 
 METRICS_FILE, PENDING_METRICS_FILE, PLOT_FILE = "metrics.jsonl", ".metrics.jsonl.pending", "loss.png"
+STATS_PLOT = "stats.png"  # drawn from the "stats" records by tinygpt.instruments
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -53,7 +55,7 @@ def _record(line: str) -> dict[str, Any] | None:
     """The record of one line: a JSON object with a string "type" and an integer "iter", or None."""
     try:
         record = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(record, dict) or not isinstance(record.get("type"), str) or not isinstance(record.get("iter"), int):
         return None
@@ -79,12 +81,13 @@ class MetricsLog:
             file.write(json.dumps(record) + "\n")
 
     def publish(self) -> None:
-        """Put pending records in place of metrics.jsonl, and remove the replaced run's plot (once the run they belong
+        """Put pending records in place of metrics.jsonl, and remove the replaced run's pictures (once the run they belong
         to has a checkpoint)."""
         if self.path != self.final_path:
             os.replace(self.path, self.final_path)
             self.path = self.final_path
-            self.final_path.with_name(PLOT_FILE).unlink(missing_ok=True)
+            for picture in (PLOT_FILE, STATS_PLOT):
+                self.final_path.with_name(picture).unlink(missing_ok=True)
 
 
 def plot_metrics(records: list[dict[str, Any]], path: Path) -> Path | None:
@@ -111,8 +114,7 @@ def plot_metrics(records: list[dict[str, Any]], path: Path) -> Path | None:
     axes.grid(alpha=0.3, which="both")
     axes.legend()
     figure.tight_layout()
-    atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=100, format="png"))
-    return path
+    return save_figure(figure, path, dpi=100, format="png")
 
 
-__all__ = ["METRICS_FILE", "PLOT_FILE", "MetricsLog", "read_metrics", "plot_metrics"]
+__all__ = ["METRICS_FILE", "PLOT_FILE", "STATS_PLOT", "MetricsLog", "read_metrics", "plot_metrics"]

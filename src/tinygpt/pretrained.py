@@ -13,7 +13,7 @@ from tinygpt import gpt2
 from tinygpt.checkpoint import CHECKPOINT_DIR, load_checkpoint
 from tinygpt.checkpoint_checks import check_weights_fit_config
 from tinygpt.config import ConfigError
-from tinygpt.tokenizer.gpt2 import TOKENIZER_JSON, VOCAB_FILE, GPT2Tokenizer, load_gpt2_tokenizer
+from tinygpt.tokenizer.gpt2 import GPT2Tokenizer, has_gpt2_tokenizer, load_gpt2_tokenizer
 from tinygpt.nn import GPT, GPTConfig
 from tinygpt.tensor import Tensor, no_grad
 from tinygpt.tokenizer import BPETokenizer
@@ -51,10 +51,9 @@ def _from_gpt2(directory: Path) -> Pretrained:
     except (OSError, ValueError) as error:
         raise ConfigError(f"--init-from {directory}: {error}") from None
     try:
-        tokenizer = load_gpt2_tokenizer(directory) if _has_tokenizer(directory) else None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError) as error:
-        raise ConfigError(f"--init-from {directory}: its tokenizer files are malformed ({type(error).__name__}: "
-                          f"{error})") from None
+        tokenizer = load_gpt2_tokenizer(directory) if has_gpt2_tokenizer(directory) else None
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"--init-from {directory}: {error}") from None
     if tokenizer is None:
         return Pretrained(model, None)
     file_ids = _file_ids(tokenizer)
@@ -85,10 +84,6 @@ def check_finite_parameters(model: GPT, path: Path) -> None:
     for name, tensor in model.named_parameters():
         if not np.isfinite(tensor.numpy()).all():
             raise ValueError(f"{path.name} holds non-finite values in {name}: not a usable model")
-
-
-def _has_tokenizer(directory: Path) -> bool:
-    return (directory / TOKENIZER_JSON).is_file() or (directory / VOCAB_FILE).is_file()
 
 
 def _file_ids(tokenizer: GPT2Tokenizer) -> list[int]:

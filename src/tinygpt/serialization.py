@@ -10,7 +10,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from tinygpt.files import regular_file, read_text
+from tinygpt.files import read_json, regular_file
 
 FORMATS = (".safetensors", ".json")
 JSON_WEIGHTS_BYTES = 1 << 30  # the readable format is for small models
@@ -84,7 +84,7 @@ def load_arrays(path: str | os.PathLike, with_metadata: bool = False):
             raise ValueError(f"{path}: not a valid safetensors file ({error})") from None
     else:
         try:
-            record = json.loads(read_text(path, "weights file", JSON_WEIGHTS_BYTES))
+            record = read_json(path, "weights file", JSON_WEIGHTS_BYTES)
             metadata = record.get("metadata", {})
             arrays = {name: np.array(entry["data"], dtype=_numeric_dtype(entry["dtype"])).reshape(entry["shape"])
                       for name, entry in record["tensors"].items()}

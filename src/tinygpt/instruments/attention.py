@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from tinygpt import mlops
+from tinygpt.figures import save_figure
 from tinygpt.instruments.scopes import OpObserver
 from tinygpt.module import Module
 from tinygpt.tensor import Tensor, no_grad
@@ -74,10 +75,7 @@ def draw_attention(probabilities: np.ndarray, tokens: Sequence[str], path: str |
             axes.set_xticks(range(length), tokens, rotation=90, fontsize=7)
             axes.set_yticks(range(length), tokens if head == 0 else [""] * length, fontsize=7)
     figure.colorbar(image, ax=grid, shrink=0.6, label="attention probability")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100, bbox_inches="tight")
-    return path
+    return save_figure(figure, path, dpi=100, bbox_inches="tight")
 
 
 def token_labels(pieces: Sequence[str]) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterable
 from weakref import WeakKeyDictionary
 
+from tinygpt.figures import save_figure
 from tinygpt.instruments.scopes import ModuleScopes, OpObserver
 from tinygpt.module import Module
 from tinygpt.tensor import Tensor
@@ -159,10 +160,7 @@ class Graph:
             x, y = positions[node.key]
             axes.text(x, y, node.label, ha="center", va="center", fontsize=7,
                       bbox=dict(boxstyle="round,pad=0.3", facecolor=COLORS[node.kind], edgecolor="#555555", lw=0.6))
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path)
-        return path
+        return save_figure(figure, path)
 
 
 def layout(nodes: dict[int, Node]) -> dict[int, tuple[float, int]]:

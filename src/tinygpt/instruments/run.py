@@ -10,9 +10,9 @@ from tinygpt.config import TrainConfig, as_config_error
 from tinygpt.instruments.flops import gpt_step_flops, measure_peak_flops, mfu
 from tinygpt.instruments.stats import LayerStats, plot_stats
 from tinygpt.instruments.tensorboard import TENSORBOARD_DIR, TensorBoardLog
+from tinygpt.metrics import STATS_PLOT
 from tinygpt.nn import GPT
 
-STATS_PLOT = "stats.png"
 
 
 class RunInstruments:

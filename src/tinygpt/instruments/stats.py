@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from tinygpt.figures import save_figure
 from tinygpt.instruments.scopes import ModuleScopes
 from tinygpt.module import Module
 from tinygpt.nn import TransformerBlock
@@ -113,9 +114,7 @@ def plot_stats(records: list[dict[str, Any]], path: Path) -> Path | None:
         axes.grid(alpha=0.3, which="both")
     figure.axes[0].legend(fontsize="small")
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    return path
+    return save_figure(figure, path, dpi=100)
 
 
 __all__ = ["LayerStats", "STATISTICS", "layer_of", "per_layer", "plot_stats"]

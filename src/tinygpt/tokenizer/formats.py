@@ -30,6 +30,7 @@ from pathlib import Path
 
 import regex
 
+from tinygpt.files import TOKENIZER_FILE_BYTES, read_bytes
 from tinygpt.tokenizer.checks import (check_merge_count, check_merges, check_pattern_length, check_special_tokens,
                                       check_token_id, compile_pattern)
 from tinygpt.tokenizer.shorthands import spell_out_shorthands
@@ -77,8 +78,9 @@ def merges_in_order(merges: dict[tuple[int, int], int]) -> list[tuple[int, int]]
 def read_model(model_file: Path) -> tuple[bool, str, dict[str, int], dict[tuple[int, int], int]]:
     """Whether `model_file` is in the original's layout, and its pattern, special tokens and merges, all
     checked; a corrupt or foreign file raises ValueError naming the file."""
+    data = read_bytes(model_file, "tokenizer model file", TOKENIZER_FILE_BYTES)
     try:
-        lines = model_file.read_text(encoding="utf-8").split("\n")
+        lines = data.decode("utf-8").split("\n")
     except UnicodeDecodeError as error:
         raise ValueError(f"{model_file}: not a TinyGPT BPE model file (not UTF-8 text)") from error
     original = is_original_layout(lines[0])

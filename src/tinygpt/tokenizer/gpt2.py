@@ -10,14 +10,17 @@ at the boundary, so that its ids are the files' ids.
 from __future__ import annotations
 
 import functools
+import io
 import json
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
+from tinygpt.files import TOKENIZER_FILE_BYTES, read_json, read_text
 from tinygpt.serialization import atomic_write
 from tinygpt.tensor import Tensor
+from tinygpt.tokenizer.checks import check_merge_count, check_token_id
 from tinygpt.tokenizer.patterns import RegexPatterns
 from tinygpt.tokenizer.tokenizer import BPETokenizer
 
@@ -46,11 +49,25 @@ def token_text(token: bytes) -> str:
 
 def token_bytes(text: str) -> bytes:
     """Inverse of token_text; a character outside GPT-2's table raises ValueError."""
-    decoder = {character: byte for byte, character in bytes_to_unicode().items()}
+    decoder = _byte_of_character()
     try:
         return bytes(decoder[character] for character in text)
     except KeyError as error:
         raise ValueError(f"token {text!r} has the character {error.args[0]!r}, which is not a GPT-2 byte") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_of_character() -> dict[str, int]:
+    return {character: byte for byte, character in bytes_to_unicode().items()}
+
+
+def new_token(first: bytes, second: bytes, built: set[bytes] | dict[bytes, int], vocab: dict[bytes, int]) -> bytes:
+    """first + second, if the merge of these two tokens already `built` makes a new token of `vocab`; else ValueError."""
+    token = first + second
+    if first not in built or second not in built or token not in vocab or token in built:
+        raise ValueError(f"the merge {token_text(first)!r} {token_text(second)!r} does not build a new token of the "
+                         "vocabulary from earlier ones")
+    return token
 
 
 class GPT2Tokenizer(BPETokenizer):
@@ -65,10 +82,11 @@ class GPT2Tokenizer(BPETokenizer):
             raise ValueError(f"the vocabulary lacks the byte tokens {[token_text(bytes([b])) for b in missing[:5]]}")
         canonical = {}
         for rank, (first, second) in enumerate(merges):
-            if first not in ours or second not in ours or first + second not in vocab or first + second in ours:
-                raise ValueError(f"merge {rank} ({token_text(first)!r} {token_text(second)!r}) does not build a "
-                                 "new token of the vocabulary from earlier ones")
-            ours[first + second] = canonical[(ours[first], ours[second])] = 256 + rank
+            try:
+                token = new_token(first, second, ours, vocab)
+            except ValueError as error:
+                raise ValueError(f"merge {rank}: {error}") from None
+            ours[token] = canonical[(ours[first], ours[second])] = 256 + rank
         self._tokens = sorted(ours, key=ours.get)  # the bytes of our id i
         self.file_ids = np.array([vocab[token] for token in self._tokens], dtype=np.int64)
         self._our_ids = {int(file_id): our_id for our_id, file_id in enumerate(self.file_ids)}
@@ -103,66 +121,131 @@ class GPT2Tokenizer(BPETokenizer):
 
 
 # ---- reading -----------------------------------------------------------------------------------------
+# Every file is read through tinygpt.files (a regular file of at most TOKENIZER_FILE_BYTES), its JSON types are
+# checked before they are used, and each merge is checked as it is read; any defect is a ValueError naming the file.
+JSON_KINDS = {dict: "a JSON object", list: "a JSON list", str: "a JSON string"}
+
+
+def has_gpt2_tokenizer(directory: str | Path) -> bool:
+    """Whether the directory has tokenizer.json or vocab.json (anything by that name: reading it says what is wrong)."""
+    return any(_present(Path(directory) / name) for name in (TOKENIZER_JSON, VOCAB_FILE))
+
+
 def load_gpt2_tokenizer(directory: str | Path) -> GPT2Tokenizer:
     """Read tokenizer.json if the directory has one, else vocab.json + merges.txt (GPT-2's pattern)."""
     directory = Path(directory)
-    if (directory / TOKENIZER_JSON).is_file():
+    if _present(directory / TOKENIZER_JSON):
         return _from_tokenizer_json(directory / TOKENIZER_JSON)
-    if not (directory / VOCAB_FILE).is_file() or not (directory / MERGES_FILE).is_file():
+    if not _present(directory / VOCAB_FILE) or not _present(directory / MERGES_FILE):
         raise ValueError(f"{directory}: no GPT-2 tokenizer (tokenizer.json, or vocab.json and merges.txt)")
-    vocab = _read_json(directory / VOCAB_FILE)
-    lines = (directory / MERGES_FILE).read_text(encoding="utf-8").split("\n")
-    merges = [line.split(" ") for line in lines if line and not line.startswith("#version")]
-    return _build(directory, RegexPatterns.GPT2, vocab, merges, special_texts=set())
+    vocab = _checked_vocab(_read_json(directory / VOCAB_FILE), directory / VOCAB_FILE)
+    merges_path = directory / MERGES_FILE
+    lines = io.StringIO(read_text(merges_path, "tokenizer file", TOKENIZER_FILE_BYTES), newline="\n")
+    entries = ((f"{merges_path} line {number}", line.removesuffix("\n")) for number, line in enumerate(lines, start=1)
+               if line.strip("\n") and not (number == 1 and line.startswith("#version")))
+    return _build(directory / VOCAB_FILE, RegexPatterns.GPT2, vocab, _read_merges(entries, vocab), special_texts=set())
 
 
 def _from_tokenizer_json(path: Path) -> GPT2Tokenizer:
-    record = _read_json(path)
-    model = record.get("model") or {}
+    record = _field({"the file": _read_json(path)}, "the file", dict, None, path)
+    model = _field(record, "model", dict, None, path)
     if model.get("type") != "BPE" or record.get("normalizer") is not None:
-        raise ValueError(f"{path}: not a byte-level BPE without normalizer (model {model.get('type')!r})")
-    merges = [merge.split(" ") if isinstance(merge, str) else merge for merge in model.get("merges", [])]
-    special_texts = {token["content"] for token in record.get("added_tokens", []) if token.get("special")}
-    vocab = dict(model.get("vocab", {}))
-    vocab.update({token["content"]: token["id"] for token in record.get("added_tokens", [])})
+        raise ValueError(f"{path}: not a byte-level BPE without normalizer (model {model.get('type')!r:.40})")
+    vocab = _checked_vocab(_field(model, "vocab", dict, {}, path), path)
+    added = _added_tokens(_field(record, "added_tokens", list, [], path), path)
+    vocab.update({text: index for text, (index, _) in added.items()})
+    _check_distinct_ids(vocab, path)
+    entries = ((f"{path} merge {rank}", merge) for rank, merge in enumerate(_field(model, "merges", list, [], path)))
+    merges = _read_merges(entries, vocab)
+    special_texts = {text for text, (_, special) in added.items() if special}
     return _build(path, _pattern_of(record.get("pre_tokenizer"), path), vocab, merges, special_texts)
 
 
-def _pattern_of(pre_tokenizer: dict | None, path: Path) -> str:
+def _added_tokens(tokens: list, path: Path) -> dict[str, tuple[int, bool]]:
+    """`{content: (id, special)}` of tokenizer.json's added tokens, each checked."""
+    added = {}
+    for token in tokens:
+        token = _field({"added token": token}, "added token", dict, None, path)
+        content = _field(token, "content", str, None, path)
+        if not content:
+            raise ValueError(f"{path}: an added token has an empty content")
+        added[content] = (check_token_id(token.get("id"), f"{path}: the id of added token {content!r:.40}"),
+                          bool(token.get("special")))
+    return added
+
+
+def _pattern_of(pre_tokenizer: object, path: Path) -> str:
     """Our pattern for the pre-tokenizers we can follow: ByteLevel (GPT-2's regex) or Split(regex) + ByteLevel."""
-    steps = (pre_tokenizer or {}).get("pretokenizers", [pre_tokenizer]) if pre_tokenizer else []
+    if pre_tokenizer is None:
+        steps = []
+    else:
+        pre_tokenizer = _field({"pre_tokenizer": pre_tokenizer}, "pre_tokenizer", dict, None, path)
+        steps = _field(pre_tokenizer, "pretokenizers", list, [pre_tokenizer], path)
+    steps = [_field({"pre-tokenizer step": step}, "pre-tokenizer step", dict, None, path) for step in steps]
     byte_level = [step for step in steps if step.get("type") == "ByteLevel"]
     splits = [step for step in steps if step.get("type") == "Split"]
+    described = json.dumps(pre_tokenizer)[:200]
     if len(byte_level) != 1 or byte_level[0].get("add_prefix_space") or len(splits) + 1 != len(steps):
-        raise ValueError(f"{path}: pre-tokenizer {pre_tokenizer} is not GPT-2's byte level (without prefix space)")
+        raise ValueError(f"{path}: pre-tokenizer {described} is not GPT-2's byte level (without prefix space)")
     if not splits:
         if not byte_level[0].get("use_regex", True):
             raise ValueError(f"{path}: a byte-level pre-tokenizer without a regex splits nothing")
         return RegexPatterns.GPT2
     split = splits[0]
     if len(splits) > 1 or byte_level[0].get("use_regex", True) or split.get("behavior") != "Isolated" or split.get("invert"):
-        raise ValueError(f"{path}: pre-tokenizer {pre_tokenizer} is not one isolating regex then bytes")
-    return split["pattern"]["Regex"]
+        raise ValueError(f"{path}: pre-tokenizer {described} is not one isolating regex then bytes")
+    return _field(_field(split, "pattern", dict, None, path), "Regex", str, None, path)
 
 
-def _build(source: Path, pattern: str, vocab: dict, merges: list, special_texts: set[str]) -> GPT2Tokenizer:
-    try:
-        merge_bytes = [(token_bytes(first), token_bytes(second)) for first, second in merges]
-        reachable = {token_bytes(text) for pair in merges for text in pair} | {token_bytes(a + b) for a, b in merges}
-    except ValueError as error:
-        raise ValueError(f"{source}: {error}") from None
+def _checked_vocab(vocab: object, path: Path) -> dict[str, int]:
+    """A vocabulary (`{token: id}`) whose ids are integers in range and distinct."""
+    vocab = _field({"the vocabulary": vocab}, "the vocabulary", dict, None, path)
+    for text, index in vocab.items():
+        check_token_id(index, f"{path}: the id of token {text!r:.40}")
+    _check_distinct_ids(vocab, path)
+    return dict(vocab)
+
+
+def _check_distinct_ids(vocab: dict[str, int], path: Path) -> None:
+    if len(set(vocab.values())) != len(vocab):
+        seen = {}
+        text, index = next((text, index) for text, index in vocab.items() if seen.setdefault(index, text) != text)
+        raise ValueError(f"{path}: the tokens {seen[index]!r:.40} and {text!r:.40} both have the id {index}")
+
+
+def _read_merges(entries: Iterable[tuple[str, object]], vocab: dict[str, int]) -> list[tuple[bytes, bytes]]:
+    """The merges of `(where, entry)` pairs ('first second', or [first, second]), each checked as it is read: two
+    GPT-2 tokens that earlier merges built, joined into a new token of the vocabulary."""
+    vocab_bytes = {token_bytes(text): index for text, index in vocab.items() if _characters().issuperset(text)}
+    built = {bytes([byte]) for byte in range(256)}
+    merges = []
+    for where, entry in entries:
+        parts = entry.split(" ") if isinstance(entry, str) else entry
+        if not (isinstance(parts, list) and len(parts) == 2 and all(isinstance(part, str) and part for part in parts)):
+            raise ValueError(f"{where}: {str(entry)[:60]!r} is not a merge of two tokens ('first second')")
+        try:
+            check_merge_count(len(merges) + 1)
+            first, second = token_bytes(parts[0]), token_bytes(parts[1])
+            built.add(new_token(first, second, built, vocab_bytes))
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+        merges.append((first, second))
+    return merges
+
+
+def _build(source: Path, pattern: str, vocab: dict[str, int], merges: list[tuple[bytes, bytes]],
+           special_texts: set[str]) -> GPT2Tokenizer:
+    """The tokenizer of checked merges and vocabulary; a token that no merge builds (nor a byte) is a special one."""
+    built = {bytes([byte]) for byte in range(256)} | {first + second for first, second in merges}
     byte_vocab, specials = {}, {}
     for text, index in vocab.items():
-        is_special = text in special_texts or not all(character in _characters() for character in text)
-        if not is_special:
-            token = token_bytes(text)
-            is_special = len(token) > 1 and token not in reachable
-        if is_special:
-            specials[text] = int(index)
+        token = token_bytes(text) if text not in special_texts and _characters().issuperset(text) else None
+        if token in built:
+            byte_vocab[token] = index
         else:
-            byte_vocab[token_bytes(text)] = int(index)
+            specials[text] = index
     try:
-        return GPT2Tokenizer(pattern, merge_bytes, byte_vocab, specials)
+        return GPT2Tokenizer(pattern, merges, byte_vocab, specials)
     except ValueError as error:
         raise ValueError(f"{source}: {error}") from None
 
@@ -172,10 +255,23 @@ def _characters() -> frozenset[str]:
     return frozenset(bytes_to_unicode().values())
 
 
+def _present(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _field(record: dict, key: str, kind: type, default: object, path: Path):
+    """record[key] (or `default` when absent, if not None) if it is of `kind`, else ValueError naming the file."""
+    value = record.get(key, default)
+    if not isinstance(value, kind):
+        got = "nothing" if value is None and key not in record else f"{type(value).__name__} {str(value)[:40]!r}"
+        raise ValueError(f"{path}: {key} must be {JSON_KINDS[kind]}, got {got}")
+    return value
+
+
 def _read_json(path: Path):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
+        return read_json(path, "tokenizer file", TOKENIZER_FILE_BYTES)
+    except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not readable JSON ({error})") from None
 
 
