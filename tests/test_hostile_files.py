@@ -123,3 +123,13 @@ def test_a_metrics_line_nested_too_deeply_is_one_line(workspace, copy):
     (copy / "metrics.jsonl").write_text(DEEP_JSON + "\n" + "".join(lines[1:]))
     result = tinygpt(workspace, "train", "--data", "corpus.txt", "--out-dir", str(copy), "--resume", "--max-iters", "6")
     assert_one_line_error(result, "metrics.jsonl", "line 1")
+
+
+def test_reading_a_small_file_allocates_for_the_file_not_for_the_bound(tmp_path):
+    from tinygpt.files import read_bytes
+
+    small = tmp_path / "small.txt"
+    small.write_bytes(b"a few bytes")
+    assert read_bytes(small, "test file", 1 << 50) == b"a few bytes"  # a buffer of the bound would not fit in memory
+    with pytest.raises(ValueError, match="is 11 bytes, more than the 4"):
+        read_bytes(small, "test file", 4)

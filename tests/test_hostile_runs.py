@@ -91,12 +91,14 @@ def test_overwrite_killed_before_its_first_checkpoint_leaves_the_old_run_whole(w
 
 def test_overwrite_removes_the_replaced_runs_pictures_once_its_first_checkpoint_lands(workspace):
     first = tinygpt(workspace, "train", "--data", "corpus.txt", "--out-dir", "pictures", *TINY, "--max-iters", "2",
-                    "--log-stats")
+                    "--log-stats", "--tensorboard")
     assert first.returncode == 0 and (workspace / "pictures" / "stats.png").is_file(), first.stderr
+    assert len(list((workspace / "pictures" / "tensorboard").iterdir())) == 1
     second = tinygpt(workspace, "train", "--data", "corpus.txt", "--out-dir", "pictures", "--overwrite", *TINY,
-                     "--max-iters", "2")
+                     "--max-iters", "2", "--tensorboard")
     assert second.returncode == 0, second.stderr
     assert not (workspace / "pictures" / "stats.png").exists()  # the statistics of a run that is gone
+    assert len(list((workspace / "pictures" / "tensorboard").iterdir())) == 1  # its events too: only the new run's
 
 
 # ---- metrics.jsonl ---------------------------------------------------------------------------------

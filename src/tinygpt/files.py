@@ -20,6 +20,7 @@ STATE_FILE_BYTES = 512 * MiB         # a checkpoint's state.json: the loss histo
 TOKENIZER_FILE_BYTES = 512 * MiB     # a tokenizer file: tokenizer.model, tokenizer.json, vocab.json, merges.txt
 PROMPT_FILE_BYTES = 16 * MiB         # --prompt FILE:path, and the text `tokenizer encode` reads on stdin
 METRICS_FILE_BYTES = 1 << 30         # metrics.jsonl: one line per logged iteration
+READ_PIECE_BYTES = 16 * MiB          # what read_bytes asks the OS for at a time
 
 
 def file_kind(mode: int) -> str:
@@ -70,10 +71,19 @@ def open_regular(path: str | os.PathLike, what: str, limit: int | None = None) -
 def read_bytes(path: str | os.PathLike, what: str, limit: int) -> bytes:
     """All the bytes of a regular file of at most `limit` bytes (a file still growing is cut off and refused)."""
     with open_regular(path, what, limit) as file:
-        data = file.read(limit + 1)
+        data = _read_at_most(file, limit + 1)
     if len(data) > limit:
         raise ValueError(f"{what} {path} is more than the {limit:,} bytes such a file may have")
     return data
+
+
+def _read_at_most(file, count: int) -> bytes:
+    """Up to `count` bytes of `file`, in pieces: file.read(count) would allocate all of `count` first."""
+    pieces, left = [], count
+    while left > 0 and (piece := file.read(min(left, READ_PIECE_BYTES))):
+        pieces.append(piece)
+        left -= len(piece)
+    return b"".join(pieces)
 
 
 def decode_utf8(data: bytes, what: str) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from tinygpt.serialization import atomic_write
 
 METRICS_FILE, PENDING_METRICS_FILE, PLOT_FILE = "metrics.jsonl", ".metrics.jsonl.pending", "loss.png"
 STATS_PLOT = "stats.png"  # drawn from the "stats" records by tinygpt.instruments
+TENSORBOARD_DIR = "tensorboard"  # --tensorboard's event files (tinygpt.instruments.tensorboard)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -68,7 +70,7 @@ class MetricsLog:
     `pending`, the records go to PENDING_METRICS_FILE beside it until `publish` (the first checkpoint)."""
 
     def __init__(self, path: Path, resumed_at: int | None = None, pending: bool = False) -> None:
-        self.final_path = path
+        self.final_path, self.started = path, time.time()
         self.path = path.with_name(PENDING_METRICS_FILE) if pending else path
         kept = [] if resumed_at is None else [
             record for record in read_metrics(path)
@@ -81,13 +83,17 @@ class MetricsLog:
             file.write(json.dumps(record) + "\n")
 
     def publish(self) -> None:
-        """Put pending records in place of metrics.jsonl, and remove the replaced run's pictures (once the run they belong
-        to has a checkpoint)."""
+        """Put pending records in place of metrics.jsonl, and remove the replaced run's pictures and TensorBoard events
+        (the files there that no one wrote since this run started), once the run they belong to has a checkpoint."""
         if self.path != self.final_path:
             os.replace(self.path, self.final_path)
             self.path = self.final_path
             for picture in (PLOT_FILE, STATS_PLOT):
                 self.final_path.with_name(picture).unlink(missing_ok=True)
+            events = self.final_path.with_name(TENSORBOARD_DIR)
+            for stale in (events.iterdir() if events.is_dir() else ()):
+                if stale.is_file() and stale.stat().st_mtime < self.started:
+                    stale.unlink()
 
 
 def plot_metrics(records: list[dict[str, Any]], path: Path) -> Path | None:
@@ -117,4 +123,4 @@ def plot_metrics(records: list[dict[str, Any]], path: Path) -> Path | None:
     return save_figure(figure, path, dpi=100, format="png")
 
 
-__all__ = ["METRICS_FILE", "PLOT_FILE", "STATS_PLOT", "MetricsLog", "read_metrics", "plot_metrics"]
+__all__ = ["METRICS_FILE", "PLOT_FILE", "STATS_PLOT", "TENSORBOARD_DIR", "MetricsLog", "read_metrics", "plot_metrics"]

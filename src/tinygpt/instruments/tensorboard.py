@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-TENSORBOARD_DIR = "tensorboard"
+from tinygpt.metrics import TENSORBOARD_DIR
 
 
 class TensorBoardLog:
