@@ -103,35 +103,30 @@ class PairStatistics:
         to right, so `x` is already merged and back-to-back occurrences (`a b a b` -> `Z Z`) count right.
         """
         first, second = pair
-        counts, where = self.counts, self.where
-        created_pairs = set()
+        counts, where, created = self.counts, self.where, set()
         for index in where.pop(pair):
             word, freq = self.words[index], self.freqs[index]
-            found = _find(word, first, 0)
-            while found >= 0:  # each `first`, found by list.index (in C); the word is changed in place
-                if found + 1 < len(word) and word[found + 1] == second:
+            found = -1
+            try:
+                while True:  # each `first`, found by list.index (in C), until it raises; the word changes in place
+                    found = word.index(first, found + 1)
+                    if found + 1 == len(word) or word[found + 1] != second:
+                        continue
                     if found > 0:
                         left = word[found - 1]
                         counts[left, first] -= freq
                         counts[left, new_id] += freq
-                        created_pairs.add((left, new_id))
+                        created.add((left, new_id))
                         where[left, new_id].add(index)
                     if found + 2 < len(word):
                         right = word[found + 2]
                         counts[second, right] -= freq
                         counts[new_id, right] += freq
-                        created_pairs.add((new_id, right))
+                        created.add((new_id, right))
                         where[new_id, right].add(index)
                     word[found:found + 2] = (new_id,)
-                found = _find(word, first, found + 1)
+            except ValueError:
+                pass
         del counts[pair]
-        for new_pair in created_pairs:
+        for new_pair in created:
             heapq.heappush(self.heap, (-counts[new_pair], new_pair))
-
-
-def _find(word: list[int], value: int, start: int) -> int:
-    """The first position of `value` in `word` from `start`, or -1."""
-    try:
-        return word.index(value, start)
-    except ValueError:
-        return -1
