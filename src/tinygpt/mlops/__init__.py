@@ -9,16 +9,10 @@
 
 Every op is reached as `tinygpt.mlops.<Name>`, as the SPEC names them.
 """
-from tinygpt.mlops.fused import (GELU, CrossEntropy, Dropout, Embedding, LayerNorm, Linear, LogSoftmax, Matmul,
-                                 MultiHeadAttention, ScaledDotProductAttention, Softmax)
-from tinygpt.mlops.modern import ReluSquared, RMSNorm, RotaryQKNorm, SoftCap
-from tinygpt.mlops.operation import Operation
-from tinygpt.mlops.primitives import (Add, Cast, Concatenate, Div, Exp, Expand, Log, Max, Maximum, Mul, Neg, Permute,
-                                      Pow, Relu, Reshape, Slice, Sub, Sum, Tanh, Tril)
+from tinygpt.mlops import fused, modern, operation, primitives
+from tinygpt.mlops.fused import *  # noqa: F403  (each file's __all__: a new op is named in its own file only)
+from tinygpt.mlops.modern import *  # noqa: F403
+from tinygpt.mlops.operation import *  # noqa: F403
+from tinygpt.mlops.primitives import *  # noqa: F403
 
-__all__ = [
-    "Operation", "Add", "Sub", "Neg", "Mul", "Div", "Pow", "Log", "Exp", "Maximum", "Relu", "Cast", "Tanh", "GELU",
-    "Sum", "Max", "Reshape", "Expand", "Permute", "Slice", "Concatenate", "Tril", "Matmul", "Softmax",
-    "LogSoftmax", "CrossEntropy", "LayerNorm", "Embedding", "Dropout", "ScaledDotProductAttention",
-    "MultiHeadAttention", "Linear", "RMSNorm", "RotaryQKNorm", "ReluSquared", "SoftCap",
-]
+__all__ = operation.__all__ + primitives.__all__ + fused.__all__ + modern.__all__

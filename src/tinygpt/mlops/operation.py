@@ -15,3 +15,6 @@ class Operation:
 
     def backward(self, grad: Buffer) -> Buffer | None | tuple[Buffer | None, ...]:
         raise NotImplementedError
+
+
+__all__ = ["Operation"]
