@@ -48,12 +48,17 @@ def add_train_parser(subparsers) -> None:
                                    "(the shakespeare-char-cpu preset), with --resume the checkpoint's, --preset, "
                                    "--config FILE, then the flags given. Every flag is also spelt as nanoGPT's "
                                    "(--n_layer=4).")
-    parser.add_argument("--preset", help=f"a known configuration: {', '.join(PRESETS)}")
+    add_preset_argument(parser)
     parser.add_argument("--config", metavar="FILE", help="a .toml or .json file of settings named as the flags "
                         "with underscores (n_layer = 4); flags given override it")
     add_setting_flags(parser, setting_schema())
     add_ranks_argument(parser)
     parser.set_defaults(handler=run_train)
+
+
+def add_preset_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=tuple(PRESETS), help="a known configuration (default: none, the defaults "
+                        "below; shakespeare-char-gpu needs --device cuda, which has not run on a GPU yet)")
 
 
 def add_ranks_argument(parser: argparse.ArgumentParser) -> None:
@@ -101,7 +106,7 @@ def add_profile_parser(subparsers) -> None:
                                    description="Run --steps training steps of the run `tinygpt train` would run with the "
                                    "same flags (after one warm-up step) and print where the time goes, by op and by "
                                    "module, with each row's FLOPs and the MFU (docs/instruments.md).")
-    parser.add_argument("--preset", help=f"a known configuration: {', '.join(PRESETS)}")
+    add_preset_argument(parser)
     parser.add_argument("--config", metavar="FILE", help="a .toml or .json file of settings, as for train")
     parser.add_argument("--steps", type=int, default=3, metavar="N", help="profiled steps (default: 3)")
     add_setting_flags(parser, setting_schema())
@@ -124,7 +129,7 @@ def add_attention_parser(subparsers) -> None:
     parser.add_argument("--prompt", required=True, help="the text whose attention to draw")
     parser.add_argument("--layer", type=int, metavar="N", help="only this layer (default: all)")
     parser.add_argument("--to", metavar="PATH", help="the picture to write, .png or .svg (default: OUT_DIR/attention.png)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    add_device_argument(parser)
     parser.set_defaults(handler=run_attention)
 
 
@@ -139,6 +144,11 @@ def add_out_dir_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", metavar="DIR", default="out", help="directory of the checkpoint (default: out)")
 
 
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (cuda needs "
+                        "CuPy; default: cpu)")
+
+
 def add_sample_parser(subparsers) -> None:
     parser = subparsers.add_parser("sample", help="continue a prompt with the model of a checkpoint",
                                    description="Sample text from the checkpoint that `tinygpt train` left in --out-dir, "
@@ -146,15 +156,17 @@ def add_sample_parser(subparsers) -> None:
     add_out_dir_argument(parser)
     parser.add_argument("--prompt", "--start", dest="prompt", default="\n", help="text to continue, or FILE:path for the "
                         "text of a file, as nanoGPT's sample.py --start (default: a newline)")
-    parser.add_argument("--max-new-tokens", type=int, default=500, metavar="N")
+    parser.add_argument("--max-new-tokens", type=int, default=500, metavar="N", help="tokens to generate (default: 500)")
     parser.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 is greedy (default: 0.8)")
     parser.add_argument("--top-k", type=int, default=200, metavar="K", help="sample among the K likeliest tokens "
                         "(0: all; default: 200)")
     parser.add_argument("--top-p", type=float, default=None, metavar="P", help="then among the likeliest tokens whose "
                         "probabilities sum to P (nucleus sampling, 0 < P <= 1; default: off)")
-    parser.add_argument("--num-samples", type=int, default=1, metavar="N")
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--num-samples", type=int, default=1, metavar="N", help="samples to draw, one after another "
+                        "(default: 1)")
+    parser.add_argument("--seed", type=int, default=1337, metavar="N", help="random seed of the first sample, the next "
+                        "ones take seed + 1, ... (default: 1337)")
+    add_device_argument(parser)
     parser.set_defaults(handler=run_sample)
 
 
@@ -227,7 +239,7 @@ def add_eval_parser(subparsers) -> None:
                                    "equals the final one `tinygpt train` printed.")
     add_out_dir_argument(parser)
     parser.add_argument("--data", metavar="FILE", help="UTF-8 text file (default: the run's validation split)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    add_device_argument(parser)
     add_ranks_argument(parser)
     parser.set_defaults(handler=run_eval)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -207,14 +207,35 @@ class TrainConfig:
             raise ConfigError(f"logit_soft_cap must be 0 (off) or a positive finite number, got {self.model.logit_soft_cap}")
 
 
+GROUPS = {  # how `tinygpt train --help` lists the settings; the model's settings are "model"
+    "data and output": ("data", "val_data", "val_fraction", "out_dir"),
+    "optimization": ("batch_size", "gradient_accumulation_steps", "max_iters", "learning_rate", "min_lr", "warmup_iters",
+                     "lr_decay_iters", "weight_decay", "beta1", "beta2", "grad_clip", "optimizer", "muon_learning_rate",
+                     "muon_momentum", "schedule", "decay_fraction"),
+    "evaluation and logging": ("eval_interval", "eval_iters", "log_interval", "log_stats", "tensorboard", "sample_tokens"),
+    "run": ("device", "seed", "resume", "init_from", "overwrite"),
+}
+METAVARS = {"data": "FILE", "val_data": "FILE", "out_dir": "DIR", "init_from": "DIR"}
+
+
+def setting_choices() -> dict[str, tuple[str, ...]]:
+    """The settings that take one of a few names, and those names."""
+    return {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": tuple(backend.DEVICES), "norm": tuple(NORMS),
+            "mlp_activation": tuple(GPTMLP.activations)}
+
+
 def setting_schema() -> list[Setting]:
-    """Every flat setting with its type, default and help: TrainConfig's fields, then GPTConfig's."""
-    run = [setting for setting in dataclass_settings(TrainConfig) if setting.name != "model"]
+    """Every flat setting with its type, default, help and how --help shows it: TrainConfig's fields, then GPTConfig's."""
+    group_of = {name: group for group, names in GROUPS.items() for name in names}
+    choices = setting_choices()
+    run = [replace(setting, group=group_of[setting.name], choices=choices.get(setting.name),
+                   metavar=METAVARS.get(setting.name))
+           for setting in dataclass_settings(TrainConfig) if setting.name != "model"]
     defaults = asdict(default_model())
-    model = [Setting(setting.name, setting.kind, defaults[MODEL_SETTINGS[setting.name]], setting.help, setting.optional)
+    model = [Setting(setting.name, setting.kind, defaults[MODEL_SETTINGS[setting.name]], setting.help, setting.optional,
+                     choices.get(setting.name), group="model")
              for setting in dataclass_settings(GPTConfig, NANOGPT_NAMES)]
     return run + model
-
 
 def check_settings(settings: dict[str, Any], origin: str) -> None:
     """Raise ConfigError for a setting of origin (a file, a checkpoint) that is unknown or of the wrong type."""
