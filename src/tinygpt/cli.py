@@ -34,7 +34,7 @@ from tinygpt.files import PROMPT_FILE_BYTES, TOKENIZER_FILE_BYTES, decode_utf8, 
 from tinygpt.flags import OneLineParser, add_setting_flags
 from tinygpt.tokenizer import save_gpt2_tokenizer
 from tinygpt.instruments.commands import attention_picture, profile_training
-from tinygpt.sampling import read_prompt, stream_text
+from tinygpt.sampling import printable, read_prompt, stream_text
 from tinygpt.tokenizer import SPLIT_PATTERNS, BPETokenizer
 from tinygpt.train import (PRESETS, ConfigError, TrainConfig, TrainingInterrupted, check_device, evaluate_checkpoint,
                            load_checkpoint, resolve_config, train)
@@ -170,17 +170,23 @@ def add_sample_parser(subparsers) -> None:
     parser.set_defaults(handler=run_sample)
 
 
+def check_sample_arguments(args: argparse.Namespace) -> None:
+    """ConfigError naming the first argument of `tinygpt sample` out of its range, and that one alone."""
+    wrong = {"--max-new-tokens": (args.max_new_tokens < 0, ">= 0"), "--num-samples": (args.num_samples < 1, ">= 1"),
+             "--temperature": (not 0.0 <= args.temperature < math.inf, "a finite number >= 0 (0 is greedy)"),
+             "--top-k": (args.top_k < 0, ">= 0 (0: all tokens)"), "--seed": (args.seed < 0, ">= 0"),
+             "--top-p": (args.top_p is not None and not 0.0 < args.top_p <= 1.0, "in (0, 1]")}
+    for flag, (is_wrong, expected) in wrong.items():
+        if is_wrong:
+            raise ConfigError(f"{flag} must be {expected}, got {getattr(args, flag[2:].replace('-', '_'))}")
+
+
 def run_sample(args: argparse.Namespace) -> int:
-    if args.max_new_tokens < 0 or args.num_samples < 1 or not args.temperature >= 0 or args.top_k < 0:
-        raise ConfigError("--max-new-tokens, --temperature and --top-k must be >= 0 and --num-samples >= 1")
-    if not math.isfinite(args.temperature) or args.seed < 0:
-        raise ConfigError(f"--temperature must be finite and --seed >= 0, got {args.temperature} and {args.seed}")
+    check_sample_arguments(args)
     try:
         args.prompt.encode("utf-8")
     except UnicodeEncodeError as error:
         raise ConfigError(f"the prompt is not UTF-8 text (an undecodable byte at character {error.start})") from None
-    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
-        raise ConfigError(f"--top-p must be in (0, 1], got {args.top_p}")
     check_device(args.device)
     try:
         prompt = read_prompt(args.prompt)
@@ -188,13 +194,14 @@ def run_sample(args: argparse.Namespace) -> int:
         raise ConfigError(str(error)) from None
     checkpoint = load_checkpoint(args.out_dir)
     model = checkpoint.load_model(args.device)
+    shown = printable if sys.stdout.isatty() else str  # a terminal gets control bytes escaped; a file, the text itself
     for index in range(args.num_samples):
         if index:
             print("---------------")
         try:
             for piece in stream_text(model, checkpoint.tokenizer, prompt, args.max_new_tokens, args.temperature,
                                      args.top_k or None, args.top_p, seed=args.seed + index, device=args.device):
-                sys.stdout.write(piece)
+                sys.stdout.write(shown(piece))
                 sys.stdout.flush()
         except ValueError as error:
             raise ConfigError(str(error)) from None

@@ -44,7 +44,7 @@ from tinygpt.nn import GPT, LayerNorm
 from tinygpt.optimizers import (AdamW, Muon, Optimizer, OptimizerGroups, ParameterGroup, clip_grad_norm, cosine_schedule,
                                 wsd_schedule)
 from tinygpt.pretrained import load_pretrained
-from tinygpt.sampling import stream_text
+from tinygpt.sampling import printable, stream_text
 from tinygpt.tensor import Tensor
 from tinygpt.threads import engine_threads, get_num_threads
 from tinygpt.tokenizer import BPETokenizer
@@ -604,7 +604,7 @@ def _train(config: TrainConfig, verbose: bool) -> TrainResult:
         f"{result.wall_seconds:.1f} s in all (start-up, evaluations, checkpoints, plot, sample); checkpoint in "
         f"{directory}, metrics in {out_dir / METRICS_FILE}" + (f", loss curve {result.plot}" if result.plot else ""))
     if verbose and result.sample:
-        print(f"---- sample ----\n{result.sample}\n----------------", flush=True)
+        print(f"---- sample ----\n{printable(result.sample)}\n----------------", flush=True)
     return result
 
 

@@ -1,0 +1,57 @@
+"""The frictions a newcomer meets in a first hour with `tinygpt`: each one, as they would meet it."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_TRAIN_FLAGS
+from tinygpt.cli import main
+
+
+TINY = [*TINY_TRAIN_FLAGS, "--sample-tokens", "60"]
+
+
+def tinygpt(workspace: Path, *args: str, timeout: int = 180) -> subprocess.CompletedProcess:
+    env = os.environ | {"TINYGPT_CACHE_DIR": str(workspace / "token-cache")}
+    return subprocess.run([sys.executable, "-m", "tinygpt", *args], capture_output=True, text=True, cwd=workspace,
+                          env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def trained(workspace) -> Path:
+    result = tinygpt(workspace, "train", "--data", "corpus.txt", "--out-dir", "trained", "--max-iters", "4", *TINY)
+    assert result.returncode == 0, result.stderr
+    return workspace / "trained"
+
+
+def control_characters(text: str) -> set[str]:
+    return {char for char in text if (ord(char) < 32 or 127 <= ord(char) < 160) and char not in "\n\t"}
+
+
+def test_printable_escapes_control_characters_and_keeps_newlines_and_tabs():
+    from tinygpt.sampling import printable
+
+    assert printable("a\x1b[2Jb\x07c\nd\te\r\x7f\x85é") == "a\\x1b[2Jb\\x07c\nd\te\\r\\x7f\\x85é"
+    assert printable("plain text\n") == "plain text\n"
+
+
+def test_the_sample_train_prints_shows_control_bytes_escaped(workspace):
+    result = tinygpt(workspace, "train", "--data", "corpus.txt", "--out-dir", "escaped", "--max-iters", "4", *TINY)
+    assert result.returncode == 0, result.stderr
+    sample = result.stdout.split("---- sample ----\n")[1]
+    assert not control_characters(sample)
+    assert re.search(r"\\x[0-9a-f]{2}", sample)  # a barely trained byte model does draw control bytes
+
+
+@pytest.mark.parametrize("flag, value", [("--temperature", "-1"), ("--temperature", "nan"), ("--top-k", "-1"),
+                                         ("--max-new-tokens", "-1"), ("--num-samples", "0"), ("--seed", "-1"),
+                                         ("--top-p", "0")])
+def test_a_wrong_sample_argument_is_one_line_naming_it_alone(flag, value, capsys):
+    assert main(["sample", "--out-dir", "nowhere", flag, value]) == 1
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1 and flag in error
+    others = {"--temperature", "--top-k", "--max-new-tokens", "--num-samples", "--seed", "--top-p"} - {flag}
+    assert not [other for other in others if other in error], error
