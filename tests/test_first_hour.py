@@ -55,3 +55,24 @@ def test_a_wrong_sample_argument_is_one_line_naming_it_alone(flag, value, capsys
     assert len(error.strip().splitlines()) == 1 and flag in error
     others = {"--temperature", "--top-k", "--max-new-tokens", "--num-samples", "--seed", "--top-p"} - {flag}
     assert not [other for other in others if other in error], error
+
+
+def tiny_config(workspace: Path, out_dir: str, **settings):
+    from tinygpt.train import TrainConfig
+
+    flat = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 8, "batch_size": 4, "eval_interval": 2,
+            "eval_iters": 2, "warmup_iters": 1, "max_iters": 2, "sample_tokens": 0,
+            "data": str(workspace / "corpus.txt"), "out_dir": str(workspace / out_dir)}
+    return TrainConfig.from_settings(flat | settings)
+
+
+def test_an_error_of_the_python_api_names_the_trainconfig_fields_not_flags(trained, workspace):
+    from tinygpt.train import ConfigError, train
+
+    with pytest.raises(ConfigError) as refused:
+        train(tiny_config(workspace, "trained"), verbose=False)
+    assert "resume=True" in str(refused.value) and "overwrite=True" in str(refused.value)
+    assert "--" not in str(refused.value)
+    with pytest.raises(ConfigError) as beyond:
+        train(tiny_config(workspace, "trained", resume=True, max_iters=1), verbose=False)
+    assert "max_iters" in str(beyond.value) and "--" not in str(beyond.value)

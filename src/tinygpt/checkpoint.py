@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from tinygpt import backend
-from tinygpt.config import NANOGPT_NAMES, ConfigError, TrainConfig
+from tinygpt.config import NANOGPT_NAMES, ConfigError, TrainConfig, named
 from tinygpt.checkpoint_checks import (check_finite_weights, check_optimizer_covers_model, check_state,
                                        check_weights_fit_config)
 from tinygpt.files import CONFIG_FILE_BYTES, STATE_FILE_BYTES, TOKENIZER_FILE_BYTES, read_text, regular_file
@@ -243,7 +243,7 @@ def check_same_data(checkpoint: Checkpoint, data: dict[str, dict[str, str]]) -> 
     for key, record in data.items():
         if key in recorded and record["sha256"] != recorded[key].get("sha256"):
             raise ConfigError(f"data file {record['path']} has changed since checkpoint {checkpoint.directory} was written (its "
-                              "SHA-256 differs): give the text it was trained on, or start from it with --init-from")
+                              f"SHA-256 differs): give the text it was trained on, or start from it with {named('init_from')}")
 
 
 def _fsync(path: Path) -> None:
@@ -263,7 +263,7 @@ def check_architecture(checkpoint: Checkpoint, config: TrainConfig) -> None:
         have = ", ".join(f"{NANOGPT_NAMES.get(name, name)}={saved[name]}" for name in differing)
         wanted = ", ".join(f"{NANOGPT_NAMES.get(name, name)}={asked[name]}" for name in differing)
         raise ConfigError(f"checkpoint {checkpoint.directory} has {have} but this run asks for {wanted}; "
-                          "use the checkpoint's architecture or drop --resume")
+                          f"use the checkpoint's architecture or drop {named('resume', True)}")
 
 
 def restore_training_state(checkpoint: Checkpoint, optimizer: Optimizer, data_rng: np.random.Generator,

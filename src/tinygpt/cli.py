@@ -26,7 +26,7 @@ from pathlib import Path
 
 import tinygpt
 from tinygpt.checkpoint import CHECKPOINT_DIR, PREVIOUS_CHECKPOINT_DIR, STAGING_PREFIX, STATE_FILE
-from tinygpt.config import read_config_file, setting_schema
+from tinygpt.config import flag_spelling, read_config_file, setting_schema
 from tinygpt.dataset import default_corpus_path, read_corpus_text
 from tinygpt.distributed import (RANKS_VARIABLE, get_world, launch_ranks, launched_by_mpi, requested_ranks,
                                  why_mpi_cannot_start)
@@ -396,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous_handler = signal.signal(signal.SIGTERM, interrupt) if on_main_thread else None
     try:
-        return args.handler(args)
+        with flag_spelling():
+            return args.handler(args)
     except BrokenPipeError:  # the reader of stdout went away (`tinygpt sample | head`): nothing is left to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the flush at exit fails quietly too
         return 141  # 128 + SIGPIPE, as a shell reports a command stopped by a closed pipe

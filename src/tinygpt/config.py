@@ -10,11 +10,13 @@ vocab_size, dropout and bias keep theirs). `TrainConfig.from_settings` and `Trai
 """
 from __future__ import annotations
 
+import contextvars
 import json
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from tinygpt import backend
 from tinygpt.files import CONFIG_FILE_BYTES, read_text
@@ -55,6 +57,28 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 class ConfigError(ValueError):
     """A problem with the settings, the data or a checkpoint, told in one line (the CLI prints just that)."""
+
+
+FLAG_SPELLING: contextvars.ContextVar[bool] = contextvars.ContextVar("flag_spelling", default=False)
+
+
+@contextmanager
+def flag_spelling() -> Iterator[None]:
+    """Within it, messages name settings as the command line's flags (the `tinygpt` command runs in it)."""
+    token = FLAG_SPELLING.set(True)
+    try:
+        yield
+    finally:
+        FLAG_SPELLING.reset(token)
+
+
+def named(setting: str, value: Any = None) -> str:
+    """A setting as the one who gave it spells it: `--resume`, `--out-dir x` on the command line; `resume=True`,
+    `out_dir='x'` from Python (the TrainConfig field). Without a value, the flag or the field's name alone."""
+    if FLAG_SPELLING.get():
+        flag = f"--{setting.replace('_', '-')}"
+        return flag if value is None or value is True else f"{flag} {value}"
+    return setting if value is None else f"{setting}={value!r}"
 
 
 def default_model() -> GPTConfig:
@@ -276,5 +300,5 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return settings
 
 
-__all__ = ["TrainConfig", "ConfigError", "PRESETS", "MODEL_SETTINGS", "NANOGPT_NAMES", "default_model", "setting_schema",
+__all__ = ["TrainConfig", "ConfigError", "PRESETS", "MODEL_SETTINGS", "NANOGPT_NAMES", "default_model", "setting_schema", "named", "flag_spelling",
            "check_settings", "read_config_file"]

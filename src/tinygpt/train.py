@@ -31,7 +31,7 @@ from tinygpt.checkpoint import (CHECKPOINT_DIR, TOKENIZER_PREFIX, Checkpoint, ch
                                 data_record, find_checkpoint, load_checkpoint, out_dir_lock, random_state,
                                 read_checkpoint_config, restore_training_state, save_checkpoint)
 from tinygpt.checkpoint_checks import check_finite_weights
-from tinygpt.config import PRESETS, ConfigError, TrainConfig, setting_schema
+from tinygpt.config import PRESETS, ConfigError, TrainConfig, named, setting_schema
 from tinygpt.dataset import (check_corpus_file, default_corpus_path, get_batch, read_corpus_text, tokenize_corpus,
                              train_val_split)
 from tinygpt.distributed import TERMINAL_VARIABLE, World, get_world
@@ -192,10 +192,10 @@ def load_tokens(path: Path, tokenizer: BPETokenizer, config: TrainConfig) -> tup
     block_size = config.model.max_seq_length
     if len(val_tokens) < block_size + 1:
         raise ConfigError(f"{described} of {len(val_tokens)} tokens is too short for block size {block_size} (needs "
-                          f"{block_size + 1}); use a smaller --block-size or more data")
+                          f"{block_size + 1}); use a smaller {named('block_size')} or more data")
     if len(train_tokens) < block_size + 1:
         raise ConfigError(f"data file {path}: its training split of {len(train_tokens)} tokens is too short for block "
-                          f"size {block_size} (needs {block_size + 1}); use a smaller --block-size or more data")
+                          f"size {block_size} (needs {block_size + 1}); use a smaller {named('block_size')} or more data")
     return train_tokens, val_tokens
 
 
@@ -361,8 +361,8 @@ def refuse_overwrite(out_dir: Path, config: TrainConfig) -> bool:
     except ConfigError:
         return False
     if not config.overwrite:
-        raise ConfigError(f"{out_dir} already holds a checkpoint ({directory}): continue it with --resume, or replace "
-                          "it with --overwrite, or give another --out-dir")
+        raise ConfigError(f"{out_dir} already holds a checkpoint ({directory}): continue it with {named('resume', True)}, "
+                          f"or replace it with {named('overwrite', True)}, or give another {named('out_dir')}")
     return True
 
 
@@ -432,7 +432,7 @@ def diverged(iteration: int, reason: str, directory: Path) -> ConfigError:
     """The one line that stops a run whose loss, gradients or weights became non-finite."""
     kept = f"the last good checkpoint {directory} is kept" if directory.is_dir() else "no checkpoint was written"
     return ConfigError(f"training diverged at iteration {iteration}: {reason} (non-finite); {kept}; "
-                       "lower the learning rate (--learning-rate) or clip gradients (--grad-clip)")
+                       f"lower the learning rate ({named('learning_rate')}) or clip gradients ({named('grad_clip')})")
 
 
 def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
@@ -504,8 +504,8 @@ def _train(config: TrainConfig, verbose: bool) -> TrainResult:
         start, history = restore_training_state(checkpoint, optimizer, data_rng, config.device, world.rank, world.world_size)
         train_seconds = float(checkpoint.state.get("elapsed", 0.0))
         if start > config.max_iters:
-            raise ConfigError(f"the checkpoint in {out_dir} is at iteration {start}, beyond --max-iters "
-                              f"{config.max_iters}: give a larger --max-iters to continue it")
+            raise ConfigError(f"the checkpoint in {out_dir} is at iteration {start}, beyond {named('max_iters')} "
+                              f"{config.max_iters}: give a larger {named('max_iters')} to continue it")
     metrics = open_metrics(out_dir, start if checkpoint is not None else None, replacing) if world.is_main else None
     instruments = RunInstruments(model, config, out_dir if world.is_main else None, world.world_size)
     log(f"{model.num_parameters():,} parameters, {len(splits['train']):,} train and {len(splits['val']):,} val tokens, "
