@@ -76,3 +76,28 @@ def test_an_error_of_the_python_api_names_the_trainconfig_fields_not_flags(train
     with pytest.raises(ConfigError) as beyond:
         train(tiny_config(workspace, "trained", resume=True, max_iters=1), verbose=False)
     assert "max_iters" in str(beyond.value) and "--" not in str(beyond.value)
+
+
+def test_export_refuses_a_folder_that_holds_files_unless_overwrite(trained, workspace):
+    target = workspace / "hf-taken"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    refused = tinygpt(workspace, "export", "--out-dir", "trained", "--to", "hf-taken")
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
+    assert "tinygpt: error:" in refused.stderr and "--overwrite" in refused.stderr
+    assert sorted(path.name for path in target.iterdir()) == ["notes.txt"]
+    replaced = tinygpt(workspace, "export", "--out-dir", "trained", "--to", "hf-taken", "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert (target / "config.json").is_file() and (target / "model.safetensors").is_file()
+    (workspace / "hf-empty").mkdir()
+    assert tinygpt(workspace, "export", "--out-dir", "trained", "--to", "hf-empty").returncode == 0
+
+
+def test_a_failed_train_leaves_no_out_dir_behind(workspace):
+    (workspace / "short.txt").write_text("To be, or not to be, that is the question.\n")
+    result = tinygpt(workspace, "train", "--data", "short.txt", "--out-dir", "failed-run", *TINY, "--block-size", "64")
+    assert result.returncode == 1 and "too short for block size 64" in result.stderr
+    assert not (workspace / "failed-run").exists()
+    (workspace / "given-empty").mkdir()  # a folder the user made stays
+    result = tinygpt(workspace, "train", "--data", "short.txt", "--out-dir", "given-empty", *TINY, "--block-size", "64")
+    assert result.returncode == 1 and (workspace / "given-empty").is_dir()

@@ -203,6 +203,20 @@ def out_dir_lock(out_dir: Path) -> Iterator[None]:
         os.close(descriptor)  # closing the descriptor releases the lock
 
 
+@contextmanager
+def removed_if_left_empty(out_dir: Path) -> Iterator[None]:
+    """A run that fails before writing anything leaves no out_dir it created behind (a folder that was there
+    stays, and so does one holding anything but the lock file)."""
+    existed = out_dir.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and out_dir.is_dir() and {path.name for path in out_dir.iterdir()} <= {LOCK_FILE}:
+            (out_dir / LOCK_FILE).unlink(missing_ok=True)
+            out_dir.rmdir()
+        raise
+
+
 def _write_checkpoint_files(staging: Path, model: GPT, optimizer: Optimizer, tokenizer: BPETokenizer,
                             config: TrainConfig, state: dict[str, Any]) -> None:
     model.save_weights(str(staging / MODEL_FILE))

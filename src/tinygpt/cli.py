@@ -33,6 +33,7 @@ from tinygpt.distributed import (RANKS_VARIABLE, get_world, launch_ranks, launch
 from tinygpt.files import PROMPT_FILE_BYTES, TOKENIZER_FILE_BYTES, decode_utf8, read_stream, regular_file
 from tinygpt.flags import OneLineParser, add_setting_flags
 from tinygpt.tokenizer import save_gpt2_tokenizer
+from tinygpt.tokenizer.gpt2 import MERGES_FILE, VOCAB_FILE
 from tinygpt.instruments.commands import attention_picture, profile_training
 from tinygpt.sampling import printable, read_prompt, stream_text
 from tinygpt.tokenizer import SPLIT_PATTERNS, BPETokenizer
@@ -215,13 +216,16 @@ def add_export_parser(subparsers) -> None:
                                    "GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained load: config.json, "
                                    "model.safetensors, tokenizer.json (and vocab.json + merges.txt for GPT-2's pattern).")
     add_out_dir_argument(parser)
-    parser.add_argument("--to", metavar="PATH", required=True, help="the Hugging Face directory to write")
+    parser.add_argument("--to", metavar="PATH", required=True, help="the Hugging Face directory to write (new or empty)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a --to directory that holds files, "
+                        "replacing the export's own files there")
     parser.set_defaults(handler=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
     checkpoint = load_checkpoint(args.out_dir)
     refuse_checkpoint_target(Path(args.to))
+    refuse_files_in(Path(args.to), args.overwrite)
     model = checkpoint.load_model()
     try:
         model.save_gpt2_checkpoint(args.to)
@@ -237,6 +241,18 @@ def refuse_checkpoint_target(target: Path) -> None:
     if (target / STATE_FILE).exists() or target.name in (CHECKPOINT_DIR, PREVIOUS_CHECKPOINT_DIR) or \
             target.name.startswith(STAGING_PREFIX):
         raise ConfigError(f"--to {target} is a TinyGPT checkpoint directory: export to a directory of its own")
+
+
+def refuse_files_in(target: Path, overwrite: bool) -> None:
+    """As `train` into a checkpoint's out dir, export into a directory that holds anything needs --overwrite; then
+    the files of an earlier export that this one does not write (vocab.json, merges.txt) go."""
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"--to {target} already holds files: replace them with --overwrite, or give another --to")
+        for name in (VOCAB_FILE, MERGES_FILE):
+            (target / name).unlink(missing_ok=True)
+    elif target.exists() and not target.is_dir():
+        raise ConfigError(f"--to {target} is a file, not a directory")
 
 
 def add_eval_parser(subparsers) -> None:

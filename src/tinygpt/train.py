@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from tinygpt import backend
 from tinygpt.checkpoint import (CHECKPOINT_DIR, TOKENIZER_PREFIX, Checkpoint, check_architecture, check_same_data,
-                                data_record, find_checkpoint, load_checkpoint, out_dir_lock, random_state,
+                                data_record, find_checkpoint, load_checkpoint, out_dir_lock, random_state, removed_if_left_empty,
                                 read_checkpoint_config, restore_training_state, save_checkpoint)
 from tinygpt.checkpoint_checks import check_finite_weights
 from tinygpt.config import PRESETS, ConfigError, TrainConfig, named, setting_schema
@@ -447,9 +447,10 @@ def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
     with engine_threads():
         if not get_world().is_main:
             return _train(config, verbose)
-        check_out_dir_writable(Path(config.out_dir))
-        with out_dir_lock(Path(config.out_dir)):
-            return _train(config, verbose)
+        with removed_if_left_empty(Path(config.out_dir)):
+            check_out_dir_writable(Path(config.out_dir))
+            with out_dir_lock(Path(config.out_dir)):
+                return _train(config, verbose)
 
 
 def _train(config: TrainConfig, verbose: bool) -> TrainResult:
