@@ -101,3 +101,18 @@ def test_a_failed_train_leaves_no_out_dir_behind(workspace):
     (workspace / "given-empty").mkdir()  # a folder the user made stays
     result = tinygpt(workspace, "train", "--data", "short.txt", "--out-dir", "given-empty", *TINY, "--block-size", "64")
     assert result.returncode == 1 and (workspace / "given-empty").is_dir()
+
+
+def test_sample_pointed_at_the_checkpoint_folder_names_the_run_folder(trained, workspace):
+    result = tinygpt(workspace, "sample", "--out-dir", "trained/ckpt", "--max-new-tokens", "5")
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "--out-dir trained" in result.stderr.replace("--out-dir trained/ckpt", "")
+    assert "train one with" not in result.stderr
+
+
+def test_a_tokenizer_prefix_for_its_model_file_suggests_the_file(workspace):
+    trained = tinygpt(workspace, "tokenizer", "train", "--data", "corpus.txt", "--vocab-size", "260", "--out", "bpe")
+    assert trained.returncode == 0, trained.stderr
+    result = tinygpt(workspace, "tokenizer", "encode", "--model", "bpe", "--text", "hi")
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "did you mean --model bpe.model" in result.stderr

@@ -56,6 +56,9 @@ def find_checkpoint(out_dir: str | os.PathLike) -> Path:
     for name in (CHECKPOINT_DIR, PREVIOUS_CHECKPOINT_DIR):
         if (out_dir / name).is_dir():
             return out_dir / name
+    if (out_dir / STATE_FILE).is_file():  # the checkpoint folder itself was given, not the run's
+        raise ConfigError(f"{out_dir} is a checkpoint folder, not a run's: give the folder that holds it, "
+                          f"{named('out_dir', str(out_dir.parent))}")
     raise ConfigError(f"no checkpoint in {out_dir} (train one with: tinygpt train --out-dir {out_dir})")
 
 

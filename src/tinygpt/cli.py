@@ -315,6 +315,8 @@ def read_stdin_text() -> str:
 
 
 def load_tokenizer(path: str) -> BPETokenizer:
+    if not Path(path).exists() and Path(f"{path}.model").is_file():  # the prefix `tokenizer train --out` took
+        raise ConfigError(f"tokenizer model {path} does not exist: did you mean --model {path}.model?")
     tokenizer = BPETokenizer()
     try:
         tokenizer.load(regular_file(path, "tokenizer model", TOKENIZER_FILE_BYTES))
