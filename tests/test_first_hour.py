@@ -116,3 +116,19 @@ def test_a_tokenizer_prefix_for_its_model_file_suggests_the_file(workspace):
     result = tinygpt(workspace, "tokenizer", "encode", "--model", "bpe", "--text", "hi")
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
     assert "did you mean --model bpe.model" in result.stderr
+
+
+def test_a_loss_far_above_the_uniform_guess_is_warned_of_once(workspace):
+    result = tinygpt(workspace, "train", "--data", "corpus.txt", "--out-dir", "diverging", *TINY, "--max-iters", "30",
+                     "--eval-interval", "10", "--learning-rate", "10")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1, result.stderr
+    assert warnings[0].startswith("tinygpt: warning: ") and "ln(256) = 5.55" in warnings[0]
+    assert "--learning-rate" in warnings[0]
+
+
+def test_a_healthy_run_has_no_such_warning(workspace):
+    result = tinygpt(workspace, "train", "--data", "corpus.txt", "--out-dir", "healthy", *TINY, "--max-iters", "30",
+                     "--eval-interval", "10")
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr

@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import tinygpt
@@ -392,6 +393,14 @@ def fail(message: str) -> int:
     return 1
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning of the command as one line, `tinygpt: warning: ...`, not Python's file, line and source."""
+    try:
+        print(f"tinygpt: warning: {message}", file=sys.stderr, flush=True)
+    except OSError:  # stderr on a full disk: as Python's own showwarning, the command goes on
+        pass
+
+
 def interrupt(signum, frame) -> None:
     """SIGTERM stops the command as Ctrl-C does: the training loop saves a checkpoint (train.deferred_interrupt),
     and elsewhere the exception unwinds through every cleanup (a half-written token cache is deleted)."""
@@ -414,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous_handler = signal.signal(signal.SIGTERM, interrupt) if on_main_thread else None
     try:
-        with flag_spelling():
+        with flag_spelling(), warnings.catch_warnings():
+            warnings.showwarning = show_warning
             return args.handler(args)
     except BrokenPipeError:  # the reader of stdout went away (`tinygpt sample | head`): nothing is left to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the flush at exit fails quietly too

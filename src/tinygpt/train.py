@@ -31,6 +31,7 @@ from tinygpt.checkpoint import (CHECKPOINT_DIR, TOKENIZER_PREFIX, Checkpoint, ch
                                 data_record, find_checkpoint, load_checkpoint, out_dir_lock, random_state, removed_if_left_empty,
                                 read_checkpoint_config, restore_training_state, save_checkpoint)
 from tinygpt.checkpoint_checks import check_finite_weights
+from tinygpt.divergence import DivergenceWatch
 from tinygpt.config import PRESETS, ConfigError, TrainConfig, named, setting_schema
 from tinygpt.dataset import (check_corpus_file, default_corpus_path, get_batch, read_corpus_text, tokenize_corpus,
                              train_val_split)
@@ -518,6 +519,7 @@ def _train(config: TrainConfig, verbose: bool) -> TrainResult:
     evaluated = {record["iteration"] for record in history["evals"]}
     directory = checkpoint.directory if checkpoint is not None else out_dir / CHECKPOINT_DIR
     progress = ProgressReport(config, start, verbose)
+    divergence = DivergenceWatch(config.model.vocab_size)
     iteration = start
 
     def record(entry: dict[str, Any]) -> None:
@@ -571,6 +573,8 @@ def _train(config: TrainConfig, verbose: bool) -> TrainResult:
                 history["iterations"].append(iteration)
                 history["losses"].append(loss_value)
                 history["learning_rates"].append(learning_rate)
+                if world.is_main:
+                    divergence.check(iteration, loss_value)
                 step_mfu = instruments.mfu(elapsed)
                 if iteration % config.log_interval == 0:
                     record({"type": "train", "iter": iteration, "loss": loss_value, "lr": learning_rate,
