@@ -132,3 +132,36 @@ def test_a_healthy_run_has_no_such_warning(workspace):
     result = tinygpt(workspace, "train", "--data", "corpus.txt", "--out-dir", "healthy", *TINY, "--max-iters", "30",
                      "--eval-interval", "10")
     assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+
+
+def test_bench_reports_each_round_as_it_ends(workspace):
+    process = subprocess.Popen([sys.executable, "-m", "tinygpt", "bench", "--config", "tiny", "--steps", "1",
+                                "--warmup", "0", "--rounds", "3"], stdout=subprocess.PIPE, text=True, cwd=workspace)
+    try:
+        lines = []
+        while not lines or "round 1/3" not in lines[-1]:
+            lines.append(process.stdout.readline())
+            assert lines[-1], "bench ended before reporting its first round"
+        assert process.poll() is None  # the first round is reported while the others still run
+    finally:
+        process.kill()
+        process.wait()
+
+
+def bench_without_torch(workspace: Path, package_root: str | None) -> subprocess.CompletedProcess:
+    """tinygpt bench where `import torch` fails; package_root stands in for where tinygpt is installed."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from tinygpt import bench\n"
+            + (f"bench.PACKAGE_ROOT = __import__('pathlib').Path({package_root!r})\n" if package_root else "")
+            + "from tinygpt.cli import main; sys.exit(main(['bench', '--quick']))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workspace, timeout=120)
+
+
+def test_bench_without_pytorch_is_one_error_line_with_advice_that_fits(workspace, tmp_path):
+    from_checkout = bench_without_torch(workspace, None)  # these tests run from a checkout
+    assert from_checkout.returncode == 1 and len(from_checkout.stderr.strip().splitlines()) == 1
+    assert from_checkout.stderr.startswith("tinygpt: error: ")
+    checkout = Path(__file__).resolve().parent.parent
+    assert f'pip install "{checkout}[test]"' in from_checkout.stderr and "tinygpt[test]" not in from_checkout.stderr
+    installed = bench_without_torch(workspace, str(tmp_path / "site-packages"))
+    assert installed.stderr.startswith("tinygpt: error: ") and "pip install torch" in installed.stderr
