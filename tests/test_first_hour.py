@@ -1,6 +1,8 @@
 """The frictions a newcomer meets in a first hour with `tinygpt`: each one, as they would meet it."""
 import os
 import re
+import signal
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -165,3 +167,51 @@ def test_bench_without_pytorch_is_one_error_line_with_advice_that_fits(workspace
     assert f'pip install "{checkout}[test]"' in from_checkout.stderr and "tinygpt[test]" not in from_checkout.stderr
     installed = bench_without_torch(workspace, str(tmp_path / "site-packages"))
     assert installed.stderr.startswith("tinygpt: error: ") and "pip install torch" in installed.stderr
+
+
+def demo_records() -> list[dict]:
+    """A run's metrics as a fast-learning run writes them: the batch loss falls well before the second evaluation."""
+    steps = [{"type": "train", "iter": i, "loss": 1.5 + 4.0 / (1 + i / 10)} for i in range(0, 500, 10)]
+    evals = [{"type": "eval", "iter": i, "train_loss": 1.5 + 4.0 / (1 + i / 10), "val_loss": 1.6 + 4.0 / (1 + i / 10)}
+             for i in (0, 250, 500)]
+    return steps + evals
+
+
+def test_the_loss_plot_reads_as_a_report_figure():
+    from tinygpt.metrics import loss_figure
+
+    figure = loss_figure(demo_records(), final=(500, 1.71))
+    axes = figure.axes[0]
+    assert axes.get_title()
+    figure.canvas.draw()
+    labels = [label.get_text() for label in axes.get_yticklabels() + axes.get_yticklabels(minor=True) if label.get_text()]
+    assert labels and all(re.fullmatch(r"\d+(\.\d+)?", label) for label in labels), labels  # "2", not "2x10^0"
+    evaluations = [line for line in axes.get_lines() if "(eval)" in line.get_label()]
+    assert evaluations and all(line.get_linestyle() == "None" and line.get_marker() not in (None, "None")
+                               for line in evaluations)  # sparse evaluations as points, not lines across the curve
+    final = [line for line in axes.get_lines() if "whole" in line.get_label()]
+    assert final and list(final[0].get_xdata()) == [500] and list(final[0].get_ydata()) == [1.71]
+    assert "1.71" in final[0].get_label()
+
+
+def test_an_interrupted_run_leaves_its_loss_plot(workspace):
+    env = os.environ | {"TINYGPT_CACHE_DIR": str(workspace / "token-cache")}
+    running = subprocess.Popen([sys.executable, "-m", "tinygpt", "train", "--data", "corpus.txt", "--out-dir", "stopped",
+                                *TINY_TRAIN_FLAGS, "--max-iters", "100000", "--eval-interval", "100000",
+                                "--log-interval", "1", "--sample-tokens", "0"],
+                               cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = workspace / "stopped" / "metrics.jsonl"
+    try:
+        for _ in range(6000):
+            if metrics.exists() and metrics.read_text().count('"train"') >= 5:
+                break
+            time.sleep(0.02)
+        running.send_signal(signal.SIGTERM)
+        stdout, stderr = running.communicate(timeout=120)
+    finally:
+        running.kill()
+        running.wait()
+    assert running.returncode == 130, stderr
+    plot = workspace / "stopped" / "loss.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(plot.parent.glob(".loss.png.*"))  # written beside, then renamed: no temporary left

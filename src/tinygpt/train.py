@@ -556,6 +556,8 @@ def _train(config: TrainConfig, verbose: bool) -> TrainResult:
                     break
                 if on_any_rank(world, interrupted.is_set()):
                     directory = save()
+                    if metrics is not None:  # the run so far, as a finished run draws it
+                        plot_metrics(read_metrics(metrics.path), out_dir / PLOT_FILE)
                     launcher = f"mpiexec -n {world.world_size} " if not world.splits_batch else ""
                     raise TrainingInterrupted(f"interrupted at iteration {iteration}: checkpoint saved in {directory}; "
                                               f"continue it with: {launcher}tinygpt train --out-dir {out_dir} --resume")
@@ -598,7 +600,8 @@ def _train(config: TrainConfig, verbose: bool) -> TrainResult:
     result = TrainResult(model=model, tokenizer=tokenizer, config=config, history=history, final_eval=final_eval,
                          wall_seconds=0.0, tokens_per_second=trained * tokens_per_iteration / step_seconds if trained else 0.0,
                          checkpoint_dir=directory,
-                         plot=plot_metrics(read_metrics(metrics.path), out_dir / PLOT_FILE) if metrics is not None else None)
+                         plot=plot_metrics(read_metrics(metrics.path), out_dir / PLOT_FILE,
+                                           (iteration, final_eval["whole_val_loss"])) if metrics is not None else None)
     if metrics is not None:
         instruments.close(read_metrics(metrics.path))
     if config.sample_tokens and world.is_main:
