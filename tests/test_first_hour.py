@@ -215,3 +215,37 @@ def test_an_interrupted_run_leaves_its_loss_plot(workspace):
     plot = workspace / "stopped" / "loss.png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(plot.parent.glob(".loss.png.*"))  # written beside, then renamed: no temporary left
+
+
+def test_the_export_has_one_end_of_text_id_inside_the_vocabulary_and_transformers_generates(trained, workspace):
+    transformers = pytest.importorskip("transformers", reason="transformers loads the export")
+    torch = pytest.importorskip("torch", reason="transformers runs on torch")
+    import json
+
+    from tinygpt import Tensor
+    from tinygpt.checkpoint import load_checkpoint
+
+    result = tinygpt(workspace, "export", "--out-dir", "trained", "--to", "hf-generate")
+    assert result.returncode == 0, result.stderr
+    folder = workspace / "hf-generate"
+    config = json.loads((folder / "config.json").read_text())
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    assert all(0 <= index < config["vocab_size"] for index in tokenizer.all_special_ids), tokenizer.all_special_ids
+    assert tokenizer.eos_token_id == config["eos_token_id"] and len(tokenizer) <= config["vocab_size"]
+    model = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+    ids = tokenizer("ROMEO", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        theirs = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False)
+    ours = load_checkpoint(trained).load_model().generate(Tensor(ids.numpy()), max_new_tokens=3, temperature=0.0)
+    assert theirs.tolist() == ours.numpy().tolist()
+
+
+def test_init_from_says_in_one_line_what_it_builds(trained, workspace):
+    exported = tinygpt(workspace, "export", "--out-dir", "trained", "--to", "hf-source")
+    assert exported.returncode == 0, exported.stderr
+    result = tinygpt(workspace, "train", "--data", "corpus.txt", "--init-from", "hf-source", "--out-dir", "from-hf",
+                     *TINY, "--max-iters", "2", "--sample-tokens", "0")
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("starting from hf-source"))
+    assert "1 layer" in line and "2 heads" in line and "width 16" in line and "with biases" in line
+    assert re.search(r"[\d,]+ parameters", line)

@@ -34,7 +34,7 @@ from tinygpt.distributed import (RANKS_VARIABLE, get_world, launch_ranks, launch
 from tinygpt.files import PROMPT_FILE_BYTES, TOKENIZER_FILE_BYTES, decode_utf8, read_stream, regular_file
 from tinygpt.flags import OneLineParser, add_setting_flags
 from tinygpt.tokenizer import save_gpt2_tokenizer
-from tinygpt.tokenizer.gpt2 import MERGES_FILE, VOCAB_FILE
+from tinygpt.tokenizer.gpt2 import END_OF_TEXT, MERGES_FILE, VOCAB_FILE
 from tinygpt.instruments.commands import attention_picture, profile_training
 from tinygpt.sampling import printable, read_prompt, stream_text
 from tinygpt.tokenizer import SPLIT_PATTERNS, BPETokenizer
@@ -228,8 +228,12 @@ def run_export(args: argparse.Namespace) -> int:
     refuse_checkpoint_target(Path(args.to))
     refuse_files_in(Path(args.to), args.overwrite)
     model = checkpoint.load_model()
+    end_of_text = checkpoint.tokenizer.special_tokens.get(END_OF_TEXT)
+    if end_of_text is not None and end_of_text >= model.config.vocab_size:
+        raise ConfigError(f"the tokenizer's {END_OF_TEXT} has the id {end_of_text}, beyond the model's vocabulary of "
+                          f"{model.config.vocab_size}: transformers could not generate it")
     try:
-        model.save_gpt2_checkpoint(args.to)
+        model.save_gpt2_checkpoint(args.to, end_of_text)
         written = save_gpt2_tokenizer(checkpoint.tokenizer, args.to)
     except ValueError as error:
         raise ConfigError(str(error)) from None

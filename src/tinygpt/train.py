@@ -393,6 +393,16 @@ class ProgressReport:
         self.bar.close()
 
 
+def describe_model(model: GPT) -> str:
+    """What a GPT is, in a few words: "a GPT of 1 layer, 2 heads, width 16, block 8, vocabulary 256, with biases
+    (5,216 parameters)"."""
+    shape = model.config
+    layers = f"{shape.num_layers} layer{'s' if shape.num_layers > 1 else ''}"
+    return (f"a GPT of {layers}, {shape.num_heads} heads, width {shape.embedding_dim}, block {shape.max_seq_length}, "
+            f"vocabulary {shape.vocab_size}, {'with' if shape.bias else 'without'} biases "
+            f"({model.num_parameters():,} parameters)")
+
+
 def describe_layout(config: TrainConfig, world: World) -> str:
     """How the work is split, e.g. "2 ranks x 1 thread, 6 sequences each"."""
     threads = get_num_threads() if config.device == "cpu" else 0
@@ -471,7 +481,8 @@ def _train(config: TrainConfig, verbose: bool) -> TrainResult:
     if pretrained is not None:
         config = replace(config, model=replace(pretrained.model.config, dropout=config.model.dropout))
         config.validate()
-        log(f"starting from {config.init_from}: its architecture and weights, a fresh optimizer, iteration 0")
+        log(f"starting from {config.init_from}: {describe_model(pretrained.model)}; its weights, a fresh optimizer, "
+            "iteration 0")
     path = corpus_path(config)
     data = data_record(data_files(path, config))
     if checkpoint is not None:
