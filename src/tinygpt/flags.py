@@ -33,7 +33,7 @@ class Setting:
     optional: bool = False
     choices: tuple[str, ...] | None = None
     metavar: str | None = None
-    group: str = "options"
+    group: str | None = None  # None: with the command's own options
 
     def accepts(self, value: Any) -> bool:
         """Whether value has this setting's type (an int is a float; a bool is not an int)."""
@@ -71,9 +71,11 @@ class OnOffFlag(argparse.BooleanOptionalAction):
 def add_setting_flags(parser: argparse.ArgumentParser, settings: list[Setting]) -> None:
     """A flag per setting, listed under its group; a bool gets --x / --no-x. nanoGPT's spelling (--n_layer) is taken
     too, but not shown. Each defaults to SUPPRESS, so that the namespace holds only the flags actually given."""
-    groups: dict[str, Any] = {}
+    groups: dict[str | None, Any] = {None: parser}
     for setting in settings:
-        group = groups.get(setting.group) or groups.setdefault(setting.group, parser.add_argument_group(setting.group))
+        if setting.group not in groups:
+            groups[setting.group] = parser.add_argument_group(setting.group)
+        group = groups[setting.group]
         shown = "none" if setting.default is None else setting.default
         dashed = f"--{setting.name.replace('_', '-')}"
         spellings = [(group, [dashed], f"{setting.help} (default: {shown})")]

@@ -28,14 +28,14 @@ from tqdm.auto import tqdm
 
 from tinygpt import backend
 from tinygpt.checkpoint import (CHECKPOINT_DIR, TOKENIZER_PREFIX, Checkpoint, check_architecture, check_same_data,
-                                data_record, find_checkpoint, load_checkpoint, out_dir_lock, random_state, removed_if_left_empty,
-                                read_checkpoint_config, restore_training_state, save_checkpoint)
+                                data_record, find_checkpoint, load_checkpoint, out_dir_lock, random_state,
+                                read_checkpoint_config, removed_if_left_empty, restore_training_state, save_checkpoint)
 from tinygpt.checkpoint_checks import check_finite_weights
-from tinygpt.divergence import DivergenceWatch
 from tinygpt.config import PRESETS, ConfigError, TrainConfig, named, setting_schema
 from tinygpt.dataset import (check_corpus_file, default_corpus_path, get_batch, read_corpus_text, tokenize_corpus,
                              train_val_split)
 from tinygpt.distributed import TERMINAL_VARIABLE, World, get_world
+from tinygpt.divergence import DivergenceWatch
 from tinygpt.evaluation import estimate_loss, split_windows, whole_split_loss
 from tinygpt.instruments.run import RunInstruments
 from tinygpt.losses import CrossEntropyLoss
