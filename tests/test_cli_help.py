@@ -58,3 +58,8 @@ def test_every_flag_of_every_command_says_what_it_does(capsys):
 def test_train_help_shows_the_defaults(capsys):
     text = " ".join(help_text(capsys, "train").split())
     assert "(default: adamw)" in text and "(default: 2000)" in text and "(default: out)" in text
+
+
+def test_train_help_says_the_gpu_preset_has_not_run_on_a_gpu(capsys):
+    text = " ".join(help_text(capsys, "train").split())
+    assert "shakespeare-char-gpu needs --device cuda, which has not run on a GPU yet" in text
