@@ -249,3 +249,12 @@ def test_init_from_says_in_one_line_what_it_builds(trained, workspace):
     line = next(line for line in result.stdout.splitlines() if line.startswith("starting from hf-source"))
     assert "1 layer" in line and "2 heads" in line and "width 16" in line and "with biases" in line
     assert re.search(r"[\d,]+ parameters", line)
+
+
+def test_the_done_line_gives_the_steps_time_and_rate_and_the_whole_time_apart(workspace):
+    result = tinygpt(workspace, "train", "--data", "corpus.txt", "--out-dir", "done-line", *TINY, "--max-iters", "4")
+    assert result.returncode == 0, result.stderr
+    done = next(line for line in result.stdout.splitlines() if line.startswith("done: "))
+    parts = re.match(r"done: 4 iterations, ([\d.]+) s of training steps at ([\d,]+) tokens/s, ([\d.]+) s in all \(", done)
+    assert parts, done
+    assert float(parts.group(1)) <= float(parts.group(3))
