@@ -124,7 +124,7 @@ BAD_INPUTS = {
     "missing data file": (["train", "--data", "no-such-file.txt"], "does not exist"),
     "empty data file": (["train", "--data", "empty.txt"], "is empty"),
     "block size larger than the data": (["train", "--data", "short.txt", "--block-size", "64"], "too short for block size 64"),
-    "unknown preset": (["train", "--preset", "shakespeare-word"], "unknown preset 'shakespeare-word'"),
+    "unknown preset": (["train", "--preset", "shakespeare-word"], "invalid choice: 'shakespeare-word'"),
     "other architecture on resume": (["train", "--out-dir", "{trained}", "--resume", "--n-embd", "32"],
                                      "n_embd=16 but this run asks for n_embd=32"),
     "resume without a checkpoint": (["train", "--out-dir", "nothing-here", "--resume"], "no checkpoint in nothing-here"),

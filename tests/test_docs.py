@@ -1,11 +1,13 @@
 """Every docs/*.md page and the README: its ```python blocks run, in order, as one program in a fresh namespace.
 
-Pages are found by glob, so a new page is tested as soon as it exists. Each runs in its own empty
-working directory, so an example may write files (checkpoints, tokenizer models) freely.
+Pages are found by glob, so a new page is tested as soon as it exists. Each runs twice in a working directory
+of its own: an empty one, and one as the README's first command (`tinygpt train`) leaves it, with a checkpoint
+in `out/`, so that no example fails for a reader who ran that command first.
 """
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -40,11 +42,26 @@ def test_python_blocks_are_extracted_in_order(tmp_path):
     assert python_blocks(page) == [(4, "x = 1\n"), (14, "y = x + 1\n")]
 
 
+@pytest.fixture(scope="module")
+def first_command_out(tmp_path_factory) -> Path:
+    """An out/ as `tinygpt train` leaves it (a checkpoint, metrics.jsonl, loss.png), of a small model."""
+    from tinygpt.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("first-command") / "out"
+    settings = dict(n_layer=1, n_head=2, n_embd=16, block_size=8, max_iters=2, eval_interval=2, eval_iters=1,
+                    sample_tokens=0, out_dir=str(out))
+    train(TrainConfig.from_settings(settings), verbose=False)
+    return out
+
+
+@pytest.mark.parametrize("after_first_command", [False, True], ids=["empty folder", "after tinygpt train"])
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
-def test_docs_page_examples_run(page, tmp_path, monkeypatch):
+def test_docs_page_examples_run(page, after_first_command, tmp_path, monkeypatch, request):
     blocks = python_blocks(page)
     if not blocks:
         pytest.skip(f"{page.name} has no python example")
+    if after_first_command:
+        shutil.copytree(request.getfixturevalue("first_command_out"), tmp_path / "out")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TINYGPT_CACHE_DIR", str(tmp_path / "token-cache"))
     tinygpt.manual_seed(0)

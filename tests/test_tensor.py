@@ -501,3 +501,13 @@ def test_mixed_float_dtypes_keep_the_gradient_of_both_sides():
 def test_integers_of_different_widths_promote_to_the_wider_integer():
     total = Tensor(np.array([1, 2], dtype=np.int32)) + Tensor(np.array([3, 4], dtype=np.int64))
     assert total.dtype == DType.int64 and total.to_python() == [4, 6]
+
+
+def test_log_outside_its_domain_gives_torchs_values_without_a_warning():
+    import warnings
+
+    values = [0.0, -1.0, 4.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch returns -inf and nan quietly; numpy alone would warn
+        ours = Tensor(values).log()
+    np.testing.assert_array_equal(ours.numpy(), torch.tensor(values).log().numpy())

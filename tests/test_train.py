@@ -273,7 +273,7 @@ def test_a_resumed_run_keeps_the_metrics_before_its_checkpoint(tmp_path, corpus)
 
 def test_training_into_a_directory_with_a_checkpoint_needs_resume_or_overwrite(tmp_path, corpus):
     first = train(tiny_config(tmp_path, corpus, max_iters=4), verbose=False)
-    with pytest.raises(ConfigError, match="already holds a checkpoint .*--resume.*--overwrite"):
+    with pytest.raises(ConfigError, match="already holds a checkpoint .*resume=True.*overwrite=True"):
         train(tiny_config(tmp_path, corpus, max_iters=2), verbose=False)
     assert load_checkpoint(tmp_path).state["iteration"] == 4
     replaced = train(tiny_config(tmp_path, corpus, max_iters=2, overwrite=True), verbose=False)

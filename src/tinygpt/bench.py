@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -31,6 +32,7 @@ ADAMW = dict(lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
 SPREAD_TOLERANCE = 0.2  # per-round ratios spread wider than this around their median are not quoted
 BUSY_CORE_LIMIT = 0.5  # cores kept busy by other processes beyond which the ratios are called unreliable
 LOAD_SHARE = 0.3  # the share of one core that --load keeps busy
+PACKAGE_ROOT = Path(__file__).resolve().parent  # src/tinygpt in a checkout, site-packages/tinygpt once installed
 
 
 def build_tinygpt(config: dict):
@@ -378,6 +380,15 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
+def torch_install_advice() -> str:
+    """How to get PyTorch: from a checkout (src/tinygpt beside pyproject.toml), its test extra, which pins the
+    version the benchmarks were measured with; for an installed package, PyTorch itself."""
+    root = PACKAGE_ROOT.parent.parent
+    if PACKAGE_ROOT.parent.name == "src" and (root / "pyproject.toml").is_file():
+        return f'pip install "{root}[test]"'
+    return "pip install torch"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = OneLineParser(prog="tinygpt bench", description=__doc__.splitlines()[0])
@@ -394,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch  # noqa: F401
     except ImportError:
-        print("tinygpt: error: tinygpt bench needs PyTorch as its peer (pip install torch)", file=sys.stderr)
+        print(f"tinygpt: error: tinygpt bench needs PyTorch as its peer: {torch_install_advice()}", file=sys.stderr)
         return 1
     configs = ["tiny"] if args.quick else (args.config or ["shakespeare-char-cpu", "large"])
     steps, warmup, rounds = (2, 1, 1) if args.quick else (args.steps, args.warmup, args.rounds)

@@ -311,7 +311,7 @@ class Buffer:
             raise TypeError(f"{name} needs a float buffer, got {self.dtype.name}")
         return Buffer.from_array(fn(self.array))
 
-    def log(self): return self._unary(self.xp.log, "log")
+    def log(self): return self._unary(_quiet(self.xp.log), "log")
     def exp(self): return self._unary(self.xp.exp, "exp")
     def tanh(self): return self._unary(self.xp.tanh, "tanh")
     def sqrt(self): return self._unary(self.xp.sqrt, "sqrt")
@@ -439,6 +439,15 @@ DLPACK_CUDA = 2  # DLPack's device type of a CUDA GPU (1 is the CPU)
 def _is_foreign_array(data: Any) -> bool:
     """An array of another library (a torch tensor...) that TinyGPT reads through DLPack."""
     return hasattr(data, "__dlpack__") and not isinstance(data, (np.ndarray, Buffer)) and not backend.is_cupy_array(data)
+
+
+def _quiet(fn):
+    """fn without numpy's warnings for inputs outside its domain: log(0) is -inf and log(-1) nan, quietly, as in
+    PyTorch (the result already says it)."""
+    def quiet(array):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return fn(array)
+    return quiet
 
 
 def _raw(value):

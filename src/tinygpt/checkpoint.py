@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from tinygpt import backend
-from tinygpt.config import NANOGPT_NAMES, ConfigError, TrainConfig
+from tinygpt.config import NANOGPT_NAMES, ConfigError, TrainConfig, named
 from tinygpt.checkpoint_checks import check_finite_weights, check_optimizer_covers_model, check_weights_fit_config
 from tinygpt.files import CONFIG_FILE_BYTES, STATE_FILE_BYTES, TOKENIZER_FILE_BYTES, read_json, regular_file
 from tinygpt.dataset import file_digest
@@ -57,6 +57,9 @@ def find_checkpoint(out_dir: str | os.PathLike) -> Path:
     for name in (CHECKPOINT_DIR, PREVIOUS_CHECKPOINT_DIR):
         if (out_dir / name).is_dir():
             return out_dir / name
+    if (out_dir / STATE_FILE).is_file():  # the checkpoint folder itself was given, not the run's
+        raise ConfigError(f"{out_dir} is a checkpoint folder, not a run's: give the folder that holds it, "
+                          f"{named('out_dir', str(out_dir.parent))}")
     raise ConfigError(f"no checkpoint in {out_dir} (train one with: tinygpt train --out-dir {out_dir})")
 
 
@@ -204,6 +207,20 @@ def out_dir_lock(out_dir: Path) -> Iterator[None]:
         os.close(descriptor)  # closing the descriptor releases the lock
 
 
+@contextmanager
+def removed_if_left_empty(out_dir: Path) -> Iterator[None]:
+    """A run that fails before writing anything leaves no out_dir it created behind (a folder that was there
+    stays, and so does one holding anything but the lock file)."""
+    existed = out_dir.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and out_dir.is_dir() and {path.name for path in out_dir.iterdir()} <= {LOCK_FILE}:
+            (out_dir / LOCK_FILE).unlink(missing_ok=True)
+            out_dir.rmdir()
+        raise
+
+
 def _write_checkpoint_files(staging: Path, model: GPT, optimizer: Optimizer, tokenizer: BPETokenizer,
                             config: TrainConfig, state: dict[str, Any]) -> None:
     model.save_weights(str(staging / MODEL_FILE))
@@ -244,7 +261,7 @@ def check_same_data(checkpoint: Checkpoint, data: dict[str, dict[str, str]]) -> 
     for key, record in data.items():
         if key in recorded and record["sha256"] != recorded[key].get("sha256"):
             raise ConfigError(f"data file {record['path']} has changed since checkpoint {checkpoint.directory} was written (its "
-                              "SHA-256 differs): give the text it was trained on, or start from it with --init-from")
+                              f"SHA-256 differs): give the text it was trained on, or start from it with {named('init_from')}")
 
 
 def _fsync(path: Path) -> None:
@@ -264,7 +281,7 @@ def check_architecture(checkpoint: Checkpoint, config: TrainConfig) -> None:
         have = ", ".join(f"{NANOGPT_NAMES.get(name, name)}={saved[name]}" for name in differing)
         wanted = ", ".join(f"{NANOGPT_NAMES.get(name, name)}={asked[name]}" for name in differing)
         raise ConfigError(f"checkpoint {checkpoint.directory} has {have} but this run asks for {wanted}; "
-                          "use the checkpoint's architecture or drop --resume")
+                          f"use the checkpoint's architecture or drop {named('resume', True)}")
 
 
 # ---- state.json: its schema, written, checked and restored here ------------------------------------------

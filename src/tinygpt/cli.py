@@ -22,19 +22,21 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import tinygpt
 from tinygpt.checkpoint import CHECKPOINT_DIR, PREVIOUS_CHECKPOINT_DIR, STAGING_PREFIX, STATE_FILE
-from tinygpt.config import read_config_file, setting_schema
+from tinygpt.config import flag_spelling, read_config_file, setting_schema
 from tinygpt.dataset import default_corpus_path, read_corpus_text
 from tinygpt.distributed import (RANKS_VARIABLE, get_world, launch_ranks, launched_by_mpi, requested_ranks,
                                  why_mpi_cannot_start)
 from tinygpt.files import PROMPT_FILE_BYTES, TOKENIZER_FILE_BYTES, decode_utf8, read_stream, regular_file
 from tinygpt.flags import OneLineParser, add_setting_flags
 from tinygpt.tokenizer import save_gpt2_tokenizer
+from tinygpt.tokenizer.gpt2 import END_OF_TEXT, MERGES_FILE, VOCAB_FILE
 from tinygpt.instruments.commands import attention_picture, profile_training
-from tinygpt.sampling import read_prompt, stream_text
+from tinygpt.sampling import printable, read_prompt, stream_text
 from tinygpt.tokenizer import SPLIT_PATTERNS, BPETokenizer
 from tinygpt.checkpoint import load_checkpoint
 from tinygpt.config import PRESETS, ConfigError, TrainConfig, check_device
@@ -51,12 +53,17 @@ def add_train_parser(subparsers) -> None:
                                    "(the shakespeare-char-cpu preset), with --resume the checkpoint's, --preset, "
                                    "--config FILE, then the flags given. Every flag is also spelt as nanoGPT's "
                                    "(--n_layer=4).")
-    parser.add_argument("--preset", help=f"a known configuration: {', '.join(PRESETS)}")
+    add_preset_argument(parser)
     parser.add_argument("--config", metavar="FILE", help="a .toml or .json file of settings named as the flags "
                         "with underscores (n_layer = 4); flags given override it")
     add_setting_flags(parser, setting_schema())
     add_ranks_argument(parser)
     parser.set_defaults(handler=run_train)
+
+
+def add_preset_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=tuple(PRESETS), help="a known configuration (default: none, the defaults "
+                        "below; shakespeare-char-gpu needs --device cuda, which has not run on a GPU yet)")
 
 
 def add_ranks_argument(parser: argparse.ArgumentParser) -> None:
@@ -104,7 +111,7 @@ def add_profile_parser(subparsers) -> None:
                                    description="Run --steps training steps of the run `tinygpt train` would run with the "
                                    "same flags (after one warm-up step) and print where the time goes, by op and by "
                                    "module, with each row's FLOPs and the MFU (docs/instruments.md).")
-    parser.add_argument("--preset", help=f"a known configuration: {', '.join(PRESETS)}")
+    add_preset_argument(parser)
     parser.add_argument("--config", metavar="FILE", help="a .toml or .json file of settings, as for train")
     parser.add_argument("--steps", type=int, default=3, metavar="N", help="profiled steps (default: 3)")
     add_setting_flags(parser, setting_schema())
@@ -127,7 +134,7 @@ def add_attention_parser(subparsers) -> None:
     parser.add_argument("--prompt", required=True, help="the text whose attention to draw")
     parser.add_argument("--layer", type=int, metavar="N", help="only this layer (default: all)")
     parser.add_argument("--to", metavar="PATH", help="the picture to write, .png or .svg (default: OUT_DIR/attention.png)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    add_device_argument(parser)
     parser.set_defaults(handler=run_attention)
 
 
@@ -142,6 +149,11 @@ def add_out_dir_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", metavar="DIR", default="out", help="directory of the checkpoint (default: out)")
 
 
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (cuda needs "
+                        "CuPy; default: cpu)")
+
+
 def add_sample_parser(subparsers) -> None:
     parser = subparsers.add_parser("sample", help="continue a prompt with the model of a checkpoint",
                                    description="Sample text from the checkpoint that `tinygpt train` left in --out-dir, "
@@ -149,29 +161,37 @@ def add_sample_parser(subparsers) -> None:
     add_out_dir_argument(parser)
     parser.add_argument("--prompt", "--start", dest="prompt", default="\n", help="text to continue, or FILE:path for the "
                         "text of a file, as nanoGPT's sample.py --start (default: a newline)")
-    parser.add_argument("--max-new-tokens", type=int, default=500, metavar="N")
+    parser.add_argument("--max-new-tokens", type=int, default=500, metavar="N", help="tokens to generate (default: 500)")
     parser.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 is greedy (default: 0.8)")
     parser.add_argument("--top-k", type=int, default=200, metavar="K", help="sample among the K likeliest tokens "
                         "(0: all; default: 200)")
     parser.add_argument("--top-p", type=float, default=None, metavar="P", help="then among the likeliest tokens whose "
                         "probabilities sum to P (nucleus sampling, 0 < P <= 1; default: off)")
-    parser.add_argument("--num-samples", type=int, default=1, metavar="N")
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--num-samples", type=int, default=1, metavar="N", help="samples to draw, one after another "
+                        "(default: 1)")
+    parser.add_argument("--seed", type=int, default=1337, metavar="N", help="random seed of the first sample, the next "
+                        "ones take seed + 1, ... (default: 1337)")
+    add_device_argument(parser)
     parser.set_defaults(handler=run_sample)
 
 
+def check_sample_arguments(args: argparse.Namespace) -> None:
+    """ConfigError naming the first argument of `tinygpt sample` out of its range, and that one alone."""
+    wrong = {"--max-new-tokens": (args.max_new_tokens < 0, ">= 0"), "--num-samples": (args.num_samples < 1, ">= 1"),
+             "--temperature": (not 0.0 <= args.temperature < math.inf, "a finite number >= 0 (0 is greedy)"),
+             "--top-k": (args.top_k < 0, ">= 0 (0: all tokens)"), "--seed": (args.seed < 0, ">= 0"),
+             "--top-p": (args.top_p is not None and not 0.0 < args.top_p <= 1.0, "in (0, 1]")}
+    for flag, (is_wrong, expected) in wrong.items():
+        if is_wrong:
+            raise ConfigError(f"{flag} must be {expected}, got {getattr(args, flag[2:].replace('-', '_'))}")
+
+
 def run_sample(args: argparse.Namespace) -> int:
-    if args.max_new_tokens < 0 or args.num_samples < 1 or not args.temperature >= 0 or args.top_k < 0:
-        raise ConfigError("--max-new-tokens, --temperature and --top-k must be >= 0 and --num-samples >= 1")
-    if not math.isfinite(args.temperature) or args.seed < 0:
-        raise ConfigError(f"--temperature must be finite and --seed >= 0, got {args.temperature} and {args.seed}")
+    check_sample_arguments(args)
     try:
         args.prompt.encode("utf-8")
     except UnicodeEncodeError as error:
         raise ConfigError(f"the prompt is not UTF-8 text (an undecodable byte at character {error.start})") from None
-    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
-        raise ConfigError(f"--top-p must be in (0, 1], got {args.top_p}")
     check_device(args.device)
     try:
         prompt = read_prompt(args.prompt)
@@ -179,13 +199,14 @@ def run_sample(args: argparse.Namespace) -> int:
         raise ConfigError(str(error)) from None
     checkpoint = load_checkpoint(args.out_dir)
     model = checkpoint.load_model(args.device)
+    shown = printable if sys.stdout.isatty() else str  # a terminal gets control bytes escaped; a file, the text itself
     for index in range(args.num_samples):
         if index:
             print("---------------")
         try:
             for piece in stream_text(model, checkpoint.tokenizer, prompt, args.max_new_tokens, args.temperature,
                                      args.top_k or None, args.top_p, seed=args.seed + index, device=args.device):
-                sys.stdout.write(piece)
+                sys.stdout.write(shown(piece))
                 sys.stdout.flush()
         except ValueError as error:
             raise ConfigError(str(error)) from None
@@ -199,16 +220,23 @@ def add_export_parser(subparsers) -> None:
                                    "GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained load: config.json, "
                                    "model.safetensors, tokenizer.json (and vocab.json + merges.txt for GPT-2's pattern).")
     add_out_dir_argument(parser)
-    parser.add_argument("--to", metavar="PATH", required=True, help="the Hugging Face directory to write")
+    parser.add_argument("--to", metavar="PATH", required=True, help="the Hugging Face directory to write (new or empty)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a --to directory that holds files, "
+                        "replacing the export's own files there")
     parser.set_defaults(handler=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
     checkpoint = load_checkpoint(args.out_dir)
     refuse_checkpoint_target(Path(args.to))
+    refuse_files_in(Path(args.to), args.overwrite)
     model = checkpoint.load_model()
+    end_of_text = checkpoint.tokenizer.special_tokens.get(END_OF_TEXT)
+    if end_of_text is not None and end_of_text >= model.config.vocab_size:
+        raise ConfigError(f"the tokenizer's {END_OF_TEXT} has the id {end_of_text}, beyond the model's vocabulary of "
+                          f"{model.config.vocab_size}: transformers could not generate it")
     try:
-        model.save_gpt2_checkpoint(args.to)
+        model.save_gpt2_checkpoint(args.to, end_of_text)
         written = save_gpt2_tokenizer(checkpoint.tokenizer, args.to)
     except ValueError as error:
         raise ConfigError(str(error)) from None
@@ -223,6 +251,18 @@ def refuse_checkpoint_target(target: Path) -> None:
         raise ConfigError(f"--to {target} is a TinyGPT checkpoint directory: export to a directory of its own")
 
 
+def refuse_files_in(target: Path, overwrite: bool) -> None:
+    """As `train` into a checkpoint's out dir, export into a directory that holds anything needs --overwrite; then
+    the files of an earlier export that this one does not write (vocab.json, merges.txt) go."""
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"--to {target} already holds files: replace them with --overwrite, or give another --to")
+        for name in (VOCAB_FILE, MERGES_FILE):
+            (target / name).unlink(missing_ok=True)
+    elif target.exists() and not target.is_dir():
+        raise ConfigError(f"--to {target} is a file, not a directory")
+
+
 def add_eval_parser(subparsers) -> None:
     parser = subparsers.add_parser("eval", help="loss and bits per byte of a checkpoint over a whole text file",
                                    description="Evaluate the checkpoint in --out-dir over every block-size window of "
@@ -230,7 +270,7 @@ def add_eval_parser(subparsers) -> None:
                                    "equals the final one `tinygpt train` printed.")
     add_out_dir_argument(parser)
     parser.add_argument("--data", metavar="FILE", help="UTF-8 text file (default: the run's validation split)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    add_device_argument(parser)
     add_ranks_argument(parser)
     parser.set_defaults(handler=run_eval)
 
@@ -283,6 +323,8 @@ def read_stdin_text() -> str:
 
 
 def load_tokenizer(path: str) -> BPETokenizer:
+    if not Path(path).exists() and Path(f"{path}.model").is_file():  # the prefix `tokenizer train --out` took
+        raise ConfigError(f"tokenizer model {path} does not exist: did you mean --model {path}.model?")
     tokenizer = BPETokenizer()
     try:
         tokenizer.load(regular_file(path, "tokenizer model", TOKENIZER_FILE_BYTES))
@@ -358,6 +400,14 @@ def fail(message: str) -> int:
     return 1
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning of the command as one line, `tinygpt: warning: ...`, not Python's file, line and source."""
+    try:
+        print(f"tinygpt: warning: {message}", file=sys.stderr, flush=True)
+    except OSError:  # stderr on a full disk: as Python's own showwarning, the command goes on
+        pass
+
+
 def interrupt(signum, frame) -> None:
     """SIGTERM stops the command as Ctrl-C does: the training loop saves a checkpoint (interrupts.deferred_interrupt),
     and elsewhere the exception unwinds through every cleanup (a half-written token cache is deleted)."""
@@ -380,7 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous_handler = signal.signal(signal.SIGTERM, interrupt) if on_main_thread else None
     try:
-        return args.handler(args)
+        with flag_spelling(), warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            return args.handler(args)
     except BrokenPipeError:  # the reader of stdout went away (`tinygpt sample | head`): nothing is left to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the flush at exit fails quietly too
         return 141  # 128 + SIGPIPE, as a shell reports a command stopped by a closed pipe

@@ -10,14 +10,14 @@ vocab_size, dropout and bias keep theirs). `TrainConfig.from_settings` and `Trai
 """
 from __future__ import annotations
 
+import contextvars
 import json
 import re
 import sys
-from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from tinygpt import backend
 from tinygpt.files import CONFIG_FILE_BYTES, read_text
@@ -70,6 +70,28 @@ def as_config_error(*kinds: type[Exception]) -> Iterator[None]:
         raise
     except (ValueError, *kinds) as error:
         raise ConfigError(str(error)) from None
+
+
+FLAG_SPELLING: contextvars.ContextVar[bool] = contextvars.ContextVar("flag_spelling", default=False)
+
+
+@contextmanager
+def flag_spelling() -> Iterator[None]:
+    """Within it, messages name settings as the command line's flags (the `tinygpt` command runs in it)."""
+    token = FLAG_SPELLING.set(True)
+    try:
+        yield
+    finally:
+        FLAG_SPELLING.reset(token)
+
+
+def named(setting: str, value: Any = None) -> str:
+    """A setting as the one who gave it spells it: `--resume`, `--out-dir x` on the command line; `resume=True`,
+    `out_dir='x'` from Python (the TrainConfig field). Without a value, the flag or the field's name alone."""
+    if FLAG_SPELLING.get():
+        flag = f"--{setting.replace('_', '-')}"
+        return flag if value is None or value is True else f"{flag} {value}"
+    return setting if value is None else f"{setting}={value!r}"
 
 
 def default_model() -> GPTConfig:
@@ -216,14 +238,35 @@ class TrainConfig:
             raise ConfigError(f"logit_soft_cap must be 0 (off) or a positive finite number, got {self.model.logit_soft_cap}")
 
 
+GROUPS = {  # how `tinygpt train --help` lists the settings; the model's settings are "model"
+    "data and output": ("data", "val_data", "val_fraction", "out_dir"),
+    "optimization": ("batch_size", "gradient_accumulation_steps", "max_iters", "learning_rate", "min_lr", "warmup_iters",
+                     "lr_decay_iters", "weight_decay", "beta1", "beta2", "grad_clip", "optimizer", "muon_learning_rate",
+                     "muon_momentum", "schedule", "decay_fraction"),
+    "evaluation and logging": ("eval_interval", "eval_iters", "log_interval", "log_stats", "tensorboard", "sample_tokens"),
+    "run": ("device", "seed", "resume", "init_from", "overwrite"),
+}
+METAVARS = {"data": "FILE", "val_data": "FILE", "out_dir": "DIR", "init_from": "DIR"}
+
+
+def setting_choices() -> dict[str, tuple[str, ...]]:
+    """The settings that take one of a few names, and those names."""
+    return {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": tuple(backend.DEVICES), "norm": tuple(NORMS),
+            "mlp_activation": tuple(GPTMLP.activations)}
+
+
 def setting_schema() -> list[Setting]:
-    """Every flat setting with its type, default and help: TrainConfig's fields, then GPTConfig's."""
-    run = [setting for setting in dataclass_settings(TrainConfig) if setting.name != "model"]
+    """Every flat setting with its type, default, help and how --help shows it: TrainConfig's fields, then GPTConfig's."""
+    group_of = {name: group for group, names in GROUPS.items() for name in names}
+    choices = setting_choices()
+    run = [replace(setting, group=group_of[setting.name], choices=choices.get(setting.name),
+                   metavar=METAVARS.get(setting.name))
+           for setting in dataclass_settings(TrainConfig) if setting.name != "model"]
     defaults = asdict(default_model())
-    model = [Setting(setting.name, setting.kind, defaults[MODEL_SETTINGS[setting.name]], setting.help, setting.optional)
+    model = [Setting(setting.name, setting.kind, defaults[MODEL_SETTINGS[setting.name]], setting.help, setting.optional,
+                     choices.get(setting.name), group="model")
              for setting in dataclass_settings(GPTConfig, NANOGPT_NAMES)]
     return run + model
-
 
 def check_settings(settings: dict[str, Any], origin: str) -> None:
     """Raise ConfigError for a setting of origin (a file, a checkpoint) that is unknown or of the wrong type."""
@@ -271,5 +314,5 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return settings
 
 
-__all__ = ["TrainConfig", "ConfigError", "check_device", "PRESETS", "MODEL_SETTINGS", "NANOGPT_NAMES", "default_model", "setting_schema",
+__all__ = ["TrainConfig", "ConfigError", "check_device", "PRESETS", "MODEL_SETTINGS", "NANOGPT_NAMES", "default_model", "setting_schema", "named", "flag_spelling",
            "check_settings", "read_config_file"]

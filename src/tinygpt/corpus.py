@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygpt.config import ConfigError, TrainConfig, as_config_error
+from tinygpt.config import ConfigError, TrainConfig, as_config_error, named
 from tinygpt.dataset import (check_corpus_file, default_corpus_path, get_batch, read_corpus_text, tokenize_corpus,
                              train_val_split)
 from tinygpt.distributed import World
@@ -65,10 +65,10 @@ def load_tokens(path: Path, tokenizer: BPETokenizer, config: TrainConfig) -> tup
     block_size = config.model.max_seq_length
     if len(val_tokens) < block_size + 1:
         raise ConfigError(f"{described} of {len(val_tokens)} tokens is too short for block size {block_size} (needs "
-                          f"{block_size + 1}); use a smaller --block-size or more data")
+                          f"{block_size + 1}); use a smaller {named('block_size')} or more data")
     if len(train_tokens) < block_size + 1:
         raise ConfigError(f"data file {path}: its training split of {len(train_tokens)} tokens is too short for block "
-                          f"size {block_size} (needs {block_size + 1}); use a smaller --block-size or more data")
+                          f"size {block_size} (needs {block_size + 1}); use a smaller {named('block_size')} or more data")
     return train_tokens, val_tokens
 
 

@@ -23,13 +23,17 @@ class OneLineParser(argparse.ArgumentParser):
 
 @dataclass(frozen=True)
 class Setting:
-    """One field of a settings dataclass: its (flat) name, value type, default, help, and whether None is allowed."""
+    """One field of a settings dataclass: its (flat) name, value type, default, help, whether None is allowed, and
+    how --help shows it: its choices, its metavar and the group it is listed in."""
 
     name: str
     kind: type
     default: Any
     help: str
     optional: bool = False
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+    group: str | None = None  # None: with the command's own options
 
     def accepts(self, value: Any) -> bool:
         """Whether value has this setting's type (an int is a float; a bool is not an int)."""
@@ -57,20 +61,33 @@ def dataclass_settings(cls: type, renames: dict[str, str] | None = None) -> list
     return settings
 
 
+class OnOffFlag(argparse.BooleanOptionalAction):
+    """--x / --no-x, shown once in the usage line as --[no-]x."""
+
+    def format_usage(self) -> str:
+        return self.option_strings[0].replace("--", "--[no-]", 1)
+
+
 def add_setting_flags(parser: argparse.ArgumentParser, settings: list[Setting]) -> None:
-    """A flag per setting, spelt both --n-layer and --n_layer (nanoGPT's); a bool gets --x / --no-x. Each
-    defaults to SUPPRESS, so that the namespace holds only the flags actually given."""
+    """A flag per setting, listed under its group; a bool gets --x / --no-x. nanoGPT's spelling (--n_layer) is taken
+    too, but not shown. Each defaults to SUPPRESS, so that the namespace holds only the flags actually given."""
+    groups: dict[str | None, Any] = {None: parser}
     for setting in settings:
-        names = [f"--{setting.name.replace('_', '-')}"] + ([f"--{setting.name}"] if "_" in setting.name else [])
+        if setting.group not in groups:
+            groups[setting.group] = parser.add_argument_group(setting.group)
+        group = groups[setting.group]
         shown = "none" if setting.default is None else setting.default
-        text = f"{setting.help} (default: {shown})"
-        if setting.kind is bool:
-            parser.add_argument(*names, dest=setting.name, action=argparse.BooleanOptionalAction, help=text,
-                                default=argparse.SUPPRESS)
-        else:
-            metavar = {int: "N", float: "X"}.get(setting.kind, setting.name.upper())
-            parser.add_argument(*names, dest=setting.name, type=setting.kind, metavar=metavar, help=text,
-                                default=argparse.SUPPRESS)
+        dashed = f"--{setting.name.replace('_', '-')}"
+        spellings = [(group, [dashed], f"{setting.help} (default: {shown})")]
+        if "_" in setting.name:
+            spellings.append((parser, [f"--{setting.name}"], argparse.SUPPRESS))
+        for owner, names, text in spellings:
+            if setting.kind is bool:
+                owner.add_argument(*names, dest=setting.name, action=OnOffFlag, help=text, default=argparse.SUPPRESS)
+            else:
+                metavar = setting.metavar or {int: "N", float: "X"}.get(setting.kind, setting.name.upper())
+                owner.add_argument(*names, dest=setting.name, type=setting.kind, metavar=None if setting.choices else metavar,
+                                   choices=setting.choices, help=text, default=argparse.SUPPRESS)
 
 
-__all__ = ["OneLineParser", "Setting", "dataclass_settings", "add_setting_flags"]
+__all__ = ["OneLineParser", "OnOffFlag", "Setting", "dataclass_settings", "add_setting_flags"]

@@ -100,9 +100,10 @@ def is_gpt2_directory(directory: Path) -> bool:
 
 
 # ---- writing ---------------------------------------------------------------------------------------
-def save_gpt2(model: Module, path: str | Path) -> Path:
+def save_gpt2(model: Module, path: str | Path, end_of_text_id: int | None = None) -> Path:
     """Write `model` (a tinygpt.nn.GPT) as a Hugging Face GPT-2 directory; a model without biases gets zero biases (the same
-    function). A model with options GPT-2 does not have raises ValueError naming them."""
+    function). A model with options GPT-2 does not have raises ValueError naming them. end_of_text_id, the
+    tokenizer's <|endoftext|> if it has one, is written as the config's eos and bos token ids."""
     options = _non_gpt2_options(model.config)
     if options:
         raise ValueError(f"cannot export as GPT-2: the model uses {', '.join(options)}, which GPT-2 does not have")
@@ -120,7 +121,7 @@ def save_gpt2(model: Module, path: str | Path) -> Path:
     if unmapped:
         raise ValueError(f"cannot export as GPT-2: parameters {unmapped} have no GPT-2 counterpart")
     save_arrays(directory / WEIGHTS_FILE, arrays, metadata={"format": "pt"})
-    config = gpt2_config(model)
+    config = gpt2_config(model) | {"bos_token_id": end_of_text_id, "eos_token_id": end_of_text_id}
     atomic_write(directory / CONFIG_FILE, lambda temporary: Path(temporary).write_text(json.dumps(config, indent=2)))
     return directory
 

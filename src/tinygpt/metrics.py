@@ -96,12 +96,23 @@ class MetricsLog:
                     stale.unlink()
 
 
-def plot_metrics(records: list[dict[str, Any]], path: Path) -> Path | None:
-    """Save the loss curve of metrics records (training lines and evaluations) as a PNG with a log-scale loss
-    axis, atomically; None without matplotlib. Uses matplotlib's object API: the global backend is left alone."""
+def plot_metrics(records: list[dict[str, Any]], path: Path, final: tuple[int, float] | None = None) -> Path | None:
+    """Save the loss curve of metrics records as a PNG (loss_figure), atomically; None without matplotlib."""
+    figure = loss_figure(records, final)
+    if figure is None:
+        return None
+    return save_figure(figure, path, dpi=100, format="png")
+
+
+def loss_figure(records: list[dict[str, Any]], final: tuple[int, float] | None = None):
+    """The loss curve of metrics records: every logged batch loss as a faint line, the evaluations as points (too
+    sparse to join), and `final`, (iteration, loss) of the whole validation split, marked and quoted; the loss axis
+    logarithmic with plain-number ticks. A matplotlib Figure (its object API: the global backend is left alone), or
+    None without matplotlib."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import LogFormatter
     except ImportError:
         return None
     figure = Figure(figsize=(8, 4.5))
@@ -111,16 +122,23 @@ def plot_metrics(records: list[dict[str, Any]], path: Path) -> Path | None:
     axes.plot([record["iter"] for record in steps], [record["loss"] for record in steps], color="tab:blue", alpha=0.35,
               linewidth=0.8, label="train (batch)")
     evals = [record for record in records if record["type"] == "eval"]
-    for name, color in (("train", "tab:blue"), ("val", "tab:orange")):
-        axes.plot([record["iter"] for record in evals], [record[f"{name}_loss"] for record in evals], "o-", color=color,
-                  label=f"{name} (eval)")
+    for name, color, marker in (("train", "tab:blue", "o"), ("val", "tab:orange", "s")):
+        axes.plot([record["iter"] for record in evals], [record[f"{name}_loss"] for record in evals], linestyle="None",
+                  marker=marker, color=color, label=f"{name} (eval)")
+    if final is not None:
+        axes.plot([final[0]], [final[1]], linestyle="None", marker="*", markersize=14, color="tab:red",
+                  label=f"val, whole split: {final[1]:.4f}")
     axes.set_yscale("log")
+    for axis_formatter in (axes.yaxis.set_major_formatter, axes.yaxis.set_minor_formatter):
+        axis_formatter(LogFormatter(labelOnlyBase=False))  # 2, 3, 4 rather than 2x10^0
+    axes.set_title("TinyGPT training loss")
     axes.set_xlabel("iteration")
     axes.set_ylabel("cross-entropy (nats / token)")
     axes.grid(alpha=0.3, which="both")
     axes.legend()
     figure.tight_layout()
-    return save_figure(figure, path, dpi=100, format="png")
+    return figure
 
 
-__all__ = ["METRICS_FILE", "PLOT_FILE", "STATS_PLOT", "TENSORBOARD_DIR", "MetricsLog", "read_metrics", "plot_metrics"]
+__all__ = ["METRICS_FILE", "PLOT_FILE", "STATS_PLOT", "TENSORBOARD_DIR", "MetricsLog", "read_metrics", "plot_metrics",
+           "loss_figure"]

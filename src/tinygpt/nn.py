@@ -408,10 +408,11 @@ class GPT(Module):
         model.load_weights(gpt2.read_gpt2_weights(directory, arguments["num_layers"]), strict=True)
         return model
 
-    def save_gpt2_checkpoint(self, path: str | Path) -> Path:
+    def save_gpt2_checkpoint(self, path: str | Path, end_of_text_id: int | None = None) -> Path:
         """Write this model as a Hugging Face GPT-2 directory that transformers.GPT2LMHeadModel.from_pretrained
-        loads with the same logits (zero biases added to a model without biases)."""
-        return gpt2.save_gpt2(self, path)
+        loads with the same logits (zero biases added to a model without biases); end_of_text_id is the config's
+        eos_token_id (tinygpt export gives its tokenizer's <|endoftext|>)."""
+        return gpt2.save_gpt2(self, path, end_of_text_id)
 
 
 def _as_config(max_seq_length: int | GPTConfig, vocab_size: int | None, num_layers: int | None, num_heads: int | None,

@@ -1,4 +1,5 @@
-"""What a run prints while it trains: a progress bar on a terminal, plain lines when stderr is redirected."""
+"""What a run prints while it trains: a progress bar on a terminal, plain lines when stderr is redirected, and the
+few words that describe its model and how its work is split."""
 from __future__ import annotations
 
 import os
@@ -9,6 +10,7 @@ from tqdm.auto import tqdm
 from tinygpt.config import TrainConfig
 from tinygpt.corpus import sequences_per_rank
 from tinygpt.distributed import TERMINAL_VARIABLE, World
+from tinygpt.nn import GPT
 from tinygpt.threads import get_num_threads
 
 
@@ -36,6 +38,16 @@ class ProgressReport:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def describe_model(model: GPT) -> str:
+    """What a GPT is, in a few words: "a GPT of 1 layer, 2 heads, width 16, block 8, vocabulary 256, with biases
+    (5,216 parameters)"."""
+    shape = model.config
+    layers = f"{shape.num_layers} layer{'s' if shape.num_layers > 1 else ''}"
+    return (f"a GPT of {layers}, {shape.num_heads} heads, width {shape.embedding_dim}, block {shape.max_seq_length}, "
+            f"vocabulary {shape.vocab_size}, {'with' if shape.bias else 'without'} biases "
+            f"({model.num_parameters():,} parameters)")
 
 
 def describe_layout(config: TrainConfig, world: World) -> str:

@@ -3,6 +3,7 @@ their bytes decoded incrementally, so that a character split across tokens is pr
 from __future__ import annotations
 
 import codecs
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -15,6 +16,13 @@ from tinygpt.tokenizer import BPETokenizer
 
 REPLACEMENT_BYTES = "\ufffd".encode("utf-8")
 FILE_PREFIX = "FILE:"
+CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """text with its control characters (ESC, BEL, CR, DEL, C1) written as escapes such as \\x1b, so that a sample
+    shown in a terminal cannot move the cursor, ring or clear it; newlines and tabs stay as they are."""
+    return CONTROL_CHARACTERS.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def read_prompt(prompt: str) -> str:

@@ -23,13 +23,14 @@ from tqdm.auto import tqdm
 from tinygpt import backend
 from tinygpt.checkpoint import (CHECKPOINT_DIR, HISTORY_SERIES, TOKENIZER_PREFIX, Checkpoint, check_architecture,
                                 check_same_data, data_record, find_checkpoint, load_checkpoint, out_dir_lock,
-                                random_state, read_checkpoint_config, restore_training_state, save_checkpoint,
-                                training_state)
+                                random_state, read_checkpoint_config, removed_if_left_empty, restore_training_state,
+                                save_checkpoint, training_state)
 from tinygpt.checkpoint_checks import check_finite_weights
-from tinygpt.config import PRESETS, ConfigError, TrainConfig, as_config_error, check_device
+from tinygpt.config import PRESETS, ConfigError, TrainConfig, as_config_error, check_device, named
 from tinygpt.corpus import (bytes_per_token, corpus_path, data_files, load_tokens, rank_batch, sequences_per_rank,
                             train_tokenizer, warn_of_other_data)
 from tinygpt.distributed import World, get_world
+from tinygpt.divergence import DivergenceWatch
 from tinygpt.evaluation import estimate_loss, evaluate, evaluate_checkpoint, split_windows, whole_split_loss
 from tinygpt.interrupts import TrainingInterrupted, deferred_interrupt, on_any_rank
 from tinygpt.instruments.run import RunInstruments
@@ -40,8 +41,8 @@ from tinygpt.nn import GPT, LayerNorm
 from tinygpt.optimizers import (AdamW, Muon, Optimizer, OptimizerGroups, ParameterGroup, clip_grad_norm, cosine_schedule,
                                 wsd_schedule)
 from tinygpt.pretrained import load_pretrained
-from tinygpt.progress import ProgressReport, describe_layout
-from tinygpt.sampling import stream_text
+from tinygpt.progress import ProgressReport, describe_layout, describe_model
+from tinygpt.sampling import printable, stream_text
 from tinygpt.tensor import Tensor
 from tinygpt.threads import engine_threads
 from tinygpt.tokenizer import BPETokenizer
@@ -169,8 +170,8 @@ def refuse_overwrite(out_dir: Path, config: TrainConfig) -> bool:
     except ConfigError:
         return False
     if not config.overwrite:
-        raise ConfigError(f"{out_dir} already holds a checkpoint ({directory}): continue it with --resume, or replace "
-                          "it with --overwrite, or give another --out-dir")
+        raise ConfigError(f"{out_dir} already holds a checkpoint ({directory}): continue it with {named('resume', True)}, "
+                          f"or replace it with {named('overwrite', True)}, or give another {named('out_dir')}")
     return True
 
 
@@ -206,7 +207,7 @@ def diverged(iteration: int, reason: str, directory: Path) -> ConfigError:
     """The one line that stops a run whose loss, gradients or weights became non-finite."""
     kept = f"the last good checkpoint {directory} is kept" if directory.is_dir() else "no checkpoint was written"
     return ConfigError(f"training diverged at iteration {iteration}: {reason} (non-finite); {kept}; "
-                       "lower the learning rate (--learning-rate) or clip gradients (--grad-clip)")
+                       f"lower the learning rate ({named('learning_rate')}) or clip gradients ({named('grad_clip')})")
 
 
 def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
@@ -221,9 +222,10 @@ def train(config: TrainConfig, verbose: bool = True) -> TrainResult:
     with engine_threads():
         if not get_world().is_main:
             return _train(config, verbose)
-        check_out_dir_writable(Path(config.out_dir))
-        with out_dir_lock(Path(config.out_dir)):
-            return _train(config, verbose)
+        with removed_if_left_empty(Path(config.out_dir)):  # a run that fails before writing anything leaves nothing
+            check_out_dir_writable(Path(config.out_dir))
+            with out_dir_lock(Path(config.out_dir)):
+                return _train(config, verbose)
 
 
 def _train(config: TrainConfig, verbose: bool) -> TrainResult:
@@ -255,11 +257,13 @@ class Run:
     instruments: RunInstruments
     progress: ProgressReport
     step_seconds: float = 0.0
+    divergence: DivergenceWatch = field(init=False)
     iteration: int = field(init=False)
     evaluated: set[int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.iteration = self.start
+        self.divergence = DivergenceWatch(self.config.model.vocab_size)
         self.evaluated = {record["iteration"] for record in self.history["evals"]}
         self.micro_batches = sequences_per_rank(self.config, self.world) * self.config.gradient_accumulation_steps
         self.tokens_per_iteration = self.micro_batches * self.config.model.max_seq_length * self.world.world_size
@@ -310,6 +314,8 @@ class Run:
         self.train_seconds += elapsed
         for series, value in zip(HISTORY_SERIES, (self.iteration, loss, learning_rate)):
             self.history[series].append(value)
+        if self.world.is_main:
+            self.divergence.check(self.iteration, loss)
         mfu, rate = self.instruments.mfu(elapsed), self.tokens_per_iteration / elapsed
         if self.iteration % config.log_interval == 0:
             self.record({"type": "train", "iter": self.iteration, "loss": loss, "lr": learning_rate,
@@ -374,7 +380,8 @@ def starting_point(config: TrainConfig, log: Callable[[str], None]):
     if pretrained is not None:
         config = replace(config, model=replace(pretrained.model.config, dropout=config.model.dropout))
         config.validate()
-        log(f"starting from {config.init_from}: its architecture and weights, a fresh optimizer, iteration 0")
+        log(f"starting from {config.init_from}: {describe_model(pretrained.model)}; its weights, a fresh optimizer, "
+            "iteration 0")
     return checkpoint, pretrained, config, replacing
 
 
@@ -418,8 +425,8 @@ def resumed_state(checkpoint: Checkpoint, optimizer, data_rng: np.random.Generat
     seconds."""
     start, history = restore_training_state(checkpoint, optimizer, data_rng, config.device, world.rank, world.world_size)
     if start > config.max_iters:
-        raise ConfigError(f"the checkpoint in {config.out_dir} is at iteration {start}, beyond --max-iters "
-                          f"{config.max_iters}: give a larger --max-iters to continue it")
+        raise ConfigError(f"the checkpoint in {config.out_dir} is at iteration {start}, beyond {named('max_iters')} "
+                          f"{config.max_iters}: give a larger {named('max_iters')} to continue it")
     return start, history, float(checkpoint.state.get("elapsed", 0.0))
 
 
@@ -440,6 +447,8 @@ def run_loop(run: Run) -> None:
                     return
                 if on_any_rank(run.world, interrupted.is_set()):
                     run.save()
+                    if run.metrics is not None:  # the run so far, as a finished run draws it
+                        plot_metrics(read_metrics(run.metrics.path), run.out_dir / PLOT_FILE)
                     raise run.interrupted()
                 run.step()
         finally:
@@ -461,7 +470,7 @@ def finish_run(run: Run, started: float) -> TrainResult:
                          final_eval=final_eval, wall_seconds=0.0, tokens_per_second=rate, checkpoint_dir=run.directory)
     if run.metrics is not None:
         records = read_metrics(run.metrics.path)
-        result.plot = plot_metrics(records, out_dir / PLOT_FILE)
+        result.plot = plot_metrics(records, out_dir / PLOT_FILE, (run.iteration, final_eval["whole_val_loss"]))
         run.instruments.close(records)
     if config.sample_tokens and run.world.is_main:
         result.sample = sample_text(run.model, run.tokenizer, "\n", config.sample_tokens, temperature=0.8, top_k=200,
@@ -471,7 +480,7 @@ def finish_run(run: Run, started: float) -> TrainResult:
             f"{result.wall_seconds:.1f} s in all (start-up, evaluations, checkpoints, plot, sample); checkpoint in "
             f"{run.directory}, metrics in {out_dir / METRICS_FILE}" + (f", loss curve {result.plot}" if result.plot else ""))
     if run.verbose and result.sample:
-        print(f"---- sample ----\n{result.sample}\n----------------", flush=True)
+        print(f"---- sample ----\n{printable(result.sample)}\n----------------", flush=True)
     return result
 
 

@@ -25,6 +25,7 @@ from tinygpt.tokenizer.patterns import RegexPatterns
 from tinygpt.tokenizer.tokenizer import BPETokenizer
 
 VOCAB_FILE, MERGES_FILE, TOKENIZER_JSON = "vocab.json", "merges.txt", "tokenizer.json"
+TOKENIZER_CONFIG, END_OF_TEXT = "tokenizer_config.json", "<|endoftext|>"
 
 
 @functools.lru_cache(maxsize=1)
@@ -294,7 +295,17 @@ def save_gpt2_tokenizer(tokenizer: BPETokenizer, directory: str | Path) -> list[
         _write_text(directory / VOCAB_FILE, json.dumps(vocab, ensure_ascii=False))
         _write_text(directory / MERGES_FILE, "#version: 0.2\n" + "".join(f"{merge}\n" for merge in merges))
         written += [directory / VOCAB_FILE, directory / MERGES_FILE]
+    written.append(directory / TOKENIZER_CONFIG)
+    _write_text(written[-1], json.dumps(_tokenizer_config(tokenizer.special_tokens)))
     return written
+
+
+def _tokenizer_config(special_tokens: dict[str, int]) -> dict:
+    """tokenizer_config.json: the end-of-text token when the tokenizer has one, else none. Without this file
+    transformers' GPT-2 tokenizer adds <|endoftext|> itself, at an id beyond the model's vocabulary."""
+    end_of_text = END_OF_TEXT if END_OF_TEXT in special_tokens else None
+    return {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False, "bos_token": end_of_text,
+            "eos_token": end_of_text, "unk_token": end_of_text, "pad_token": None}
 
 
 def _tokenizer_json(pattern: str, vocab: dict[str, int], merges: list[str], special_tokens: dict[str, int]) -> dict:
