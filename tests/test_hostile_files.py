@@ -133,3 +133,15 @@ def test_reading_a_small_file_allocates_for_the_file_not_for_the_bound(tmp_path)
     assert read_bytes(small, "test file", 1 << 50) == b"a few bytes"  # a buffer of the bound would not fit in memory
     with pytest.raises(ValueError, match="is 11 bytes, more than the 4"):
         read_bytes(small, "test file", 4)
+
+
+def test_running_out_of_memory_is_one_line_with_advice(tmp_path):
+    # a tokenizer is trained on the whole corpus in memory: 400 MB of text cannot be, under a 500 MiB cap
+    corpus = tmp_path / "large.txt"
+    line = b"To be, or not to be, that is the question.\n"
+    with open(corpus, "wb") as file:
+        for _ in range(400 * 2**20 // (len(line) * 4096)):
+            file.write(line * 4096)
+    result = run_capped(["tokenizer", "train", "--data", str(corpus), "--vocab-size", "300", "--out",
+                         str(tmp_path / "tok")], timeout=120, cwd=tmp_path)
+    assert_one_line_error(result, "out of memory")

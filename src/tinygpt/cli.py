@@ -27,7 +27,6 @@ from pathlib import Path
 
 import tinygpt
 from tinygpt.checkpoint import CHECKPOINT_DIR, PREVIOUS_CHECKPOINT_DIR, STAGING_PREFIX, STATE_FILE
-from tinygpt.config import flag_spelling, read_config_file, setting_schema
 from tinygpt.dataset import default_corpus_path, read_corpus_text
 from tinygpt.distributed import (RANKS_VARIABLE, get_world, launch_ranks, launched_by_mpi, requested_ranks,
                                  why_mpi_cannot_start)
@@ -39,7 +38,8 @@ from tinygpt.instruments.commands import attention_picture, profile_training
 from tinygpt.sampling import printable, read_prompt, stream_text
 from tinygpt.tokenizer import SPLIT_PATTERNS, BPETokenizer
 from tinygpt.checkpoint import load_checkpoint
-from tinygpt.config import PRESETS, ConfigError, TrainConfig, check_device
+from tinygpt.config import (PRESETS, ConfigError, TrainConfig, as_config_error, check_device, flag_spelling,
+                            read_config_file, setting_schema)
 from tinygpt.evaluation import evaluate_checkpoint
 from tinygpt.interrupts import TrainingInterrupted
 from tinygpt.train import resolve_config, train
@@ -47,18 +47,25 @@ from tinygpt.train import resolve_config, train
 PATTERNS = {name: known.pattern for name, known in SPLIT_PATTERNS.items()}
 
 
+def add_command(subparsers, name: str, handler, **described) -> argparse.ArgumentParser:
+    """The parser of `tinygpt <name>` (help= and description= as argparse takes them); the command runs handler(args)."""
+    parser = subparsers.add_parser(name, **described)
+    if handler is not None:
+        parser.set_defaults(handler=handler)
+    return parser
+
+
 def add_train_parser(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="train a GPT on a text file (default: the embedded Tiny Shakespeare)",
-                                   description="Train a GPT. Settings are, from weakest to strongest: the defaults "
-                                   "(the shakespeare-char-cpu preset), with --resume the checkpoint's, --preset, "
-                                   "--config FILE, then the flags given. Every flag is also spelt as nanoGPT's "
-                                   "(--n_layer=4).")
+    parser = add_command(subparsers, "train", run_train, help="train a GPT on a text file (default: the embedded Tiny Shakespeare)",
+                         description="Train a GPT. Settings are, from weakest to strongest: the defaults "
+                         "(the shakespeare-char-cpu preset), with --resume the checkpoint's, --preset, "
+                         "--config FILE, then the flags given. Every flag is also spelt as nanoGPT's "
+                         "(--n_layer=4).")
     add_preset_argument(parser)
     parser.add_argument("--config", metavar="FILE", help="a .toml or .json file of settings named as the flags "
                         "with underscores (n_layer = 4); flags given override it")
     add_setting_flags(parser, setting_schema())
     add_ranks_argument(parser)
-    parser.set_defaults(handler=run_train)
 
 
 def add_preset_argument(parser: argparse.ArgumentParser) -> None:
@@ -77,10 +84,8 @@ def ranks_to_start(args: argparse.Namespace, batch_size: int | None, device: str
     cannot start, one warning, and 1."""
     if launched_by_mpi() or device != "cpu":
         return 1
-    try:
+    with as_config_error():
         ranks = requested_ranks(args.ranks, batch_size)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
     reason = why_mpi_cannot_start() if ranks > 1 else None
     if reason is not None:
         print(f"tinygpt: warning: {reason}: running in one process", file=sys.stderr)
@@ -107,15 +112,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_profile_parser(subparsers) -> None:
-    parser = subparsers.add_parser("profile", help="time a few training steps op by op, with FLOPs and MFU",
-                                   description="Run --steps training steps of the run `tinygpt train` would run with the "
-                                   "same flags (after one warm-up step) and print where the time goes, by op and by "
-                                   "module, with each row's FLOPs and the MFU (docs/instruments.md).")
+    parser = add_command(subparsers, "profile", run_profile, help="time a few training steps op by op, with FLOPs and MFU",
+                         description="Run --steps training steps of the run `tinygpt train` would run with the "
+                         "same flags (after one warm-up step) and print where the time goes, by op and by "
+                         "module, with each row's FLOPs and the MFU (docs/instruments.md).")
     add_preset_argument(parser)
     parser.add_argument("--config", metavar="FILE", help="a .toml or .json file of settings, as for train")
     parser.add_argument("--steps", type=int, default=3, metavar="N", help="profiled steps (default: 3)")
     add_setting_flags(parser, setting_schema())
-    parser.set_defaults(handler=run_profile)
 
 
 def run_profile(args: argparse.Namespace) -> int:
@@ -126,16 +130,15 @@ def run_profile(args: argparse.Namespace) -> int:
 
 
 def add_attention_parser(subparsers) -> None:
-    parser = subparsers.add_parser("attention", help="draw every head's attention map for a prompt",
-                                   description="Draw the attention probabilities of every head of the checkpoint in "
-                                   "--out-dir (every layer, or --layer) for a prompt, as heat maps with the tokens on "
-                                   "the axes.")
+    parser = add_command(subparsers, "attention", run_attention, help="draw every head's attention map for a prompt",
+                         description="Draw the attention probabilities of every head of the checkpoint in "
+                         "--out-dir (every layer, or --layer) for a prompt, as heat maps with the tokens on "
+                         "the axes.")
     add_out_dir_argument(parser)
     parser.add_argument("--prompt", required=True, help="the text whose attention to draw")
     parser.add_argument("--layer", type=int, metavar="N", help="only this layer (default: all)")
     parser.add_argument("--to", metavar="PATH", help="the picture to write, .png or .svg (default: OUT_DIR/attention.png)")
     add_device_argument(parser)
-    parser.set_defaults(handler=run_attention)
 
 
 def run_attention(args: argparse.Namespace) -> int:
@@ -155,9 +158,9 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_sample_parser(subparsers) -> None:
-    parser = subparsers.add_parser("sample", help="continue a prompt with the model of a checkpoint",
-                                   description="Sample text from the checkpoint that `tinygpt train` left in --out-dir, "
-                                   "printed as it is generated.")
+    parser = add_command(subparsers, "sample", run_sample, help="continue a prompt with the model of a checkpoint",
+                         description="Sample text from the checkpoint that `tinygpt train` left in --out-dir, "
+                         "printed as it is generated.")
     add_out_dir_argument(parser)
     parser.add_argument("--prompt", "--start", dest="prompt", default="\n", help="text to continue, or FILE:path for the "
                         "text of a file, as nanoGPT's sample.py --start (default: a newline)")
@@ -172,7 +175,6 @@ def add_sample_parser(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=1337, metavar="N", help="random seed of the first sample, the next "
                         "ones take seed + 1, ... (default: 1337)")
     add_device_argument(parser)
-    parser.set_defaults(handler=run_sample)
 
 
 def check_sample_arguments(args: argparse.Namespace) -> None:
@@ -193,37 +195,32 @@ def run_sample(args: argparse.Namespace) -> int:
     except UnicodeEncodeError as error:
         raise ConfigError(f"the prompt is not UTF-8 text (an undecodable byte at character {error.start})") from None
     check_device(args.device)
-    try:
+    with as_config_error():
         prompt = read_prompt(args.prompt)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
     checkpoint = load_checkpoint(args.out_dir)
     model = checkpoint.load_model(args.device)
     shown = printable if sys.stdout.isatty() else str  # a terminal gets control bytes escaped; a file, the text itself
     for index in range(args.num_samples):
         if index:
             print("---------------")
-        try:
+        with as_config_error():
             for piece in stream_text(model, checkpoint.tokenizer, prompt, args.max_new_tokens, args.temperature,
                                      args.top_k or None, args.top_p, seed=args.seed + index, device=args.device):
                 sys.stdout.write(shown(piece))
                 sys.stdout.flush()
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
         print(flush=True)
     return 0
 
 
 def add_export_parser(subparsers) -> None:
-    parser = subparsers.add_parser("export", help="write a checkpoint as a Hugging Face GPT-2 directory",
-                                   description="Write the checkpoint in --out-dir as a directory that transformers' "
-                                   "GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained load: config.json, "
-                                   "model.safetensors, tokenizer.json (and vocab.json + merges.txt for GPT-2's pattern).")
+    parser = add_command(subparsers, "export", run_export, help="write a checkpoint as a Hugging Face GPT-2 directory",
+                         description="Write the checkpoint in --out-dir as a directory that transformers' "
+                         "GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained load: config.json, "
+                         "model.safetensors, tokenizer.json (and vocab.json + merges.txt for GPT-2's pattern).")
     add_out_dir_argument(parser)
     parser.add_argument("--to", metavar="PATH", required=True, help="the Hugging Face directory to write (new or empty)")
     parser.add_argument("--overwrite", action="store_true", help="write into a --to directory that holds files, "
                         "replacing the export's own files there")
-    parser.set_defaults(handler=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -235,11 +232,9 @@ def run_export(args: argparse.Namespace) -> int:
     if end_of_text is not None and end_of_text >= model.config.vocab_size:
         raise ConfigError(f"the tokenizer's {END_OF_TEXT} has the id {end_of_text}, beyond the model's vocabulary of "
                           f"{model.config.vocab_size}: transformers could not generate it")
-    try:
+    with as_config_error():
         model.save_gpt2_checkpoint(args.to, end_of_text)
         written = save_gpt2_tokenizer(checkpoint.tokenizer, args.to)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
     print(f"wrote {args.to}: config.json, model.safetensors, {', '.join(path.name for path in written)}")
     return 0
 
@@ -264,15 +259,14 @@ def refuse_files_in(target: Path, overwrite: bool) -> None:
 
 
 def add_eval_parser(subparsers) -> None:
-    parser = subparsers.add_parser("eval", help="loss and bits per byte of a checkpoint over a whole text file",
-                                   description="Evaluate the checkpoint in --out-dir over every block-size window of "
-                                   "--data (all of it), or by default of the run's validation split, whose loss then "
-                                   "equals the final one `tinygpt train` printed.")
+    parser = add_command(subparsers, "eval", run_eval, help="loss and bits per byte of a checkpoint over a whole text file",
+                         description="Evaluate the checkpoint in --out-dir over every block-size window of "
+                         "--data (all of it), or by default of the run's validation split, whose loss then "
+                         "equals the final one `tinygpt train` printed.")
     add_out_dir_argument(parser)
     parser.add_argument("--data", metavar="FILE", help="UTF-8 text file (default: the run's validation split)")
     add_device_argument(parser)
     add_ranks_argument(parser)
-    parser.set_defaults(handler=run_eval)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -281,55 +275,46 @@ def run_eval(args: argparse.Namespace) -> int:
         return launch_ranks(ranks, args.argv)
     result = evaluate_checkpoint(args.out_dir, args.data, args.device)
     if get_world().is_main:
-            print(f"loss {result['loss']:.4f} ({result['bpb']:.3f} bits/byte) over {result['tokens']:,} tokens of "
+        print(f"loss {result['loss']:.4f} ({result['bpb']:.3f} bits/byte) over {result['tokens']:,} tokens of "
               f"{result['source']}, in {result['seconds']:.1f} s ({result['tokens'] / result['seconds']:,.0f} tokens/s)")
     return 0
 
 
 def add_tokenizer_parser(subparsers) -> None:
-    parser = subparsers.add_parser("tokenizer", help="train a BPE tokenizer, encode and decode with it",
-                                   description="Train, encode and decode with a BPETokenizer (prefix.model files).")
+    parser = add_command(subparsers, "tokenizer", None, help="train a BPE tokenizer, encode and decode with it",
+                         description="Train, encode and decode with a BPETokenizer (prefix.model files).")
     commands = parser.add_subparsers(dest="tokenizer_command", metavar="{train,encode,decode}", required=True)
-    trainer = commands.add_parser("train", help="learn merges from a text file, write PREFIX.model and PREFIX.vocab")
+    trainer = add_command(commands, "train", run_tokenizer_train, help="learn merges from a text file, write PREFIX.model and PREFIX.vocab")
     trainer.add_argument("--data", metavar="PATH", help="UTF-8 text file (default: the embedded Tiny Shakespeare)")
     trainer.add_argument("--vocab-size", type=int, default=512, metavar="N", help="256 + number of merges (default: 512)")
     trainer.add_argument("--pattern", choices=sorted(PATTERNS), default="gpt4", help="pre-split regex (default: gpt4)")
     trainer.add_argument("--out", metavar="PREFIX", default="tokenizer", help="output prefix (default: tokenizer)")
     trainer.add_argument("--verbose", action="store_true", help="show the merges as they are learnt")
-    trainer.set_defaults(handler=run_tokenizer_train)
-    encoder = commands.add_parser("encode", help="print the ids of a text (--text, or stdin)")
+    encoder = add_command(commands, "encode", run_tokenizer_encode, help="print the ids of a text (--text, or stdin)")
     encoder.add_argument("--model", metavar="FILE", required=True, help="a .model file written by tokenizer train")
     encoder.add_argument("--text", help="text to encode (default: read stdin)")
-    encoder.set_defaults(handler=run_tokenizer_encode)
-    decoder = commands.add_parser("decode", help="print the text of ids (arguments, or stdin)")
+    decoder = add_command(commands, "decode", run_tokenizer_decode, help="print the text of ids (arguments, or stdin)")
     decoder.add_argument("--model", metavar="FILE", required=True, help="a .model file written by tokenizer train")
     decoder.add_argument("ids", nargs="*", help="token ids (default: whitespace-separated ids on stdin)")
-    decoder.set_defaults(handler=run_tokenizer_decode)
 
 
 def read_text(path: Path) -> str:
-    try:
+    with as_config_error(FileNotFoundError):
         return read_corpus_text(path)
-    except (FileNotFoundError, ValueError) as error:
-        raise ConfigError(str(error)) from None
 
 
 def read_stdin_text() -> str:
     """All of stdin as UTF-8 text, exactly as it came (no newline translation)."""
-    try:
+    with as_config_error():
         return decode_utf8(read_stream(sys.stdin.buffer, "stdin", PROMPT_FILE_BYTES), "stdin")
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
 
 
 def load_tokenizer(path: str) -> BPETokenizer:
     if not Path(path).exists() and Path(f"{path}.model").is_file():  # the prefix `tokenizer train --out` took
         raise ConfigError(f"tokenizer model {path} does not exist: did you mean --model {path}.model?")
     tokenizer = BPETokenizer()
-    try:
+    with as_config_error(OSError):
         tokenizer.load(regular_file(path, "tokenizer model", TOKENIZER_FILE_BYTES))
-    except (OSError, ValueError) as error:
-        raise ConfigError(str(error)) from None
     return tokenizer
 
 
@@ -337,10 +322,8 @@ def run_tokenizer_train(args: argparse.Namespace) -> int:
     path = Path(args.data) if args.data else default_corpus_path()
     text = read_text(path)
     tokenizer = BPETokenizer(PATTERNS[args.pattern])
-    try:
+    with as_config_error():
         tokenizer.train(text, args.vocab_size, verbose=args.verbose)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
     tokenizer.save(args.out)
     print(f"wrote {args.out}.model and {args.out}.vocab: {len(tokenizer.merges)} merges, {len(tokenizer.vocab)} tokens")
     return 0
@@ -349,10 +332,8 @@ def run_tokenizer_train(args: argparse.Namespace) -> int:
 def run_tokenizer_encode(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.model)
     text = args.text if args.text is not None else read_stdin_text()
-    try:
+    with as_config_error():
         ids = tokenizer.encode(text, allowed_special="all")
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
     print(" ".join(map(str, ids)))
     return 0
 
@@ -438,6 +419,10 @@ def main(argv: list[str] | None = None) -> int:
         return 141  # 128 + SIGPIPE, as a shell reports a command stopped by a closed pipe
     except (ConfigError, OSError) as error:
         return fail(str(error))
+    except MemoryError:
+        return fail("out of memory: a smaller --batch-size, --block-size or model needs less; a tokenizer of more than "
+                    "256 tokens is trained on the whole corpus in memory (train one on a sample of it with `tinygpt "
+                    "tokenizer train`, or keep --vocab-size 256)")
     except TrainingInterrupted as interrupted:
         if get_world().is_main:
             print(f"tinygpt: {interrupted}", file=sys.stderr)
