@@ -176,7 +176,9 @@ def worker(setup: str, config_name: str, steps: int, warmup: int, threads: int =
         times, losses, memory, layout = torch_worker(config, steps, warmup, threads, distributed=setup == "ddp")
     if memory is not None:
         print(json.dumps({"times": times, "losses": losses, "peak_rss_mb": memory, "layout": layout,
-                          "blas": blas_kernel("tinygpt" if setup == "tinygpt" else "torch")}))
+                          "blas": blas_kernel("tinygpt" if setup == "tinygpt" else "torch")}), flush=True)
+    if setup == "ddp":  # gloo's threads can abort the interpreter's teardown ("terminate called without an active
+        os._exit(0)     # exception") after the work is done and reported: end the process without it
 
 
 def tinygpt_worker(config: dict, steps: int, warmup: int):
