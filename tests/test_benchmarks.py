@@ -54,12 +54,6 @@ def test_benchmark_runs_quick_and_prints_its_ratios(script):
         assert re.search(line, done.stdout, re.MULTILINE), f"{script.name}: no line matching {line!r} in\n{done.stdout}"
 
 
-def test_tinygpt_bench_command_runs_quick():
-    done = subprocess.run([sys.executable, "-m", "tinygpt", "bench", "--quick"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "tinygpt / torch DDP:" in done.stdout
-
-
 def test_bench_tokenizer_times_a_baseline_source_tree_beside_this_one_with_median_and_spread():
     src = Path(__file__).parent.parent / "src"
     done = subprocess.run([sys.executable, str(BENCHMARKS[0].parent / "bench_tokenizer.py"), "--quick", "--repeats", "2",

@@ -138,7 +138,8 @@ def test_a_healthy_run_has_no_such_warning(workspace):
 
 def test_bench_reports_each_round_as_it_ends(workspace):
     process = subprocess.Popen([sys.executable, "-m", "tinygpt", "bench", "--config", "tiny", "--steps", "1",
-                                "--warmup", "0", "--rounds", "3"], stdout=subprocess.PIPE, text=True, cwd=workspace)
+                                "--warmup", "0", "--rounds", "3"], stdout=subprocess.PIPE, text=True, cwd=workspace,
+                               start_new_session=True)  # its workers too are ended below
     try:
         lines = []
         while not lines or "round 1/3" not in lines[-1]:
@@ -146,7 +147,7 @@ def test_bench_reports_each_round_as_it_ends(workspace):
             assert lines[-1], "bench ended before reporting its first round"
         assert process.poll() is None  # the first round is reported while the others still run
     finally:
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
 
@@ -160,10 +161,10 @@ def bench_without_torch(workspace: Path, package_root: str | None) -> subprocess
 
 
 def test_bench_without_pytorch_is_one_error_line_with_advice_that_fits(workspace, tmp_path):
-    from_checkout = bench_without_torch(workspace, None)  # these tests run from a checkout
+    checkout = Path(__file__).resolve().parent.parent  # tinygpt as an editable install of this checkout has it
+    from_checkout = bench_without_torch(workspace, str(checkout / "src" / "tinygpt"))  # (CI installs it: not so)
     assert from_checkout.returncode == 1 and len(from_checkout.stderr.strip().splitlines()) == 1
     assert from_checkout.stderr.startswith("tinygpt: error: ")
-    checkout = Path(__file__).resolve().parent.parent
     assert f'pip install "{checkout}[test]"' in from_checkout.stderr and "tinygpt[test]" not in from_checkout.stderr
     installed = bench_without_torch(workspace, str(tmp_path / "site-packages"))
     assert installed.stderr.startswith("tinygpt: error: ") and "pip install torch" in installed.stderr
