@@ -61,16 +61,17 @@ def add_train_parser(subparsers) -> None:
                          "(the shakespeare-char-cpu preset), with --resume the checkpoint's, --preset, "
                          "--config FILE, then the flags given. Every flag is also spelt as nanoGPT's "
                          "(--n_layer=4).")
-    add_preset_argument(parser)
-    parser.add_argument("--config", metavar="FILE", help="a .toml or .json file of settings named as the flags "
-                        "with underscores (n_layer = 4); flags given override it")
-    add_setting_flags(parser, setting_schema())
+    add_run_settings(parser)
     add_ranks_argument(parser)
 
 
-def add_preset_argument(parser: argparse.ArgumentParser) -> None:
+def add_run_settings(parser: argparse.ArgumentParser) -> None:
+    """A run's settings, as `train` and `profile` take them: --preset, --config FILE, then a flag per setting."""
     parser.add_argument("--preset", choices=tuple(PRESETS), help="a known configuration (default: none, the defaults "
                         "below; shakespeare-char-gpu needs --device cuda, which has not run on a GPU yet)")
+    parser.add_argument("--config", metavar="FILE", help="a .toml or .json file of settings named as the flags "
+                        "with underscores (n_layer = 4); flags given override it")
+    add_setting_flags(parser, setting_schema())
 
 
 def add_ranks_argument(parser: argparse.ArgumentParser) -> None:
@@ -116,10 +117,8 @@ def add_profile_parser(subparsers) -> None:
                          description="Run --steps training steps of the run `tinygpt train` would run with the "
                          "same flags (after one warm-up step) and print where the time goes, by op and by "
                          "module, with each row's FLOPs and the MFU (docs/instruments.md).")
-    add_preset_argument(parser)
-    parser.add_argument("--config", metavar="FILE", help="a .toml or .json file of settings, as for train")
     parser.add_argument("--steps", type=int, default=3, metavar="N", help="profiled steps (default: 3)")
-    add_setting_flags(parser, setting_schema())
+    add_run_settings(parser)
 
 
 def run_profile(args: argparse.Namespace) -> int:
