@@ -109,6 +109,7 @@ def test_train_settings_of_the_wrong_type_or_range_are_one_line(workspace, copy,
     lambda state: state.__setitem__("dropout_rngs", [5]),
     lambda state: state.__setitem__("dropout_rngs", [{"bit_generator": "nope"}]),
     lambda state: state.__setitem__("data_rng", {"bit_generator": "PCG64", "state": "x"}),
+    lambda state: state["data_rng"]["state"].__setitem__("state", 2**200),
     lambda state: state.__setitem__("elapsed", "12.5"),
     lambda state: state.__setitem__("elapsed", -1.0),
 ])

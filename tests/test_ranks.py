@@ -255,3 +255,5 @@ def test_an_abort_banner_run_into_a_ranks_error_line_is_still_folded_away():
                     f"tinygpt: error: rank 1 of 2: {message}".encode(), abort.encode()]) == f"tinygpt: error: {message}\n"
     assert relayed([f"tinygpt: error: rank 1 of 2: {message}\n".encode(), b"step 3 loss 2.5" + abort.encode()]) == (
         f"step 3 loss 2.5\ntinygpt: error: rank 1 of 2: {message}\n")
+    assert relayed([b"a rank's line\n\n", f"tinygpt: error: rank 0 of 2: {message}\n".encode(), abort.encode()]) == (
+        f"a rank's line\n\ntinygpt: error: {message}\n")  # an abort on its own line leaves no blank line

@@ -126,7 +126,7 @@ def load_checkpoint(out_dir: str | os.PathLike) -> Checkpoint:
     try:
         state = read_json(directory / STATE_FILE, "checkpoint file", STATE_FILE_BYTES)
         check_state(state)
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, OverflowError) as error:
         raise ConfigError(f"corrupt checkpoint {directory}: cannot read {STATE_FILE} ({error})") from None
     tokenizer = BPETokenizer()
     try:
@@ -318,7 +318,7 @@ def _is_generator_state(value: Any) -> bool:
     """Whether numpy's generator (PCG64, as np.random.default_rng makes for the sampler and dropout) takes it."""
     try:
         np.random.PCG64().state = value
-    except (TypeError, ValueError, KeyError):
+    except (TypeError, ValueError, KeyError, OverflowError):
         return False
     return True
 
@@ -368,7 +368,7 @@ def restore_training_state(checkpoint: Checkpoint, optimizer: Optimizer, data_rn
         dropout_rng = saved_dropout_state(checkpoint.state, rank, ranks)
         if dropout_rng is not None and device == "cpu":
             backend.generator("cpu").bit_generator.state = dropout_rng
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, OverflowError) as error:
         raise ConfigError(f"corrupt checkpoint {checkpoint.directory}: {error}") from None
     check_bound_files(checkpoint, (OPTIMIZER_FILE,))
     if device != "cpu":

@@ -418,10 +418,10 @@ def main(argv: list[str] | None = None) -> int:
         return 141  # 128 + SIGPIPE, as a shell reports a command stopped by a closed pipe
     except (ConfigError, OSError) as error:
         return fail(str(error))
-    except MemoryError:
-        return fail("out of memory: a smaller --batch-size, --block-size or model needs less; a tokenizer of more than "
-                    "256 tokens is trained on the whole corpus in memory (train one on a sample of it with `tinygpt "
-                    "tokenizer train`, or keep --vocab-size 256)")
+    except MemoryError as error:
+        detail = f" ({error})" if str(error) else ""
+        return fail(f"out of memory{detail}: less data or a smaller model needs less (--batch-size, --block-size, the "
+                    "model's size); a tokenizer of more than 256 tokens is trained on its whole corpus in memory")
     except TrainingInterrupted as interrupted:
         if get_world().is_main:
             print(f"tinygpt: {interrupted}", file=sys.stderr)

@@ -37,7 +37,7 @@ SPLIT_BATCH_VARIABLE = "TINYGPT_SPLIT_BATCH"  # set by launch_ranks: batch_size 
 TERMINAL_VARIABLE = "TINYGPT_TERMINAL"  # set by launch_ranks when its stderr is a terminal (the ranks' is a pipe)
 RANK_ERROR = re.compile(r"^(?:.*\r)?tinygpt: error: rank (?P<rank>\d+) of (?P<ranks>\d+): (?P<message>.*)$")
 # What MPICH prints when a rank calls MPI_Abort, and hydra's banner when a rank ends badly
-MPI_ABORT = r"Abort\(\d+\) on node \d+ \(rank \d+"
+MPI_ABORT = r"Abort\(\d+\) on node \d+"
 MPI_ABORT_LINE = re.compile(rf"^({MPI_ABORT}|=+$|=   |YOUR APPLICATION TERMINATED|This typically refers to a "
                             r"problem with your application|Please see the FAQ page)")
 PR_SET_PDEATHSIG = 1  # prctl(2)
@@ -267,6 +267,12 @@ def end_with_parent(parent: int):
     return arrange
 
 
+def split_at_abort(line: str) -> list[str]:
+    """The line, cut where an MPI abort message starts inside it (hydra can run one into another rank's line)."""
+    parts = re.split(f"(?={MPI_ABORT})", line)
+    return parts[1:] if len(parts) > 1 and not parts[0] else parts
+
+
 def relay_stderr(source: int, target: TextIO) -> None:
     """Copy the ranks' stderr to `target` as it comes, until it closes, but for their error lines, which are
     printed at the end once per message ("rank R of N:" only where rank 0 did not fail the same way), and the MPI
@@ -277,7 +283,7 @@ def relay_stderr(source: int, target: TextIO) -> None:
     while chunk := os.read(source, 1 << 16):
         pending += chunk.decode("utf-8", errors="replace")
         *lines, pending = pending.split("\n")
-        for line in (part for line in lines for part in re.split(f"(?={MPI_ABORT})", line)):
+        for line in (part for line in lines for part in split_at_abort(line)):
             found = RANK_ERROR.match(line)
             if found:
                 failures.setdefault(found["message"], []).append(f"rank {found['rank']} of {found['ranks']}")

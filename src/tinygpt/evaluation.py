@@ -78,9 +78,6 @@ def whole_split_loss(model: GPT, tokens: np.ndarray, config: TrainConfig, max_to
     return mean_loss(model, inputs, targets, config.device, world), targets.size
 
 
-__all__ = ["EVAL_TOKENS", "estimate_loss", "mean_loss", "split_windows", "whole_split_loss"]
-
-
 def evaluate(model: GPT, splits: dict[str, np.ndarray], byte_ratios: dict[str, float], config: TrainConfig,
              iteration: int, world: World | None = None) -> dict[str, float]:
     """Train and val loss, and each as bits per byte (loss / ln 2 / bytes per token). Every evaluation uses
@@ -124,3 +121,7 @@ def _evaluate_checkpoint(out_dir: str | Path, data: str | Path | None, device: s
     loss, covered = whole_split_loss(model, tokens, config, max_tokens=max_tokens)
     return {"loss": loss, "bpb": loss / math.log(2) / bytes_per_token(tokens, checkpoint.tokenizer), "tokens": covered,
             "source": source, "seconds": time.perf_counter() - started}
+
+
+__all__ = ["EVAL_TOKENS", "estimate_loss", "mean_loss", "split_windows", "whole_split_loss", "evaluate",
+           "evaluate_checkpoint"]

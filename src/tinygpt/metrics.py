@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -70,8 +69,10 @@ class MetricsLog:
     `pending`, the records go to PENDING_METRICS_FILE beside it until `publish` (the first checkpoint)."""
 
     def __init__(self, path: Path, resumed_at: int | None = None, pending: bool = False) -> None:
-        self.final_path, self.started = path, time.time()
+        self.final_path = path
         self.path = path.with_name(PENDING_METRICS_FILE) if pending else path
+        events = path.with_name(TENSORBOARD_DIR)
+        self.replaced_events = [file for file in events.iterdir() if file.is_file()] if pending and events.is_dir() else []
         kept = [] if resumed_at is None else [
             record for record in read_metrics(path)
             if record["iter"] < resumed_at or (record["type"] == "eval" and record["iter"] == resumed_at)]
@@ -84,16 +85,14 @@ class MetricsLog:
 
     def publish(self) -> None:
         """Put pending records in place of metrics.jsonl, and remove the replaced run's pictures and TensorBoard events
-        (the files there that no one wrote since this run started), once the run they belong to has a checkpoint."""
+        (the files there when this run started), once the run they belong to has a checkpoint."""
         if self.path != self.final_path:
             os.replace(self.path, self.final_path)
             self.path = self.final_path
             for picture in (PLOT_FILE, STATS_PLOT):
                 self.final_path.with_name(picture).unlink(missing_ok=True)
-            events = self.final_path.with_name(TENSORBOARD_DIR)
-            for stale in (events.iterdir() if events.is_dir() else ()):
-                if stale.is_file() and stale.stat().st_mtime < self.started:
-                    stale.unlink()
+            for stale in self.replaced_events:
+                stale.unlink(missing_ok=True)
 
 
 def plot_metrics(records: list[dict[str, Any]], path: Path, final: tuple[int, float] | None = None) -> Path | None:
