@@ -448,7 +448,9 @@ def run_loop(run: Run) -> None:
                 if on_any_rank(run.world, interrupted.is_set()):
                     run.save()
                     if run.metrics is not None:  # the run so far, as a finished run draws it
-                        plot_metrics(read_metrics(run.metrics.path), run.out_dir / PLOT_FILE)
+                        records = read_metrics(run.metrics.path)
+                        plot_metrics(records, run.out_dir / PLOT_FILE)
+                        run.instruments.close(records)  # its statistics' picture and TensorBoard events too
                     raise run.interrupted()
                 run.step()
         finally:
