@@ -17,6 +17,7 @@ rank stops every rank (MPI abort) with one line that names the rank.
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import os
 import signal
@@ -47,20 +48,18 @@ from tinygpt.train import resolve_config, train
 PATTERNS = {name: known.pattern for name, known in SPLIT_PATTERNS.items()}
 
 
-def add_command(subparsers, name: str, handler, **described) -> argparse.ArgumentParser:
-    """The parser of `tinygpt <name>` (help= and description= as argparse takes them); the command runs handler(args)."""
-    parser = subparsers.add_parser(name, **described)
+def add_command(subparsers, name: str, handler, help: str, **described) -> argparse.ArgumentParser:
+    """The parser of `tinygpt <name>`, which runs handler(args); its --help describes it with the handler's docstring
+    (or description=)."""
+    described.setdefault("description", inspect.cleandoc(handler.__doc__) if handler and handler.__doc__ else help)
+    parser = subparsers.add_parser(name, help=help, **described)
     if handler is not None:
         parser.set_defaults(handler=handler)
     return parser
 
 
 def add_train_parser(subparsers) -> None:
-    parser = add_command(subparsers, "train", run_train, help="train a GPT on a text file (default: the embedded Tiny Shakespeare)",
-                         description="Train a GPT. Settings are, from weakest to strongest: the defaults "
-                         "(the shakespeare-char-cpu preset), with --resume the checkpoint's, --preset, "
-                         "--config FILE, then the flags given. Every flag is also spelt as nanoGPT's "
-                         "(--n_layer=4).")
+    parser = add_command(subparsers, "train", run_train, help="train a GPT on a text file (default: the embedded Tiny Shakespeare)")
     add_run_settings(parser)
     add_ranks_argument(parser)
 
@@ -103,6 +102,9 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Train a GPT. Settings are, from weakest to strongest: the defaults (the shakespeare-char-cpu preset),
+    with --resume the checkpoint's, --preset, --config FILE, then the flags given. Every flag is also spelt as
+    nanoGPT's (--n_layer=4)."""
     config = train_config(args)
     config.validate()
     ranks = ranks_to_start(args, config.batch_size, config.device)
@@ -113,15 +115,15 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_profile_parser(subparsers) -> None:
-    parser = add_command(subparsers, "profile", run_profile, help="time a few training steps op by op, with FLOPs and MFU",
-                         description="Run --steps training steps of the run `tinygpt train` would run with the "
-                         "same flags (after one warm-up step) and print where the time goes, by op and by "
-                         "module, with each row's FLOPs and the MFU (docs/instruments.md).")
+    parser = add_command(subparsers, "profile", run_profile, help="time a few training steps op by op, with FLOPs and MFU")
     parser.add_argument("--steps", type=int, default=3, metavar="N", help="profiled steps (default: 3)")
     add_run_settings(parser)
 
 
 def run_profile(args: argparse.Namespace) -> int:
+    """Run --steps training steps of the run `tinygpt train` would run with the same flags (after one warm-up
+    step) and print where the time goes, by op and by module, with each row's FLOPs and the MFU
+    (docs/instruments.md)."""
     steps = vars(args).pop("steps")  # profile's own flag, not a training setting
     timed = profile_training(train_config(args), steps)
     print(f"{steps} training steps\n\n{timed.table()}\n\n{timed.table(by='module')}")
@@ -129,10 +131,7 @@ def run_profile(args: argparse.Namespace) -> int:
 
 
 def add_attention_parser(subparsers) -> None:
-    parser = add_command(subparsers, "attention", run_attention, help="draw every head's attention map for a prompt",
-                         description="Draw the attention probabilities of every head of the checkpoint in "
-                         "--out-dir (every layer, or --layer) for a prompt, as heat maps with the tokens on "
-                         "the axes.")
+    parser = add_command(subparsers, "attention", run_attention, help="draw every head's attention map for a prompt")
     add_out_dir_argument(parser)
     parser.add_argument("--prompt", required=True, help="the text whose attention to draw")
     parser.add_argument("--layer", type=int, metavar="N", help="only this layer (default: all)")
@@ -141,6 +140,8 @@ def add_attention_parser(subparsers) -> None:
 
 
 def run_attention(args: argparse.Namespace) -> int:
+    """Draw the attention probabilities of every head of the checkpoint in --out-dir (every layer, or --layer)
+    for a prompt, as heat maps with the tokens on the axes."""
     path, _ = attention_picture(args.out_dir, args.prompt, args.to, args.layer, args.device)
     print(f"wrote {path}")
     return 0
@@ -157,9 +158,7 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_sample_parser(subparsers) -> None:
-    parser = add_command(subparsers, "sample", run_sample, help="continue a prompt with the model of a checkpoint",
-                         description="Sample text from the checkpoint that `tinygpt train` left in --out-dir, "
-                         "printed as it is generated.")
+    parser = add_command(subparsers, "sample", run_sample, help="continue a prompt with the model of a checkpoint")
     add_out_dir_argument(parser)
     parser.add_argument("--prompt", "--start", dest="prompt", default="\n", help="text to continue, or FILE:path for the "
                         "text of a file, as nanoGPT's sample.py --start (default: a newline)")
@@ -188,6 +187,7 @@ def check_sample_arguments(args: argparse.Namespace) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> int:
+    """Sample text from the checkpoint that `tinygpt train` left in --out-dir, printed as it is generated."""
     check_sample_arguments(args)
     try:
         args.prompt.encode("utf-8")
@@ -212,10 +212,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def add_export_parser(subparsers) -> None:
-    parser = add_command(subparsers, "export", run_export, help="write a checkpoint as a Hugging Face GPT-2 directory",
-                         description="Write the checkpoint in --out-dir as a directory that transformers' "
-                         "GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained load: config.json, "
-                         "model.safetensors, tokenizer.json (and vocab.json + merges.txt for GPT-2's pattern).")
+    parser = add_command(subparsers, "export", run_export, help="write a checkpoint as a Hugging Face GPT-2 directory")
     add_out_dir_argument(parser)
     parser.add_argument("--to", metavar="PATH", required=True, help="the Hugging Face directory to write (new or empty)")
     parser.add_argument("--overwrite", action="store_true", help="write into a --to directory that holds files, "
@@ -223,6 +220,9 @@ def add_export_parser(subparsers) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    """Write the checkpoint in --out-dir as a directory that transformers' GPT2LMHeadModel.from_pretrained and
+    AutoTokenizer.from_pretrained load: config.json, model.safetensors, tokenizer.json (and vocab.json +
+    merges.txt for GPT-2's pattern)."""
     checkpoint = load_checkpoint(args.out_dir)
     refuse_checkpoint_target(Path(args.to))
     refuse_files_in(Path(args.to), args.overwrite)
@@ -258,10 +258,7 @@ def refuse_files_in(target: Path, overwrite: bool) -> None:
 
 
 def add_eval_parser(subparsers) -> None:
-    parser = add_command(subparsers, "eval", run_eval, help="loss and bits per byte of a checkpoint over a whole text file",
-                         description="Evaluate the checkpoint in --out-dir over every block-size window of "
-                         "--data (all of it), or by default of the run's validation split, whose loss then "
-                         "equals the final one `tinygpt train` printed.")
+    parser = add_command(subparsers, "eval", run_eval, help="loss and bits per byte of a checkpoint over a whole text file")
     add_out_dir_argument(parser)
     parser.add_argument("--data", metavar="FILE", help="UTF-8 text file (default: the run's validation split)")
     add_device_argument(parser)
@@ -269,6 +266,8 @@ def add_eval_parser(subparsers) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    """Evaluate the checkpoint in --out-dir over every block-size window of --data (all of it), or by default of
+    the run's validation split, whose loss then equals the final one `tinygpt train` printed."""
     ranks = ranks_to_start(args, None, args.device)
     if ranks > 1:
         return launch_ranks(ranks, args.argv)
