@@ -326,6 +326,14 @@ class Run:
         self.progress.step(self.iteration, loss, learning_rate, rate, mfu)
         self.iteration += 1
 
+    def draw(self, final: tuple[int, float] | None = None) -> Path | None:
+        """Rank 0's pictures of its metrics (the loss plot, `final` marked; the instruments'): the plot's path."""
+        if self.metrics is None:
+            return None
+        records = read_metrics(self.metrics.path)
+        self.instruments.close(records)
+        return plot_metrics(records, self.out_dir / PLOT_FILE, final)
+
     def interrupted(self) -> TrainingInterrupted:
         launcher = f"mpiexec -n {self.world.world_size} " if not self.world.splits_batch else ""
         return TrainingInterrupted(f"interrupted at iteration {self.iteration}: checkpoint saved in {self.directory}; "
@@ -447,10 +455,7 @@ def run_loop(run: Run) -> None:
                     return
                 if on_any_rank(run.world, interrupted.is_set()):
                     run.save()
-                    if run.metrics is not None:  # the run so far, as a finished run draws it
-                        records = read_metrics(run.metrics.path)
-                        plot_metrics(records, run.out_dir / PLOT_FILE)
-                        run.instruments.close(records)  # its statistics' picture and TensorBoard events too
+                    run.draw()  # the run so far, as a finished run draws it
                     raise run.interrupted()
                 run.step()
         finally:
@@ -470,10 +475,7 @@ def finish_run(run: Run, started: float) -> TrainResult:
     rate = trained * run.tokens_per_iteration / run.step_seconds if trained else 0.0
     result = TrainResult(model=run.model, tokenizer=run.tokenizer, config=config, history=run.history,
                          final_eval=final_eval, wall_seconds=0.0, tokens_per_second=rate, checkpoint_dir=run.directory)
-    if run.metrics is not None:
-        records = read_metrics(run.metrics.path)
-        result.plot = plot_metrics(records, out_dir / PLOT_FILE, (run.iteration, final_eval["whole_val_loss"]))
-        run.instruments.close(records)
+    result.plot = run.draw((run.iteration, final_eval["whole_val_loss"]))
     if config.sample_tokens and run.world.is_main:
         result.sample = sample_text(run.model, run.tokenizer, "\n", config.sample_tokens, temperature=0.8, top_k=200,
                                     seed=config.seed, device=config.device)
