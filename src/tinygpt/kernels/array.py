@@ -49,6 +49,51 @@ def layer_norm_backward(grad, x, weight, mean, rstd, grad_x, grad_weight, grad_b
     grad_bias[...] = grad.sum(axis=0)
 
 
+def rms_normalize(xp, rows, eps: float):
+    """(x * rstd, rstd) over the last axis, rstd = 1 / sqrt(mean(x^2) + eps)."""
+    mean_square = xp.einsum("...i,...i->...", rows, rows)[..., None] * (1.0 / rows.shape[-1])
+    rstd = 1.0 / xp.sqrt(mean_square + eps)
+    return rows * rstd, rstd
+
+
+def rms_normalize_backward(xp, grad_normalized, normalized, rstd):
+    """dx = rstd * (dxh - xh * mean(dxh * xh)) for xh = x * rstd."""
+    projection = xp.einsum("...i,...i->...", grad_normalized, normalized)[..., None] * (1.0 / normalized.shape[-1])
+    return (grad_normalized - normalized * projection) * rstd
+
+
+def rotate(xp, x, cos, sin, direction: float = 1.0):
+    """(x1 cos - x2 sin, x2 cos + x1 sin) for the halves x1, x2 of the last axis; direction -1 turns back (the transpose)."""
+    half = x.shape[-1] // 2
+    first, second = x[..., :half], x[..., half:]
+    sin = sin * direction
+    return xp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+
+
+def rotary_qk_norm_forward(qkv, heads, cos, sin, eps, qk_norm, normalized, rstd):
+    """In place on the first `heads` slots of each (b, t) of qkv (B, T, slots, d): x <- x rstd with
+    rstd = 1 / sqrt(mean(x^2) + eps) if qk_norm (x rstd kept in normalized), then, if cos has rows, the halves
+    turned by position t: (x1 cos - x2 sin, x2 cos + x1 sin)."""
+    xp = _xp(qkv)
+    query_key = qkv[:, :, :heads]
+    if qk_norm:
+        query_key[...], row_rstd = rms_normalize(xp, query_key, eps)
+        normalized[...], rstd[...] = query_key, row_rstd[..., 0]
+    if len(cos):
+        query_key[...] = rotate(xp, query_key, cos[:, None, :], sin[:, None, :])
+
+
+def rotary_qk_norm_backward(grad, heads, cos, sin, qk_norm, normalized, rstd):
+    """In place on the first `heads` slots of grad (B, T, slots, d): turned back (the transpose of the
+    rotation) if cos has rows, then, if qk_norm, g <- rstd (g - xh mean(g xh)) with xh = normalized."""
+    xp = _xp(grad)
+    grad_query_key = grad[:, :, :heads]
+    if len(cos):
+        grad_query_key[...] = rotate(xp, grad_query_key, cos[:, None, :], sin[:, None, :], direction=-1.0)
+    if qk_norm:
+        grad_query_key[...] = rms_normalize_backward(xp, grad_query_key, normalized, rstd[..., None])
+
+
 def cross_entropy_forward(logits, targets, losses, log_normalizer):
     """log_normalizer = logsumexp(logits) per row (shifted by the row max), losses = log_normalizer - logits[target]."""
     xp = _xp(logits)

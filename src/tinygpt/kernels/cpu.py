@@ -23,6 +23,7 @@ from numba import boolean, float32, float64, int64, njit, void  # noqa: E402
 Vector, Matrix, Ids = float32[::1], float32[:, ::1], int64[::1]
 Heads, HeadRows = float32[:, :, :, :], float32[:, :, ::1]  # (B, H, T, d) with any strides, (B, H, T)
 Scores = float32[:, :, :, ::1]  # (B, H, Tq, Tk), contiguous
+Slots, SlotRows = float32[:, :, :, ::1], float32[:, :, ::1]  # (B, T, slots, d) and (B, T, slots), contiguous
 # Sums may be reordered (so that the compiler vectorises them) and a * b + c fused; nothing is assumed about
 # NaN or infinity
 FAST = {"reassoc", "contract"}
@@ -144,6 +145,55 @@ def layer_norm_backward(grad, x, weight, mean, rstd, grad_x, grad_weight, grad_b
     for c in range(width):
         grad_weight[c] = weight_sums[c]
         grad_bias[c] = bias_sums[c]
+
+
+@njit(void(Slots, int64, Matrix, Matrix, float64, boolean, Slots, SlotRows), cache=True, fastmath=FAST)
+def rotary_qk_norm_forward(qkv, heads, cos, sin, eps, qk_norm, normalized, rstd):
+    """In place on the first `heads` slots of each (b, t) of qkv (B, T, slots, d): x <- x rstd with
+    rstd = 1 / sqrt(mean(x^2) + eps) if qk_norm (x rstd kept in normalized), then, if cos has rows, the halves
+    turned by position t: (x1 cos - x2 sin, x2 cos + x1 sin)."""
+    batch, length, _, width = qkv.shape
+    half = width // 2
+    for b in range(batch):
+        for t in range(length):
+            for h in range(heads):
+                if qk_norm:
+                    squares = 0.0
+                    for i in range(width):
+                        squares += qkv[b, t, h, i] * qkv[b, t, h, i]
+                    s = np.float32(1.0 / math.sqrt(squares / width + eps))
+                    for i in range(width):
+                        qkv[b, t, h, i] *= s
+                        normalized[b, t, h, i] = qkv[b, t, h, i]
+                    rstd[b, t, h] = s
+                if len(cos):
+                    for i in range(half):
+                        first, second = qkv[b, t, h, i], qkv[b, t, h, half + i]
+                        qkv[b, t, h, i] = first * cos[t, i] - second * sin[t, i]
+                        qkv[b, t, h, half + i] = second * cos[t, i] + first * sin[t, i]
+
+
+@njit(void(Slots, int64, Matrix, Matrix, boolean, Slots, SlotRows), cache=True, fastmath=FAST)
+def rotary_qk_norm_backward(grad, heads, cos, sin, qk_norm, normalized, rstd):
+    """In place on the first `heads` slots of grad (B, T, slots, d): turned back (the transpose of the
+    rotation) if cos has rows, then, if qk_norm, g <- rstd (g - xh mean(g xh)) with xh = normalized."""
+    batch, length, _, width = grad.shape
+    half = width // 2
+    for b in range(batch):
+        for t in range(length):
+            for h in range(heads):
+                if len(cos):
+                    for i in range(half):
+                        first, second = grad[b, t, h, i], grad[b, t, h, half + i]
+                        grad[b, t, h, i] = first * cos[t, i] + second * sin[t, i]
+                        grad[b, t, h, half + i] = second * cos[t, i] - first * sin[t, i]
+                if qk_norm:
+                    projection = 0.0
+                    for i in range(width):
+                        projection += grad[b, t, h, i] * normalized[b, t, h, i]
+                    mean = np.float32(projection / width)
+                    for i in range(width):
+                        grad[b, t, h, i] = (grad[b, t, h, i] - normalized[b, t, h, i] * mean) * rstd[b, t, h]
 
 
 @njit(void(Matrix, Ids, Vector, Vector), cache=True, fastmath=FAST)

@@ -1,6 +1,7 @@
 """The fused ops of the modern GPT recipe (modded-nanogpt's): RMSNorm, rotary embeddings with QK-norm, ReLU^2, soft-cap.
 
-Like the fused ops of fused.py, they reach the array module through `Buffer.array`. Rotary embeddings
+Like the fused ops of fused.py, they reach the array module through `Buffer.array`; rotary embeddings with
+QK-norm call kernels (kernels/cpu.py's loop, or kernels/array.py's calls). Rotary embeddings
 use the rotate-half convention of Hugging Face's LLaMA (`apply_rotary_pos_emb`): the pair
 (x[i], x[i + d/2]) is turned by the angle position * base^(-2i/d).
 """
@@ -8,29 +9,10 @@ from __future__ import annotations
 
 import math
 
+from tinygpt import kernels
 from tinygpt.buffer import Buffer
+from tinygpt.kernels.array import rms_normalize, rms_normalize_backward
 from tinygpt.mlops.operation import Operation
-
-
-def rms_normalize(xp, rows, eps: float):
-    """(x * rstd, rstd) over the last axis, rstd = 1 / sqrt(mean(x^2) + eps)."""
-    mean_square = xp.einsum("...i,...i->...", rows, rows)[..., None] * (1.0 / rows.shape[-1])
-    rstd = 1.0 / xp.sqrt(mean_square + eps)
-    return rows * rstd, rstd
-
-
-def rms_normalize_backward(xp, grad_normalized, normalized, rstd):
-    """dx = rstd * (dxh - xh * mean(dxh * xh)) for xh = x * rstd."""
-    projection = xp.einsum("...i,...i->...", grad_normalized, normalized)[..., None] * (1.0 / normalized.shape[-1])
-    return (grad_normalized - normalized * projection) * rstd
-
-
-def rotate(xp, x, cos, sin, direction: float = 1.0):
-    """(x1 cos - x2 sin, x2 cos + x1 sin) for the halves x1, x2 of the last axis; direction -1 turns back (the transpose)."""
-    half = x.shape[-1] // 2
-    first, second = x[..., :half], x[..., half:]
-    sin = sin * direction
-    return xp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
 
 
 def rotary_angles(xp, start: int, length: int, head_dims: int, base: float = 10000.0, dtype=None):
@@ -67,28 +49,23 @@ class RotaryQKNorm(Operation):
 
     def forward(self, qkv: Buffer, num_heads: int = 1, angles: tuple | None = None, qk_norm: bool = False,
                 eps: float = 1e-6) -> Buffer:
-        xp, (batch, length, packed) = qkv.xp, qkv.shape
-        self.layout = (batch, length, 3, num_heads, packed // (3 * num_heads))
-        self.qk_norm = qk_norm
+        xp, (batch, length, packed), dtype = qkv.xp, qkv.shape, qkv.array.dtype
+        self.layout = (batch, length, 3 * num_heads, packed // (3 * num_heads))  # (B, T, slots, d): q, k the first 2H
+        self.kernels, self.heads, self.qk_norm = kernels.for_device(qkv.device), 2 * num_heads, qk_norm
         out = qkv.array.reshape(self.layout).copy()
-        query_key = out[:, :, :2]  # (B, T, 2, H, d)
-        if qk_norm:
-            query_key[...], self.rstd = rms_normalize(xp, query_key, eps)
-            self.normalized = query_key.copy()
-        if angles is not None:
-            self.cos, self.sin = (xp.asarray(a, dtype=out.dtype)[:, None, None, :] for a in angles)  # (T, 1, 1, d/2)
-            query_key[...] = rotate(xp, query_key, self.cos, self.sin)
-        self.rotary = angles is not None
-        return Buffer.from_array(out.reshape(batch, length, packed))
+        half = self.layout[-1] // 2
+        self.cos, self.sin = ((xp.ascontiguousarray(a, dtype=dtype) for a in angles) if angles is not None else
+                              (xp.empty((0, half), dtype=dtype),) * 2)
+        kept = (batch, length, self.heads) if qk_norm else (0, 0, 0)  # nothing to keep without the norm
+        self.normalized, self.rstd = xp.empty(kept + self.layout[-1:], dtype), xp.empty(kept, dtype)
+        self.kernels.rotary_qk_norm_forward(out, self.heads, self.cos, self.sin, float(eps), qk_norm, self.normalized,
+                                            self.rstd)
+        return Buffer.from_array(out.reshape(qkv.shape))
 
     def backward(self, grad: Buffer):
-        xp = grad.xp
         grad_qkv = grad.array.reshape(self.layout).copy()
-        grad_query_key = grad_qkv[:, :, :2]
-        if self.rotary:
-            grad_query_key[...] = rotate(xp, grad_query_key, self.cos, self.sin, direction=-1.0)
-        if self.qk_norm:
-            grad_query_key[...] = rms_normalize_backward(xp, grad_query_key, self.normalized, self.rstd)
+        self.kernels.rotary_qk_norm_backward(grad_qkv, self.heads, self.cos, self.sin, self.qk_norm, self.normalized,
+                                             self.rstd)
         return Buffer.from_array(grad_qkv.reshape(grad.shape))
 
 
@@ -117,5 +94,4 @@ class SoftCap(Operation):
         return Buffer.from_array(grad.array * (1.0 - self.squashed * self.squashed))
 
 
-__all__ = ["RMSNorm", "RotaryQKNorm", "ReluSquared", "SoftCap", "rms_normalize", "rms_normalize_backward", "rotate",
-           "rotary_angles"]
+__all__ = ["RMSNorm", "RotaryQKNorm", "ReluSquared", "SoftCap", "rotary_angles"]
