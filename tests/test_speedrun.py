@@ -31,6 +31,12 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     assert {"token_embedding.embeddings", "lm_head.weights", "ln_f.weights"} <= rest
 
 
+def test_muon_ns_steps_sets_the_newton_schulz_iterations():
+    config = small(muon_ns_steps=3)
+    muon, _ = build_optimizer(build_model(config), config).optimizers
+    assert muon.ns_steps == 3
+
+
 def test_the_wsd_schedule_drives_both_groups_in_proportion():
     config = small(learning_rate=4e-3, min_lr=4e-4, muon_learning_rate=0.04, warmup_iters=2, max_iters=20, decay_fraction=0.5)
     muon, adamw = build_optimizer(build_model(config), config).optimizers
@@ -44,6 +50,7 @@ def test_the_wsd_schedule_drives_both_groups_in_proportion():
 @pytest.mark.parametrize("settings, message", [(dict(optimizer="lion"), "optimizer"), (dict(schedule="step"), "schedule"),
                                                (dict(decay_fraction=0.0), "decay_fraction"),
                                                (dict(muon_momentum=1.0), "muon_momentum"), (dict(norm="batch"), "norm"),
+                                               (dict(muon_ns_steps=0), "muon_ns_steps"),
                                                (dict(mlp_activation="swish"), "mlp_activation"),
                                                (dict(logit_soft_cap=-1.0), "logit_soft_cap")])
 def test_bad_speedrun_settings_are_refused_in_one_line(settings, message):

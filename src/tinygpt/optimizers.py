@@ -298,6 +298,7 @@ def clip_grad_norm(module: Module, max_norm: float) -> float:
 # ---- Muon and optimizer groups -------------------------------------------------------------------
 NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic: the steepest slope at zero
 MUON_SCALINGS = ("original", "match_rms_adamw")
+MAX_NS_STEPS = 99
 
 
 def newton_schulz(xp, matrix, steps: int = 5, coefficients: tuple[float, float, float] = NEWTON_SCHULZ_COEFFICIENTS,
@@ -335,8 +336,8 @@ class Muon(Optimizer):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"Muon: momentum must be in [0, 1), got {momentum}")
         weight_decay, eps = check_finite("weight_decay", weight_decay), check_finite("eps", eps)
-        if not isinstance(ns_steps, int) or not 1 <= ns_steps < 100:
-            raise ValueError(f"Muon: ns_steps must be an integer in [1, 100), got {ns_steps!r}")
+        if not isinstance(ns_steps, int) or not 1 <= ns_steps <= MAX_NS_STEPS:
+            raise ValueError(f"Muon: ns_steps must be an integer in [1, {MAX_NS_STEPS}], got {ns_steps!r}")
         for name, tensor in module.named_parameters():
             if tensor.requires_grad and tensor.ndim != 2:
                 raise ValueError(f"Muon updates matrices only: {name} has shape {tensor.shape} (give it to AdamW)")

@@ -99,7 +99,8 @@ def build_optimizer(model: GPT, config: TrainConfig) -> Optimizer | OptimizerGro
                      decay_matrices_only=True)
     floor = config.min_lr / config.learning_rate if config.learning_rate else 0.0
     muon = Muon(ParameterGroup(model, is_hidden_matrix), build_schedule(config, config.muon_learning_rate,
-                config.muon_learning_rate * floor), weight_decay=config.weight_decay, momentum=config.muon_momentum)
+                config.muon_learning_rate * floor), weight_decay=config.weight_decay, momentum=config.muon_momentum,
+                ns_steps=config.muon_ns_steps)
     adamw = AdamW(ParameterGroup(model, lambda name, tensor: not is_hidden_matrix(name, tensor)), adamw_schedule,
                   (config.beta1, config.beta2), weight_decay=config.weight_decay, decay_matrices_only=True)
     return OptimizerGroups(muon, adamw)
