@@ -66,12 +66,7 @@ def split_with_timeout(compiled: regex.Pattern, text: str) -> list[str]:
     except TimeoutError:
         raise ValueError(f"the tokenizer's split pattern timed out after {split_timeout(text):.1f} s on "
                          f"{len(text):,} characters (catastrophic backtracking?)") from None
-    return check_chunks_cover(chunks, text)
-
-
-def check_chunks_cover(chunks: list[str], text: str) -> list[str]:
-    """`chunks` if they hold every character of `text` (matches never overlap), else ValueError."""
-    if sum(map(len, chunks)) != len(text):
+    if sum(map(len, chunks)) != len(text):  # matches never overlap: this many characters means all of them
         raise ValueError("the tokenizer's split pattern does not match every character of the text "
                          "(the unmatched ones would be lost)")
     return chunks

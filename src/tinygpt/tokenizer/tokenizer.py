@@ -15,12 +15,11 @@ import numpy as np
 import regex
 from tqdm import tqdm
 
-from tinygpt.serialization import atomic_write
 from tinygpt.tensor import Tensor
 from tinygpt.tokenizer.bpe import PairStatistics
 from tinygpt.tokenizer.checks import MAX_TOKEN_ID, MAX_VOCAB_BYTES, check_special_tokens
 from tinygpt.tokenizer.fast import MergeTable, gather
-from tinygpt.tokenizer.formats import model_text, read_model, render_token, vocab_text
+from tinygpt.tokenizer.formats import model_text, read_model, render_token, vocab_text, write_text
 from tinygpt.tokenizer.patterns import RegexPatterns, known_pattern, splitter
 from tinygpt.tokenizer.scanner import distinct
 
@@ -312,8 +311,7 @@ class BPETokenizer:
         texts = {".model": model_text(self.pattern, self.special_tokens, self.merges, self.original_format),
                  ".vocab": vocab_text(self.vocab, self.merges)}
         for suffix, text in texts.items():
-            atomic_write(str(file_prefix) + suffix,
-                         lambda temporary: Path(temporary).write_text(text, encoding="utf-8", newline="\n"))
+            write_text(str(file_prefix) + suffix, text)
 
     def load(self, model_file: str | Path) -> None:
         """Read a `.model` file written by `save`, or by the original TinyGPT (see formats.py);
