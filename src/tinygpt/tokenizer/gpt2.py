@@ -128,7 +128,6 @@ def _from_tokenizer_json(path: Path) -> GPT2Tokenizer:
     vocab = _checked_vocab(_field(model, "vocab", dict, {}, path), path)
     added = _added_tokens(_field(record, "added_tokens", list, [], path), path)
     vocab.update({text: index for text, (index, _) in added.items()})
-    _check_distinct_ids(vocab, path)
     entries = ((f"{path} merge {rank}", merge) for rank, merge in enumerate(_field(model, "merges", list, [], path)))
     merges = _read_merges(entries, vocab)
     special_texts = {text for text, (_, special) in added.items() if special}
@@ -172,19 +171,11 @@ def _pattern_of(pre_tokenizer: object, path: Path) -> str:
 
 
 def _checked_vocab(vocab: object, path: Path) -> dict[str, int]:
-    """A vocabulary (`{token: id}`) whose ids are integers in range and distinct."""
+    """A vocabulary (`{token: id}`) whose ids are integers in range (_build checks that they are distinct)."""
     vocab = _field({"the vocabulary": vocab}, "the vocabulary", dict, None, path)
     for text, index in vocab.items():
         check_token_id(index, f"{path}: the id of token {text!r:.40}")
-    _check_distinct_ids(vocab, path)
     return dict(vocab)
-
-
-def _check_distinct_ids(vocab: dict[str, int], path: Path) -> None:
-    if len(set(vocab.values())) != len(vocab):
-        seen = {}
-        text, index = next((text, index) for text, index in vocab.items() if seen.setdefault(index, text) != text)
-        raise ValueError(f"{path}: the tokens {seen[index]!r:.40} and {text!r:.40} both have the id {index}")
 
 
 def _read_merges(entries: Iterable[tuple[str, object]], vocab: dict[str, int]) -> list[tuple[bytes, bytes]]:
@@ -211,10 +202,13 @@ def _read_merges(entries: Iterable[tuple[str, object]], vocab: dict[str, int]) -
 
 def _build(source: Path, pattern: str, vocab: dict[str, int], merges: list[tuple[bytes, bytes]],
            special_texts: set[str]) -> GPT2Tokenizer:
-    """The tokenizer of checked merges and vocabulary; a token that no merge builds (nor a byte) is a special one."""
+    """The tokenizer of checked merges and vocabulary, whose ids must be distinct; a token that no merge builds (nor
+    a byte) is a special one."""
     built = {bytes([byte]) for byte in range(256)} | {first + second for first, second in merges}
-    byte_vocab, specials = {}, {}
+    byte_vocab, specials, seen = {}, {}, {}
     for text, index in vocab.items():
+        if seen.setdefault(index, text) != text:
+            raise ValueError(f"{source}: the tokens {seen[index]!r:.40} and {text!r:.40} both have the id {index}")
         token = None if text in special_texts else token_bytes(text)
         if token in built:
             byte_vocab[token] = index
