@@ -85,8 +85,8 @@ def check_merge_count(count: int) -> None:
 
 
 def check_merges(pairs: list[tuple[int, int]]) -> dict[tuple[int, int], int]:
-    """`{pair: 256 + i}` for the i-th pair, after checking each joins two earlier ids into a new byte string
-    and that all tokens together fit in MAX_VOCAB_BYTES.
+    """`{pair: 256 + i}` for the i-th pair of ids >= 0, after checking each joins two earlier ids into a new byte
+    string and that all tokens together fit in MAX_VOCAB_BYTES.
 
     Each token's length is checked against the bound before its bytes are built, so a file of a few
     doubling merges (2**40 bytes) is refused without allocating them."""
@@ -97,7 +97,7 @@ def check_merges(pairs: list[tuple[int, int]]) -> dict[tuple[int, int], int]:
     merges: dict[tuple[int, int], int] = {}
     for first, second in pairs:
         new_id = 256 + len(merges)
-        if not (isinstance(first, int) and isinstance(second, int) and 0 <= first < new_id and 0 <= second < new_id):
+        if max(first, second) >= new_id:
             raise ValueError(f"merge {new_id} refers to unknown ids {first} {second}")
         length = len(vocab[first]) + len(vocab[second])
         total += length
