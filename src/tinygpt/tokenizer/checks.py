@@ -35,9 +35,8 @@ def compile_pattern(pattern: str, flags: int = 0) -> regex.Pattern:
         raise ValueError(f"the split pattern does not compile ({error})") from None
     if compiled.groups:
         raise ValueError(f"the split pattern has {compiled.groups} capture group(s); write them (?:...)")
-    probe = PATTERN_PROBE
     try:
-        empty = next((match for match in compiled.finditer(probe, timeout=split_timeout(probe))
+        empty = next((match for match in compiled.finditer(PATTERN_PROBE, timeout=split_timeout(PATTERN_PROBE))
                       if match.start() == match.end()), None)
     except TimeoutError:
         raise ValueError("the split pattern timed out on a 50-character probe text") from None

@@ -43,7 +43,8 @@ def model_text(pattern: str, special_tokens: dict[str, int], merges: dict[tuple[
                original: bool) -> str:
     """The text of a `.model` file: ours, or in the original's layout if `original`."""
     if original:
-        lines = [repr(pattern), str(len(special_tokens)), *(f"{token} {index}" for token, index in special_tokens.items())]
+        lines = [repr(pattern), str(len(special_tokens))]
+        lines += [f"{token} {index}" for token, index in special_tokens.items()]
     else:
         lines = [MODEL_FORMAT_VERSION, json.dumps(pattern), f"special_tokens {len(special_tokens)}"]
         lines += [f"{json.dumps(token)} {index}" for token, index in special_tokens.items()]

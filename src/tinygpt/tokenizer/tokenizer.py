@@ -67,8 +67,7 @@ class BPETokenizer:
         self._merges = dict(merges)
         self._rebuild_vocab()
 
-    # ----------------------------------------------------------------------------------------
-    # training
+    # ---- training ------------------------------------------------------------------------------------------
 
     def train(self, text_corpus: str, vocab_size: int, verbose: bool = False) -> None:
         """Learn `vocab_size - 256` merges from `text_corpus` (fewer if no pair is left).
@@ -151,8 +150,7 @@ class BPETokenizer:
         self.special_tokens = dict(special_tokens)
         self._rebuild_vocab()
 
-    # ----------------------------------------------------------------------------------------
-    # encoding and decoding
+    # ---- encoding and decoding -----------------------------------------------------------------------------
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode `text` ignoring special tokens."""
@@ -236,8 +234,7 @@ class BPETokenizer:
         return "".join(f"\x1b[{ANSI_BACKGROUNDS[position % len(ANSI_BACKGROUNDS)]}m{piece}\x1b[0m"
                        for position, piece in enumerate(pieces))
 
-    # ----------------------------------------------------------------------------------------
-    # batches of ids as Tensors
+    # ---- batches of ids as Tensors -------------------------------------------------------------------------
 
     def __call__(self, text_or_list: str | list[str], padding_type: str = "none",
                  padding_token: str = "", max_length: int = -1, truncation: bool = False,
@@ -289,8 +286,7 @@ class BPETokenizer:
                              f"to {len(ids)} tokens instead of one")
         return ids[0]
 
-    # ----------------------------------------------------------------------------------------
-    # saving and loading
+    # ---- saving and loading --------------------------------------------------------------------------------
 
     def save(self, file_prefix: str | Path) -> None:
         """Write `<prefix>.model` (read back by `load`; in the original TinyGPT's layout if it was read
