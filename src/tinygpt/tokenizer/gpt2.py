@@ -52,15 +52,13 @@ def token_bytes(text: str) -> bytes | None:
 
 class GPT2Tokenizer(BPETokenizer):
     """A BPETokenizer whose ids are those of a GPT-2 vocabulary: `file_ids[our_id]` is the file's id. Its merges
-    (pairs of tokens, in the order they apply) are those load_gpt2_tokenizer has checked."""
+    (pairs of tokens, in the order they apply) and `vocab` (`{token: id}`, every byte and merged token included)
+    are those load_gpt2_tokenizer has checked."""
 
     def __init__(self, pattern: str, merges: list[tuple[bytes, bytes]], vocab: dict[bytes, int],
                  special_tokens: dict[str, int]) -> None:
         super().__init__(pattern)
         self._tokens = [bytes([byte]) for byte in range(256)] + [first + second for first, second in merges]
-        missing = [token_text(token) for token in self._tokens if token not in vocab]
-        if missing:
-            raise ValueError(f"the vocabulary lacks the tokens {missing[:5]!r:.200} (bytes, or built by the merges)")
         ours = {token: our_id for our_id, token in enumerate(self._tokens)}  # the bytes of our id i are _tokens[i]
         self.file_ids = np.array([vocab[token] for token in self._tokens], dtype=np.int64)
         self._our_ids = {int(file_id): our_id for our_id, file_id in enumerate(self.file_ids)}
@@ -202,8 +200,8 @@ def _read_merges(entries: Iterable[tuple[str, object]], vocab: dict[str, int]) -
 
 def _build(source: Path, pattern: str, vocab: dict[str, int], merges: list[tuple[bytes, bytes]],
            special_texts: set[str]) -> GPT2Tokenizer:
-    """The tokenizer of checked merges and vocabulary, whose ids must be distinct; a token that no merge builds (nor
-    a byte) is a special one."""
+    """The tokenizer of checked merges and vocabulary, whose ids must be distinct and which must hold every byte and
+    every merged token; a token that no merge builds (nor a byte) is a special one."""
     built = {bytes([byte]) for byte in range(256)} | {first + second for first, second in merges}
     byte_vocab, specials, seen = {}, {}, {}
     for text, index in vocab.items():
@@ -214,10 +212,10 @@ def _build(source: Path, pattern: str, vocab: dict[str, int], merges: list[tuple
             byte_vocab[token] = index
         else:
             specials[text] = index
-    try:
-        return GPT2Tokenizer(pattern, merges, byte_vocab, specials)
-    except ValueError as error:
-        raise ValueError(f"{source}: {error}") from None
+    missing = [token_text(token) for token in sorted(built - byte_vocab.keys())]
+    if missing:
+        raise ValueError(f"{source}: the vocabulary lacks the tokens {missing[:5]!r:.200} (bytes, or built by merges)")
+    return GPT2Tokenizer(pattern, merges, byte_vocab, specials)
 
 
 def _present(path: Path) -> bool:
