@@ -1,7 +1,7 @@
 """Byte-level BPE as minbpe shows it: count the pairs, merge the most frequent, encode by lowest rank.
 
 Ids 0..255 are the raw bytes; merge i creates id 256 + i, so a merge's id is also its rank. Training
-(`learn_merges`) keeps the pair counts up to date merge by merge instead of re-counting them with
+(`PairStatistics`) keeps the pair counts up to date merge by merge instead of re-counting them with
 `get_stats`; encoding (`encode_chunk`) merges the pair of lowest rank first, as tiktoken does. fast.py
 compiles the same encoding loop for many chunks at once.
 """

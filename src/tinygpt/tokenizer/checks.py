@@ -35,9 +35,8 @@ def compile_pattern(pattern: str, flags: int = 0) -> regex.Pattern:
         raise ValueError(f"the split pattern does not compile ({error})") from None
     if compiled.groups:
         raise ValueError(f"the split pattern has {compiled.groups} capture group(s); write them (?:...)")
-    probe = PATTERN_PROBE
     try:
-        empty = next((match for match in compiled.finditer(probe, timeout=split_timeout(probe))
+        empty = next((match for match in compiled.finditer(PATTERN_PROBE, timeout=split_timeout(PATTERN_PROBE))
                       if match.start() == match.end()), None)
     except TimeoutError:
         raise ValueError("the split pattern timed out on a 50-character probe text") from None
@@ -66,12 +65,7 @@ def split_with_timeout(compiled: regex.Pattern, text: str) -> list[str]:
     except TimeoutError:
         raise ValueError(f"the tokenizer's split pattern timed out after {split_timeout(text):.1f} s on "
                          f"{len(text):,} characters (catastrophic backtracking?)") from None
-    return check_chunks_cover(chunks, text)
-
-
-def check_chunks_cover(chunks: list[str], text: str) -> list[str]:
-    """`chunks` if they hold every character of `text` (matches never overlap), else ValueError."""
-    if sum(map(len, chunks)) != len(text):
+    if sum(map(len, chunks)) != len(text):  # matches never overlap: this many characters means all of them
         raise ValueError("the tokenizer's split pattern does not match every character of the text "
                          "(the unmatched ones would be lost)")
     return chunks
@@ -90,8 +84,8 @@ def check_merge_count(count: int) -> None:
 
 
 def check_merges(pairs: list[tuple[int, int]]) -> dict[tuple[int, int], int]:
-    """`{pair: 256 + i}` for the i-th pair, after checking each joins two earlier ids into a new byte string
-    and that all tokens together fit in MAX_VOCAB_BYTES.
+    """`{pair: 256 + i}` for the i-th pair of ids >= 0, after checking each joins two earlier ids into a new byte
+    string and that all tokens together fit in MAX_VOCAB_BYTES.
 
     Each token's length is checked against the bound before its bytes are built, so a file of a few
     doubling merges (2**40 bytes) is refused without allocating them."""
@@ -102,7 +96,7 @@ def check_merges(pairs: list[tuple[int, int]]) -> dict[tuple[int, int], int]:
     merges: dict[tuple[int, int], int] = {}
     for first, second in pairs:
         new_id = 256 + len(merges)
-        if not (isinstance(first, int) and isinstance(second, int) and 0 <= first < new_id and 0 <= second < new_id):
+        if max(first, second) >= new_id:
             raise ValueError(f"merge {new_id} refers to unknown ids {first} {second}")
         length = len(vocab[first]) + len(vocab[second])
         total += length

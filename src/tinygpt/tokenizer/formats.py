@@ -12,12 +12,9 @@ The original's:
     line 2       the number of special tokens, then one `token id` line for each
     the rest     one `id_a id_b` line per merge, in the order learnt: merge i makes id 256 + i
 
-The original compiled that pattern with the standard `re` module in verbose mode (whitespace and
-`#` comments ignored). `re` has no timeout, so here the pattern must compile with `re` (what the original
-refused is refused) but is matched by `regex` in verbose mode, through exactly the checks and the timed
-split of checks.py. The two modules read `\\w`, `\\d`, `\\s` (and so `\\b`) differently, so those are
-first spelt out as `re` reads them (shorthands.py): the same pattern then splits text into the
-same chunks as the original, and the same merges give the same ids.
+The original compiled that pattern with `re` in verbose mode. Here it must still compile with `re` (what
+the original refused is refused), but it is matched by `regex`, under the checks and timeout of checks.py,
+with `re`'s `\\w \\d \\s` spelt out (shorthands.py) so that it gives the original's chunks, and so its ids.
 """
 from __future__ import annotations
 
@@ -27,12 +24,14 @@ import json
 import re
 import tokenize
 from pathlib import Path
+from typing import Callable
 
 import regex
 
 from tinygpt.files import TOKENIZER_FILE_BYTES, read_bytes
+from tinygpt.serialization import atomic_write
 from tinygpt.tokenizer.checks import (check_merge_count, check_merges, check_pattern_length, check_special_tokens,
-                                      check_token_id, compile_pattern)
+                                      compile_pattern)
 from tinygpt.tokenizer.shorthands import spell_out_shorthands
 
 MODEL_FORMAT_VERSION = "tinygpt-bpe v1"
@@ -44,11 +43,13 @@ def model_text(pattern: str, special_tokens: dict[str, int], merges: dict[tuple[
                original: bool) -> str:
     """The text of a `.model` file: ours, or in the original's layout if `original`."""
     if original:
-        return "\n".join(original_lines(pattern, special_tokens, merges))
-    lines = [MODEL_FORMAT_VERSION, json.dumps(pattern), f"special_tokens {len(special_tokens)}"]
-    lines += [f"{json.dumps(token)} {index}" for token, index in special_tokens.items()]
-    lines.append(f"merges {len(merges)}")
-    lines += [f"{first} {second}" for first, second in merges_in_order(merges)]
+        lines = [repr(pattern), str(len(special_tokens))]
+        lines += [f"{token} {index}" for token, index in special_tokens.items()]
+    else:
+        lines = [MODEL_FORMAT_VERSION, json.dumps(pattern), f"special_tokens {len(special_tokens)}"]
+        lines += [f"{json.dumps(token)} {index}" for token, index in special_tokens.items()]
+        lines.append(f"merges {len(merges)}")
+    lines += [f"{first} {second}" for first, second in sorted(merges, key=merges.get)]
     return "\n".join(lines) + "\n"
 
 
@@ -71,8 +72,9 @@ def render_token(token: bytes) -> str:
     return CONTROL_CHARACTER.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
-def merges_in_order(merges: dict[tuple[int, int], int]) -> list[tuple[int, int]]:
-    return [pair for pair, _ in sorted(merges.items(), key=lambda item: item[1])]
+def write_text(path: str | Path, text: str) -> None:
+    """Write `text` as UTF-8 with "\\n" line ends, atomically (a reader never sees half a file)."""
+    atomic_write(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8", newline="\n"))
 
 
 def read_model(model_file: Path) -> tuple[bool, str, dict[str, int], dict[tuple[int, int], int]]:
@@ -83,46 +85,34 @@ def read_model(model_file: Path) -> tuple[bool, str, dict[str, int], dict[tuple[
         lines = data.decode("utf-8").split("\n")
     except UnicodeDecodeError as error:
         raise ValueError(f"{model_file}: not a TinyGPT BPE model file (not UTF-8 text)") from error
-    original = is_original_layout(lines[0])
+    original = lines[0].startswith(QUOTES)  # the original's first line is the pattern as a string literal
     if lines[0] != MODEL_FORMAT_VERSION and not original:
         raise ValueError(f"{model_file}: not a TinyGPT BPE model file: first line is {lines[0][:40]!r}, expected "
                          f"{MODEL_FORMAT_VERSION!r} or a quoted pattern (the original TinyGPT's layout)")
     try:
-        if original:
-            pattern, special_tokens, pairs = parse_original_lines(lines)
-            compile_original_pattern(pattern)
-            merges = check_merges(pairs)
-            check_special_tokens(special_tokens, 256 + len(merges))
-        else:
-            pattern, special_tokens, merges = _parse_model_lines(lines[1:])
+        pattern, special_tokens, pairs = _parse_original_lines(lines) if original else _parse_model_lines(lines[1:])
+        (compile_original_pattern if original else compile_pattern)(pattern)
+        merges = check_merges(pairs)
+        check_special_tokens(special_tokens, 256 + len(merges))
     except (ValueError, IndexError, regex.error) as error:
         layout = "the original TinyGPT's" if original else "TinyGPT"
         raise ValueError(f"{model_file}: corrupt or truncated {layout} BPE model file: {error}") from error
     return original, pattern, special_tokens, merges
 
 
-def _parse_model_lines(lines: list[str]) -> tuple[str, dict[str, int], dict[tuple[int, int], int]]:
-    """Parse the body of one of our `.model` files (after the header); raise ValueError on any defect."""
+def _parse_model_lines(lines: list[str]) -> tuple[str, dict[str, int], list[tuple[int, int]]]:
+    """The pattern, special tokens and merge pairs of one of our `.model` files (its lines after the header)."""
     pattern = json.loads(lines[0])
     if not isinstance(pattern, str):
         raise ValueError("the pattern line is not a JSON string")
-    compile_pattern(pattern)
     num_special = _section_size(lines[1], "special_tokens")
-    special_tokens = {}
-    for line in lines[2:2 + num_special]:
-        token, _, index = line.rpartition(" ")
-        token = json.loads(token)
-        if not isinstance(token, str) or not token or token in special_tokens:
-            raise ValueError(f"bad special token line {line[:40]!r}")
-        special_tokens[token] = check_token_id(int(index), f"special token {token!r}")
+    special_tokens = _special_tokens(lines[2:2 + num_special], json.loads)
     merges_start = 2 + num_special
     num_merges = _section_size(lines[merges_start], "merges")
     merge_lines = lines[merges_start + 1:merges_start + 1 + num_merges]
     if len(merge_lines) != num_merges or lines[merges_start + 1 + num_merges:] != [""]:
         raise ValueError(f"expected {num_merges} merge lines and a final newline")
-    merges = check_merges([tuple(int(field) for field in line.split(" ")) for line in merge_lines])
-    check_special_tokens(special_tokens, 256 + num_merges)
-    return pattern, special_tokens, merges
+    return pattern, special_tokens, _merge_pairs(merge_lines)
 
 
 def _section_size(line: str, name: str) -> int:
@@ -134,9 +124,41 @@ def _section_size(line: str, name: str) -> int:
     return int(size)
 
 
-def is_original_layout(first_line: str) -> bool:
-    """Whether a model file's first line can be the original's pattern line (a quoted literal)."""
-    return first_line.startswith(QUOTES)
+def _parse_original_lines(lines: list[str]) -> tuple[str, dict[str, int], list[tuple[int, int]]]:
+    """The pattern, special tokens and merge pairs of a file in the original's layout (its lines, the last
+    one empty)."""
+    if len(lines) < 3 or lines[-1] != "":
+        raise ValueError("expected a pattern line, a special token count and a final newline")
+    if not lines[1].isdigit():
+        raise ValueError(f"expected the number of special tokens on line 2, got {lines[1][:40]!r}")
+    num_special = int(lines[1])
+    special_lines, merge_lines = lines[2:2 + num_special], lines[2 + num_special:-1]
+    if len(special_lines) < num_special:
+        raise ValueError(f"expected {num_special} special token lines, got {len(special_lines)}")
+    return _string_literal(lines[0]), _special_tokens(special_lines, str), _merge_pairs(merge_lines)
+
+
+def _special_tokens(lines: list[str], read_token: Callable[[str], object]) -> dict[str, int]:
+    """`{token: id}` of `token id` lines, the token read by `read_token`; ValueError on a malformed line."""
+    special_tokens = {}
+    for line in lines:
+        token, _, index = line.rpartition(" ")
+        token = read_token(token)
+        if not isinstance(token, str) or not token or not index.isdigit() or token in special_tokens:
+            raise ValueError(f"bad special token line {line[:40]!r}")
+        special_tokens[token] = int(index)
+    return special_tokens
+
+
+def _merge_pairs(lines: list[str]) -> list[tuple[int, int]]:
+    """The pairs of `id_a id_b` lines; ValueError on any other line."""
+    pairs = []
+    for line in lines:
+        first, _, second = line.partition(" ")
+        if not (first.isdigit() and second.isdigit()):
+            raise ValueError(f"bad merge line {line[:40]!r}, expected two ids")
+        pairs.append((int(first), int(second)))
+    return pairs
 
 
 def compile_original_pattern(pattern: str) -> tuple[regex.Pattern, regex.Pattern]:
@@ -150,41 +172,6 @@ def compile_original_pattern(pattern: str) -> tuple[regex.Pattern, regex.Pattern
         raise ValueError(f"the split pattern does not compile in verbose mode ({error})") from None
     compiled = compile_pattern(spell_out_shorthands(pattern), regex.VERBOSE)
     return compiled, regex.compile(spell_out_shorthands(pattern, ascii_text=True), regex.VERBOSE)
-
-
-def parse_original_lines(lines: list[str]) -> tuple[str, dict[str, int], list[tuple[int, int]]]:
-    """The pattern, the special tokens and the merge pairs of a file in the original's layout (its lines,
-    the last one empty); ValueError on any line that is not as the original writes it."""
-    if len(lines) < 3 or lines[-1] != "":
-        raise ValueError("expected a pattern line, a special token count and a final newline")
-    pattern = _string_literal(lines[0])
-    if not lines[1].isdigit():
-        raise ValueError(f"expected the number of special tokens on line 2, got {lines[1][:40]!r}")
-    num_special = int(lines[1])
-    special_lines, merge_lines = lines[2:2 + num_special], lines[2 + num_special:-1]
-    if len(special_lines) < num_special:
-        raise ValueError(f"expected {num_special} special token lines, got {len(special_lines)}")
-    special_tokens = {}
-    for line in special_lines:
-        token, _, index = line.rpartition(" ")
-        if not token or not index.isdigit() or token in special_tokens:
-            raise ValueError(f"bad special token line {line[:40]!r}")
-        special_tokens[token] = int(index)
-    pairs = []
-    for line in merge_lines:
-        fields = line.split(" ")
-        if len(fields) != 2 or not all(field.isdigit() for field in fields):
-            raise ValueError(f"bad merge line {line[:40]!r}, expected two ids")
-        pairs.append((int(fields[0]), int(fields[1])))
-    return pattern, special_tokens, pairs
-
-
-def original_lines(pattern: str, special_tokens: dict[str, int], merges: dict[tuple[int, int], int]) -> list[str]:
-    """The lines of a model file in the original's layout (the last one empty, for the final newline)."""
-    lines = [repr(pattern), str(len(special_tokens))]
-    lines += [f"{token} {index}" for token, index in special_tokens.items()]
-    lines += [f"{first} {second}" for first, second in merges_in_order(merges)]
-    return lines + [""]
 
 
 def _string_literal(line: str) -> str:

@@ -9,7 +9,6 @@ at the boundary, so that its ids are the files' ids.
 """
 from __future__ import annotations
 
-import functools
 import io
 import json
 from pathlib import Path
@@ -18,9 +17,9 @@ from typing import Iterable
 import numpy as np
 
 from tinygpt.files import TOKENIZER_FILE_BYTES, read_json, read_text
-from tinygpt.serialization import atomic_write
 from tinygpt.tensor import Tensor
-from tinygpt.tokenizer.checks import check_merge_count, check_token_id
+from tinygpt.tokenizer.checks import check_token_id
+from tinygpt.tokenizer.formats import write_text
 from tinygpt.tokenizer.patterns import RegexPatterns
 from tinygpt.tokenizer.tokenizer import BPETokenizer
 
@@ -28,71 +27,43 @@ VOCAB_FILE, MERGES_FILE, TOKENIZER_JSON = "vocab.json", "merges.txt", "tokenizer
 TOKENIZER_CONFIG, END_OF_TEXT = "tokenizer_config.json", "<|endoftext|>"
 
 
-@functools.lru_cache(maxsize=1)
 def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's table: every byte gets a printable character (printable Latin-1 bytes keep their own)."""
+    """GPT-2's table: every byte gets a printable character (printable Latin-1 bytes keep their own, the others
+    take chr(256), chr(257), ... in the order of their bytes)."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            table[byte] = chr(byte)
-        else:
-            table[byte] = chr(256 + extra)
-            extra += 1
-    return table
+    others = [byte for byte in range(256) if byte not in printable]
+    return {byte: chr(byte) for byte in printable} | {byte: chr(256 + k) for k, byte in enumerate(others)}
+
+
+CHARACTER_OF_BYTE = bytes_to_unicode()
+BYTE_OF_CHARACTER = {character: byte for byte, character in CHARACTER_OF_BYTE.items()}
 
 
 def token_text(token: bytes) -> str:
     """A token's bytes as GPT-2's files spell them."""
-    table = bytes_to_unicode()
-    return "".join(table[byte] for byte in token)
+    return "".join(CHARACTER_OF_BYTE[byte] for byte in token)
 
 
-def token_bytes(text: str) -> bytes:
-    """Inverse of token_text; a character outside GPT-2's table raises ValueError."""
-    decoder = _byte_of_character()
-    try:
-        return bytes(decoder[character] for character in text)
-    except KeyError as error:
-        raise ValueError(f"token {text!r} has the character {error.args[0]!r}, which is not a GPT-2 byte") from None
-
-
-@functools.lru_cache(maxsize=1)
-def _byte_of_character() -> dict[str, int]:
-    return {character: byte for byte, character in bytes_to_unicode().items()}
-
-
-def new_token(first: bytes, second: bytes, built: set[bytes] | dict[bytes, int], vocab: dict[bytes, int]) -> bytes:
-    """first + second, if the merge of these two tokens already `built` makes a new token of `vocab`; else ValueError."""
-    token = first + second
-    if first not in built or second not in built or token not in vocab or token in built:
-        raise ValueError(f"the merge {token_text(first)!r} {token_text(second)!r} does not build a new token of the "
-                         "vocabulary from earlier ones")
-    return token
+def token_bytes(text: str) -> bytes | None:
+    """Inverse of token_text, or None if `text` has a character outside GPT-2's table."""
+    spelt = [BYTE_OF_CHARACTER.get(character) for character in text]
+    return None if None in spelt else bytes(spelt)
 
 
 class GPT2Tokenizer(BPETokenizer):
-    """A BPETokenizer whose ids are those of a GPT-2 vocabulary: `file_ids[our_id]` is the file's id."""
+    """A BPETokenizer whose ids are those of a GPT-2 vocabulary: `file_ids[our_id]` is the file's id. Its merges
+    (pairs of tokens, in the order they apply) and `vocab` (`{token: id}`, every byte and merged token included)
+    are those load_gpt2_tokenizer has checked."""
 
     def __init__(self, pattern: str, merges: list[tuple[bytes, bytes]], vocab: dict[bytes, int],
                  special_tokens: dict[str, int]) -> None:
         super().__init__(pattern)
-        ours = {bytes([byte]): byte for byte in range(256)}
-        missing = [byte for byte in ours if byte not in vocab]
-        if missing:
-            raise ValueError(f"the vocabulary lacks the byte tokens {[token_text(bytes([b])) for b in missing[:5]]}")
-        canonical = {}
-        for rank, (first, second) in enumerate(merges):
-            try:
-                token = new_token(first, second, ours, vocab)
-            except ValueError as error:
-                raise ValueError(f"merge {rank}: {error}") from None
-            ours[token] = canonical[(ours[first], ours[second])] = 256 + rank
-        self._tokens = sorted(ours, key=ours.get)  # the bytes of our id i
+        self._tokens = [bytes([byte]) for byte in range(256)] + [first + second for first, second in merges]
+        ours = {token: our_id for our_id, token in enumerate(self._tokens)}  # the bytes of our id i are _tokens[i]
         self.file_ids = np.array([vocab[token] for token in self._tokens], dtype=np.int64)
         self._our_ids = {int(file_id): our_id for our_id, file_id in enumerate(self.file_ids)}
         self.special_tokens = dict(special_tokens)
-        self.merges = canonical
+        self.merges = {(ours[first], ours[second]): 256 + rank for rank, (first, second) in enumerate(merges)}
 
     def _rebuild_vocab(self) -> None:
         """The base class's encoding tables (on our ids), then `vocab` keyed by the files' ids."""
@@ -155,7 +126,6 @@ def _from_tokenizer_json(path: Path) -> GPT2Tokenizer:
     vocab = _checked_vocab(_field(model, "vocab", dict, {}, path), path)
     added = _added_tokens(_field(record, "added_tokens", list, [], path), path)
     vocab.update({text: index for text, (index, _) in added.items()})
-    _check_distinct_ids(vocab, path)
     entries = ((f"{path} merge {rank}", merge) for rank, merge in enumerate(_field(model, "merges", list, [], path)))
     merges = _read_merges(entries, vocab)
     special_texts = {text for text, (_, special) in added.items() if special}
@@ -199,61 +169,53 @@ def _pattern_of(pre_tokenizer: object, path: Path) -> str:
 
 
 def _checked_vocab(vocab: object, path: Path) -> dict[str, int]:
-    """A vocabulary (`{token: id}`) whose ids are integers in range and distinct."""
+    """A vocabulary (`{token: id}`) whose ids are integers in range (_build checks that they are distinct)."""
     vocab = _field({"the vocabulary": vocab}, "the vocabulary", dict, None, path)
     for text, index in vocab.items():
         check_token_id(index, f"{path}: the id of token {text!r:.40}")
-    _check_distinct_ids(vocab, path)
     return dict(vocab)
-
-
-def _check_distinct_ids(vocab: dict[str, int], path: Path) -> None:
-    if len(set(vocab.values())) != len(vocab):
-        seen = {}
-        text, index = next((text, index) for text, index in vocab.items() if seen.setdefault(index, text) != text)
-        raise ValueError(f"{path}: the tokens {seen[index]!r:.40} and {text!r:.40} both have the id {index}")
 
 
 def _read_merges(entries: Iterable[tuple[str, object]], vocab: dict[str, int]) -> list[tuple[bytes, bytes]]:
     """The merges of `(where, entry)` pairs ('first second', or [first, second]), each checked as it is read: two
-    GPT-2 tokens that earlier merges built, joined into a new token of the vocabulary."""
-    vocab_bytes = {token_bytes(text): index for text, index in vocab.items() if _characters().issuperset(text)}
+    GPT-2 tokens that earlier merges built, joined into a new token of the vocabulary (so there are fewer merges
+    than tokens, whose ids are bounded)."""
+    vocab_tokens = set(map(token_bytes, vocab)) - {None}
     built = {bytes([byte]) for byte in range(256)}
     merges = []
     for where, entry in entries:
         parts = entry.split(" ") if isinstance(entry, str) else entry
         if not (isinstance(parts, list) and len(parts) == 2 and all(isinstance(part, str) and part for part in parts)):
             raise ValueError(f"{where}: {str(entry)[:60]!r} is not a merge of two tokens ('first second')")
-        try:
-            check_merge_count(len(merges) + 1)
-            first, second = token_bytes(parts[0]), token_bytes(parts[1])
-            built.add(new_token(first, second, built, vocab_bytes))
-        except ValueError as error:
-            raise ValueError(f"{where}: {error}") from None
+        first, second = token_bytes(parts[0]), token_bytes(parts[1])
+        if first is None or second is None:
+            raise ValueError(f"{where}: {entry!r:.60} has a character that is not a GPT-2 byte")
+        if first not in built or second not in built or first + second not in vocab_tokens or first + second in built:
+            raise ValueError(f"{where}: the merge {entry!r:.60} does not build a new token of the vocabulary from "
+                             "earlier ones")
+        built.add(first + second)
         merges.append((first, second))
     return merges
 
 
 def _build(source: Path, pattern: str, vocab: dict[str, int], merges: list[tuple[bytes, bytes]],
            special_texts: set[str]) -> GPT2Tokenizer:
-    """The tokenizer of checked merges and vocabulary; a token that no merge builds (nor a byte) is a special one."""
+    """The tokenizer of checked merges and vocabulary, whose ids must be distinct and which must hold every byte and
+    every merged token; a token that no merge builds (nor a byte) is a special one."""
     built = {bytes([byte]) for byte in range(256)} | {first + second for first, second in merges}
-    byte_vocab, specials = {}, {}
+    byte_vocab, specials, seen = {}, {}, {}
     for text, index in vocab.items():
-        token = token_bytes(text) if text not in special_texts and _characters().issuperset(text) else None
+        if seen.setdefault(index, text) != text:
+            raise ValueError(f"{source}: the tokens {seen[index]!r:.40} and {text!r:.40} both have the id {index}")
+        token = None if text in special_texts else token_bytes(text)
         if token in built:
             byte_vocab[token] = index
         else:
             specials[text] = index
-    try:
-        return GPT2Tokenizer(pattern, merges, byte_vocab, specials)
-    except ValueError as error:
-        raise ValueError(f"{source}: {error}") from None
-
-
-@functools.lru_cache(maxsize=1)
-def _characters() -> frozenset[str]:
-    return frozenset(bytes_to_unicode().values())
+    missing = [token_text(token) for token in sorted(built - byte_vocab.keys())]
+    if missing:
+        raise ValueError(f"{source}: the vocabulary lacks the tokens {missing[:5]!r:.200} (bytes, or built by merges)")
+    return GPT2Tokenizer(pattern, merges, byte_vocab, specials)
 
 
 def _present(path: Path) -> bool:
@@ -286,17 +248,17 @@ def save_gpt2_tokenizer(tokenizer: BPETokenizer, directory: str | Path) -> list[
     file_ids = tokenizer.file_ids.tolist() if isinstance(tokenizer, GPT2Tokenizer) else list(range(learnt))
     byte_vocab = {token_text(ours.vocab[our_id]): file_ids[our_id] for our_id in range(learnt)}
     merges = [f"{token_text(ours.vocab[first])} {token_text(ours.vocab[second])}"
-              for (first, second), _ in sorted(ours.merges.items(), key=lambda item: item[1])]
+              for first, second in sorted(ours.merges, key=ours.merges.get)]
     vocab = {**byte_vocab, **tokenizer.special_tokens}  # Hugging Face lists special tokens in the vocabulary too
     written = [directory / TOKENIZER_JSON]
     record = _tokenizer_json(tokenizer.pattern, vocab, merges, tokenizer.special_tokens)
-    _write_text(written[0], json.dumps(record, ensure_ascii=False))
+    write_text(written[0], json.dumps(record, ensure_ascii=False))
     if tokenizer.pattern == RegexPatterns.GPT2:
-        _write_text(directory / VOCAB_FILE, json.dumps(vocab, ensure_ascii=False))
-        _write_text(directory / MERGES_FILE, "#version: 0.2\n" + "".join(f"{merge}\n" for merge in merges))
+        write_text(directory / VOCAB_FILE, json.dumps(vocab, ensure_ascii=False))
+        write_text(directory / MERGES_FILE, "#version: 0.2\n" + "".join(f"{merge}\n" for merge in merges))
         written += [directory / VOCAB_FILE, directory / MERGES_FILE]
     written.append(directory / TOKENIZER_CONFIG)
-    _write_text(written[-1], json.dumps(_tokenizer_config(tokenizer.special_tokens)))
+    write_text(written[-1], json.dumps(_tokenizer_config(tokenizer.special_tokens)))
     return written
 
 
@@ -325,6 +287,3 @@ def _tokenizer_json(pattern: str, vocab: dict[str, int], merges: list[str], spec
                       "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
                       "vocab": vocab, "merges": merges}}
 
-
-def _write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8", newline="\n"))

@@ -75,22 +75,21 @@ SPLIT_PATTERNS = {
 _BY_PATTERN = {known.pattern: known for known in SPLIT_PATTERNS.values()}
 
 
-def known_pattern(pattern: str) -> SplitPattern | None:
-    """The registry's entry for `pattern`, or None for a pattern we do not know."""
-    return _BY_PATTERN.get(pattern)
-
-
 def can_cut_at_newlines(pattern: str) -> bool:
     """Whether text split by `pattern` may be cut after a newline between two non-whitespace characters."""
     known = _BY_PATTERN.get(pattern)
     return known is not None and known.cut_at_newlines
 
 
-def splitter(pattern: str, original: bool = False) -> Callable[[str], list[str]]:
-    """What splits text into the chunks of `pattern` (read as the original TinyGPT read it if `original`): the
-    registry's entry, else the pattern held to the checks and timeout of checks.py; ValueError if it fails them."""
+def splitter(pattern: str, original: bool = False) -> tuple[Callable, Callable]:
+    """What splits text into the chunks of `pattern` (read as the original TinyGPT read it if `original`), and
+    into its distinct chunks (see SplitPattern): the registry's entry, else the pattern held to the checks and
+    timeout of checks.py; ValueError if it fails them."""
     known = None if original else _BY_PATTERN.get(pattern)
     if known is not None:
-        return known.split
+        return known.split, known.split_distinct
     compiled, for_ascii = compile_original_pattern(pattern) if original else (compile_pattern(pattern),) * 2
-    return lambda text: split_with_timeout(for_ascii if text.isascii() else compiled, text)
+
+    def split(text: str) -> list[str]:
+        return split_with_timeout(for_ascii if text.isascii() else compiled, text)
+    return split, lambda text: distinct(split(text))

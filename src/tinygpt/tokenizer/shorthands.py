@@ -48,7 +48,8 @@ def spell_out_shorthands(pattern: str, ascii_text: bool = False) -> str:
         elif character == "[":
             piece, end = _spelt_set(pattern, position, scope.ascii, ascii_text)
         elif character == "#" and scope.verbose or pattern.startswith("(?#", position):
-            end = _comment_end(pattern, position, character == "#")
+            closing = pattern.find("\n" if character == "#" else ")", position)  # `#` comments end with their line
+            end = len(pattern) if closing == -1 else closing + 1
             piece = pattern[position:end]
         else:
             if character == "(":
@@ -61,12 +62,6 @@ def spell_out_shorthands(pattern: str, ascii_text: bool = False) -> str:
         check_pattern_length(length, " (with `re`'s shorthands spelt out for `regex`)")
         position = end
     return "".join(pieces)
-
-
-def _comment_end(pattern: str, start: int, to_line_end: bool) -> int:
-    """Where a `# ...` (to the end of the line) or `(?#...)` comment starting at `start` ends."""
-    end = pattern.find("\n" if to_line_end else ")", start)
-    return len(pattern) if end == -1 else end + 1
 
 
 def _open_group(pattern: str, start: int, scopes: list[Scope]) -> int:

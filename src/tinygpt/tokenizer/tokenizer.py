@@ -1,8 +1,7 @@
 """BPETokenizer: the steps of bpe.py behind one object that trains, encodes, decodes, saves and loads.
 
-Ids 0..255 are the raw bytes; merge i creates id 256 + i. Text is first split into chunks by the pattern
-(patterns.py); each distinct chunk is encoded once (fast.py) and kept in a cache, so a chunk seen
-before costs a dictionary look-up.
+Text is first split into chunks by the pattern (patterns.py); each distinct chunk is encoded once (fast.py)
+and kept in a cache, so a chunk seen before costs a dictionary look-up.
 """
 
 from __future__ import annotations
@@ -15,18 +14,21 @@ import numpy as np
 import regex
 from tqdm import tqdm
 
-from tinygpt.serialization import atomic_write
 from tinygpt.tensor import Tensor
 from tinygpt.tokenizer.bpe import PairStatistics
 from tinygpt.tokenizer.checks import MAX_TOKEN_ID, MAX_VOCAB_BYTES, check_special_tokens
 from tinygpt.tokenizer.fast import MergeTable, gather
-from tinygpt.tokenizer.formats import model_text, read_model, render_token, vocab_text
-from tinygpt.tokenizer.patterns import RegexPatterns, known_pattern, splitter
-from tinygpt.tokenizer.scanner import distinct
+from tinygpt.tokenizer.formats import model_text, read_model, render_token, vocab_text, write_text
+from tinygpt.tokenizer.patterns import RegexPatterns, splitter
 
 REPLACEMENT_CHARACTER = "\ufffd".encode("utf-8")
 CHUNK_CACHE_LIMIT = 1_000_000
 ANSI_BACKGROUNDS = (41, 42, 43, 44, 45, 46)
+
+
+def alternation(tokens: Iterable[str]) -> regex.Pattern:
+    """A pattern that matches (and captures) any of `tokens`, the longest first where one begins another."""
+    return regex.compile("(" + "|".join(regex.escape(token) for token in sorted(tokens, key=len, reverse=True)) + ")")
 
 
 class BPETokenizer:
@@ -48,9 +50,7 @@ class BPETokenizer:
 
     def _use_pattern(self, pattern: str, original: bool) -> None:
         """Split with `pattern`, read as the original TinyGPT read it (`re`, verbose) if `original`."""
-        self._split = splitter(pattern, original)
-        known = None if original else known_pattern(pattern)
-        self._split_distinct = known.split_distinct if known else lambda text: distinct(self._split(text))
+        self._split, self._split_distinct = splitter(pattern, original)
         self._pattern, self.original_format = pattern, original
 
     def split_into_chunks(self, text: str) -> list[str]:
@@ -67,8 +67,7 @@ class BPETokenizer:
         self._merges = dict(merges)
         self._rebuild_vocab()
 
-    # ----------------------------------------------------------------------------------------
-    # training
+    # ---- training ------------------------------------------------------------------------------------------
 
     def train(self, text_corpus: str, vocab_size: int, verbose: bool = False) -> None:
         """Learn `vocab_size - 256` merges from `text_corpus` (fewer if no pair is left).
@@ -142,11 +141,7 @@ class BPETokenizer:
         self.vocab = vocab
         self._chunk_cache: dict[str, list[int]] = dict(self._whole_tokens)
         self._merge_table: MergeTable | None = None  # built on first use
-        self._special_pattern = (
-            regex.compile("|".join(regex.escape(token) for token in
-                                   sorted(self.special_tokens, key=len, reverse=True)))
-            if self.special_tokens else None
-        )
+        self._special_pattern = alternation(self.special_tokens) if self.special_tokens else None
 
     def register_special_tokens(self, special_tokens: dict[str, int]) -> None:
         """Make `special_tokens` ({text: id}) the special tokens, replacing those registered before (as the
@@ -155,8 +150,7 @@ class BPETokenizer:
         self.special_tokens = dict(special_tokens)
         self._rebuild_vocab()
 
-    # ----------------------------------------------------------------------------------------
-    # encoding and decoding
+    # ---- encoding and decoding -----------------------------------------------------------------------------
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode `text` ignoring special tokens."""
@@ -186,16 +180,13 @@ class BPETokenizer:
         tokens are ordinary text), "none_raise" (like "none", but a special token in `text`
         raises ValueError) or a set of the special tokens to recognise (others are ordinary text).
         """
-        if allowed_special == "all":
+        if allowed_special == "none_raise" and self._special_pattern and (found := self._special_pattern.search(text)):
+            raise ValueError(f"text contains the special token {found.group()!r}; pass "
+                             f"allowed_special='all' or a set to encode it as a special token")
+        if allowed_special in ("none", "none_raise"):
+            specials = {}
+        elif allowed_special == "all":
             specials = self.special_tokens
-        elif allowed_special == "none":
-            specials = {}
-        elif allowed_special == "none_raise":
-            found = self._special_pattern.search(text) if self._special_pattern else None
-            if found:
-                raise ValueError(f"text contains the special token {found.group()!r}; pass "
-                                 f"allowed_special='all' or a set to encode it as a special token")
-            specials = {}
         elif isinstance(allowed_special, (set, frozenset)):
             unknown = allowed_special - self.special_tokens.keys()
             if unknown:
@@ -207,10 +198,8 @@ class BPETokenizer:
         if not specials:
             return self.encode_ordinary(text)
 
-        special_pattern = "(" + "|".join(regex.escape(token) for token in
-                                         sorted(specials, key=len, reverse=True)) + ")"
         ids = []
-        for position, part in enumerate(regex.split(special_pattern, text)):
+        for position, part in enumerate(alternation(specials).split(text)):
             if position % 2 == 1:  # split() puts the captured special tokens at odd positions
                 ids.append(specials[part])
             elif part:
@@ -245,8 +234,7 @@ class BPETokenizer:
         return "".join(f"\x1b[{ANSI_BACKGROUNDS[position % len(ANSI_BACKGROUNDS)]}m{piece}\x1b[0m"
                        for position, piece in enumerate(pieces))
 
-    # ----------------------------------------------------------------------------------------
-    # batches of ids as Tensors
+    # ---- batches of ids as Tensors -------------------------------------------------------------------------
 
     def __call__(self, text_or_list: str | list[str], padding_type: str = "none",
                  padding_token: str = "", max_length: int = -1, truncation: bool = False,
@@ -268,16 +256,13 @@ class BPETokenizer:
             sequences = [ids[:max_length] for ids in sequences]
 
         lengths = [len(ids) for ids in sequences]
-        if padding_type == "none":
-            if len(set(lengths)) > 1:
-                raise ValueError(f"texts encode to different lengths {sorted(set(lengths))}; "
-                                 f"use padding_type='longest' or 'max_length'")
-            width = max(lengths, default=0)
-        else:
-            width = max(lengths, default=0) if padding_type == "longest" else max_length
-            if max(lengths, default=0) > width:
-                raise ValueError(f"a text encodes to {max(lengths)} tokens, more than max_length "
-                                 f"{max_length}; pass truncation=True to cut it")
+        width = max_length if padding_type == "max_length" else max(lengths, default=0)
+        if padding_type == "none" and len(set(lengths)) > 1:
+            raise ValueError(f"texts encode to different lengths {sorted(set(lengths))}; "
+                             f"use padding_type='longest' or 'max_length'")
+        if max(lengths, default=0) > width:
+            raise ValueError(f"a text encodes to {max(lengths)} tokens, more than max_length "
+                             f"{max_length}; pass truncation=True to cut it")
         padding_id = self._padding_id(padding_token) if min(lengths, default=width) < width else 0
 
         ids_array = np.full((len(sequences), width), padding_id, dtype=np.int32)
@@ -287,9 +272,7 @@ class BPETokenizer:
             mask[row, :len(ids)] = 1
         if single:
             ids_array, mask = ids_array[0], mask[0]
-        if return_attention_mask:
-            return Tensor(ids_array), Tensor(mask)
-        return Tensor(ids_array)
+        return (Tensor(ids_array), Tensor(mask)) if return_attention_mask else Tensor(ids_array)
 
     def _padding_id(self, padding_token: str) -> int:
         """The id that pads: a special token, or text that encodes to exactly one token."""
@@ -303,8 +286,7 @@ class BPETokenizer:
                              f"to {len(ids)} tokens instead of one")
         return ids[0]
 
-    # ----------------------------------------------------------------------------------------
-    # saving and loading
+    # ---- saving and loading --------------------------------------------------------------------------------
 
     def save(self, file_prefix: str | Path) -> None:
         """Write `<prefix>.model` (read back by `load`; in the original TinyGPT's layout if it was read
@@ -312,8 +294,7 @@ class BPETokenizer:
         texts = {".model": model_text(self.pattern, self.special_tokens, self.merges, self.original_format),
                  ".vocab": vocab_text(self.vocab, self.merges)}
         for suffix, text in texts.items():
-            atomic_write(str(file_prefix) + suffix,
-                         lambda temporary: Path(temporary).write_text(text, encoding="utf-8", newline="\n"))
+            write_text(str(file_prefix) + suffix, text)
 
     def load(self, model_file: str | Path) -> None:
         """Read a `.model` file written by `save`, or by the original TinyGPT (see formats.py);
