@@ -93,6 +93,23 @@ def test_automatic_ranks_train_as_one_process_with_the_recipes_batch(mpi, tmp_pa
     assert float(final.group(1)) == pytest.approx(one.final_eval["whole_val_loss"], abs=1e-4)
 
 
+def test_the_sample_drawn_on_the_last_rank_is_the_one_rank_0s_weights_give(mpi, tmp_path, corpus):
+    """With 2 ranks the last rank draws the closing sample (while rank 0 draws the plot); every rank holds the same
+    weights, so it is the sample rank 0's checkpoint gives."""
+    from tinygpt.checkpoint import load_checkpoint
+    from tinygpt.sampling import printable
+    from tinygpt.train import TrainConfig, sample_text
+
+    settings = tiny_run(tmp_path / "ranks", corpus, sample_tokens=30)
+    result = tinygpt(["train", *cli_args(settings), "--ranks", "2"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    printed = re.search(r"---- sample ----\n(.*)\n----------------", result.stdout, re.S).group(1)
+    checkpoint = load_checkpoint(tmp_path / "ranks")
+    expected = sample_text(checkpoint.load_model("cpu"), checkpoint.tokenizer, "\n", 30, temperature=0.8, top_k=200,
+                           seed=TrainConfig.from_settings(settings).seed)
+    assert printed == printable(expected) and len(expected) > 1
+
+
 def test_eval_splits_the_windows_among_ranks_and_equals_one_process(mpi, tmp_path, corpus):
     settings = tiny_run(tmp_path / "out", corpus)
     assert tinygpt(["train", *cli_args(settings), "--ranks", "1"], tmp_path).returncode == 0

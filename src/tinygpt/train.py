@@ -476,10 +476,12 @@ def finish_run(run: Run, started: float) -> TrainResult:
     rate = trained * run.tokens_per_iteration / run.step_seconds if trained else 0.0
     result = TrainResult(model=run.model, tokenizer=run.tokenizer, config=config, history=run.history,
                          final_eval=final_eval, wall_seconds=0.0, tokens_per_second=rate, checkpoint_dir=run.directory)
+    sampler = run.world.world_size - 1  # with several ranks, the last draws the sample while rank 0 draws the plot
+    sample = sample_text(run.model, run.tokenizer, "\n", config.sample_tokens, temperature=0.8, top_k=200,
+                         seed=config.seed, device=config.device) if config.sample_tokens and run.world.rank == sampler else ""
     result.plot = run.draw((run.iteration, final_eval["whole_val_loss"]))
-    if config.sample_tokens and run.world.is_main:
-        result.sample = sample_text(run.model, run.tokenizer, "\n", config.sample_tokens, temperature=0.8, top_k=200,
-                                    seed=config.seed, device=config.device)
+    samples = run.world.gather(sample)  # every rank's on rank 0, None elsewhere
+    result.sample = samples[sampler] if samples else sample
     result.wall_seconds = time.perf_counter() - started
     run.log(f"done: {trained} iterations, {run.step_seconds:.1f} s of training steps at {rate:,.0f} tokens/s, "
             f"{result.wall_seconds:.1f} s in all (start-up, evaluations, checkpoints, plot, sample); checkpoint in "
