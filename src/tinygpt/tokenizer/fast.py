@@ -4,10 +4,12 @@ The merges live in an open-addressing hash table (`MergeTable`): a pair (a, b) i
 (ids are below 2^24, checks.MAX_TOKEN_ID), its value the merged id, which is also its rank. Each chunk is
 a slice of one buffer of bytes; its parts are a linked list and its pairs wait in a binary heap of
 rank * 2^32 + left start, so a chunk of n bytes costs O(n log n), as in bpe.encode_chunk. Where numba
-cannot be imported, bpe.encode_chunk runs for each chunk instead.
+cannot be imported, bpe.encode_chunk runs for each chunk instead. numba is imported, and the loops compiled (or
+read from numba's cache), only when a tokenizer is made (`prepare`): a command that makes none never waits for them.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -16,12 +18,36 @@ import numpy as np
 from tinygpt.tokenizer.bpe import encode_chunk
 
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "tinygpt" / "numba"))
-try:
+
+
+def numba_njit(**options):
+    """numba.njit(**options), numba imported at the first call."""
     import numba
-except ImportError:
-    numba = None
+
+    return numba.njit(**options)
+
+
 # under NUMBA_DISABLE_JIT these loops would run as Python, slower than bpe.encode_chunk and `regex`
-njit = numba.njit if numba is not None and not numba.config.DISABLE_JIT else None
+JIT_DISABLED = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
+njit = numba_njit if importlib.util.find_spec("numba") is not None and not JIT_DISABLED else None
+LOOPS = ("_slot", "lookup", "heap_push", "heap_pop", "push_pair", "encode_one", "fill_table", "encode_all")
+
+
+def compile_loops(namespace: dict, names: tuple[str, ...]) -> bool:
+    """The first time only, replace the functions `names` of a module's globals by numba's compilations of them (a
+    call among them then reaches the compiled one); whether it did so now."""
+    if njit is None or hasattr(namespace[names[-1]], "py_func"):  # py_func: the function a numba dispatcher compiles
+        return False
+    for name in names:
+        namespace[name] = njit(cache=True)(namespace[name])
+    return True
+
+
+def prepare() -> None:
+    """This file's loops compiled (read from numba's cache after the first time) now, not in the first encode."""
+    if compile_loops(globals(), LOOPS):
+        MergeTable({(97, 97): 256}).encode_chunks([b"aaa"])
+
 
 ID_BITS = 24
 EMPTY = -1
@@ -36,6 +62,7 @@ class MergeTable:
         self.values = np.zeros(size, dtype=np.int64)
         self.merges = merges
         if njit is not None and merges:
+            prepare()
             pairs = np.array(list(merges), dtype=np.int64)
             fill_table(pairs[:, 0] << ID_BITS | pairs[:, 1], np.fromiter(merges.values(), np.int64, len(merges)),
                        self.keys, self.values)
@@ -44,6 +71,7 @@ class MergeTable:
         """bpe.encode_chunk of each chunk."""
         if njit is None:
             return [encode_chunk(chunk, self.merges) for chunk in chunks]
+        prepare()
         data = np.frombuffer(b"".join(chunks), dtype=np.uint8)
         ends = np.cumsum(np.fromiter(map(len, chunks), np.int64, len(chunks)))
         ids, id_ends = encode_all(data, ends, self.keys, self.values)
@@ -163,10 +191,3 @@ def encode_all(data, ends, table_keys, table_values):
         out_ends[chunk], start = written, ends[chunk]
     return out[:written], out_ends
 
-
-if njit is not None:
-    _slot, lookup, heap_push, heap_pop, push_pair, encode_one = (
-        njit(cache=True)(function)
-        for function in (_slot, lookup, heap_push, heap_pop, push_pair, encode_one))
-    fill_table, encode_all = njit(cache=True)(fill_table), njit(cache=True)(encode_all)
-    MergeTable({(97, 97): 256}).encode_chunks([b"aaa"])  # compiled (or read from numba's cache) now, not in an encode

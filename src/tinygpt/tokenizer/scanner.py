@@ -11,12 +11,13 @@ from __future__ import annotations
 import numpy as np
 import regex
 
-from tinygpt.tokenizer.fast import njit
+from tinygpt.tokenizer.fast import compile_loops
 
 OTHER, LETTER, NUMBER, SPACE, UNKNOWN = 0, 1, 2, 3, 255
 CLASS_PATTERNS = {LETTER: regex.compile(r"\p{L}"), NUMBER: regex.compile(r"\p{N}"), SPACE: regex.compile(r"\s")}
 NEWLINE, RETURN, BLANK, APOSTROPHE, LONG_S = 10, 13, 32, 39, 0x17F
 _classes = np.full(0x110000, UNKNOWN, dtype=np.uint8)
+LOOPS = ("run_end", "folded", "contraction_end", "space_end", "match_end", "same_chunk", "chunk_ends", "distinct_chunks")
 
 
 def scan(text: str, gpt4: bool) -> list[str]:
@@ -31,6 +32,7 @@ def scan_distinct(text: str, gpt4: bool) -> tuple[list[str], np.ndarray]:
     code_points = (np.frombuffer(text.encode("ascii"), np.uint8) if text.isascii() else
                    np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32))
     _learn_classes(code_points)
+    prepare()
     ends = chunk_ends(code_points, _classes, gpt4)
     starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
     firsts, which = distinct_chunks(code_points, starts, ends)
@@ -168,10 +170,8 @@ def distinct_chunks(code_points, starts, ends):
     return firsts[:count], which
 
 
-if njit is not None:
-    run_end, folded, contraction_end, space_end, match_end = (
-        njit(cache=True)(function) for function in (run_end, folded, contraction_end, space_end, match_end))
-    same_chunk = njit(cache=True)(same_chunk)
-    chunk_ends, distinct_chunks = njit(cache=True)(chunk_ends), njit(cache=True)(distinct_chunks)
-    for sample in ("a", "\u00e4"):  # compiled (or read from numba's cache) now, for ASCII and for other text
-        scan_distinct(sample, gpt4=True)
+def prepare() -> None:
+    """This file's loops compiled (read from numba's cache after the first time) now, for ASCII and for other text."""
+    if compile_loops(globals(), LOOPS):
+        for sample in ("a", "\u00e4"):
+            scan_distinct(sample, gpt4=True)
