@@ -14,7 +14,7 @@ from tinygpt import kernels
 
 KERNEL_NAMES = ["layer_norm_forward", "layer_norm_backward", "gelu_forward", "gelu_backward", "cross_entropy_forward",
                 "cross_entropy_backward", "attention_forward", "attention_backward", "embedding_backward",
-                "adam_update", "sgd_update"]
+                "adam_update", "sgd_update", "rotary_qk_norm_forward", "rotary_qk_norm_backward"]
 
 
 def test_both_kernel_sets_define_the_same_kernels_with_the_same_arguments():

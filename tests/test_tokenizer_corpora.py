@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinygpt.tokenizer import SPLIT_PATTERNS, BPETokenizer, RegexPatterns, save_gpt2_tokenizer
-from tinygpt.tokenizer.fast import njit
+from tinygpt.tokenizer.fast import jit
 from tinygpt.tokenizer.scanner import scan
 
 tiktoken = pytest.importorskip("tiktoken", reason="tiktoken is the oracle for encoding")
@@ -63,12 +63,26 @@ def test_ids_equal_tiktoken_cold_and_warm_on_each_corpus(trained, corpora, name)
 
 
 def test_without_numba_the_ids_are_the_same(trained, corpora, monkeypatch):
-    monkeypatch.setattr("tinygpt.tokenizer.fast.njit", None)  # as when numba cannot be imported
-    monkeypatch.setattr("tinygpt.tokenizer.patterns.njit", None)
+    monkeypatch.setattr("tinygpt.tokenizer.fast.jit", lambda: None)  # as when numba cannot be imported
     fresh = BPETokenizer(trained.pattern)
     fresh.merges = trained.merges
     text = "".join(corpora.values())
     assert fresh.encode(text) == tiktoken_oracle(trained).encode_ordinary(text)
+
+
+def test_a_numba_that_fails_to_import_leaves_the_python_loops_with_the_same_ids(trained, corpora, monkeypatch):
+    def numba_refuses():
+        raise ImportError("numba refuses this numpy")
+
+    monkeypatch.setattr("tinygpt.kernels.prepare_numba", numba_refuses)
+    jit.cache_clear()
+    try:
+        fresh = BPETokenizer(trained.pattern)
+        fresh.merges = trained.merges
+        text = corpora["multilingual"][:3000]
+        assert fresh.encode(text) == tiktoken_oracle(trained).encode_ordinary(text)
+    finally:
+        jit.cache_clear()  # the next call asks the real numba again
 
 
 @pytest.mark.parametrize("name", ["shakespeare", "code", "multilingual"])
@@ -81,14 +95,14 @@ def test_ids_equal_hugging_face_tokenizers_loading_our_files(tmp_path, corpora, 
     assert ours.encode(corpora[name]) == theirs.encode(corpora[name]).ids
 
 
-@pytest.mark.skipif(njit is None, reason="the scanner is compiled with numba")
+@pytest.mark.skipif(jit() is None, reason="the scanner is compiled with numba")
 @pytest.mark.parametrize("name", ["shakespeare", "code", "multilingual"])
 def test_the_scanner_splits_each_corpus_as_regex(corpora, name):
     for known in SPLIT_PATTERNS.values():
         assert scan(corpora[name], known.gpt4_rules) == regex.findall(known.pattern, corpora[name])
 
 
-@pytest.mark.skipif(njit is None, reason="the scanner is compiled with numba")
+@pytest.mark.skipif(jit() is None, reason="the scanner is compiled with numba")
 @settings(deadline=None, max_examples=400, derandomize=True)
 @given(text=st.one_of(st.text(), st.text(alphabet=st.sampled_from(HARD_CHARACTERS))))
 def test_the_scanner_splits_any_text_as_regex(text):

@@ -133,7 +133,7 @@ class TrainConfig:
     schedule: str = _setting("cosine", "cosine, or wsd (warmup, stable, then a linear decay to --min-lr)")
     decay_fraction: float = _setting(0.5, "wsd: the share of --max-iters spent decaying")
     eval_interval: int = _setting(250, "evaluate and save a checkpoint every this many iterations")
-    eval_iters: int = _setting(50, "batches per evaluation")
+    eval_iters: int = _setting(20, "batches per evaluation")
     log_interval: int = _setting(10, "write a line to metrics.jsonl (and, when not a terminal, to stderr) every this many iterations")
     log_stats: bool = _setting(False, "at --log-interval, each parameter's gradient norm and update / weight ratio and "
                                "each block's activation mean and std, to metrics.jsonl and out_dir/stats.png")

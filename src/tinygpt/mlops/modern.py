@@ -54,8 +54,10 @@ class RotaryQKNorm(Operation):
         self.kernels, self.heads, self.qk_norm = kernels.for_device(qkv.device), 2 * num_heads, qk_norm
         out = qkv.array.reshape(self.layout).copy()
         half = self.layout[-1] // 2
-        self.cos, self.sin = ((xp.ascontiguousarray(a, dtype=dtype) for a in angles) if angles is not None else
-                              (xp.empty((0, half), dtype=dtype),) * 2)
+        self.cos, self.sin = ((xp.ascontiguousarray(xp.asarray(a, dtype=dtype)) for a in angles) if angles is not None
+                              else (xp.empty((0, half), dtype=dtype),) * 2)
+        if angles is not None and self.cos.shape != (length, half):
+            raise ValueError(f"rotary angles of shape {self.cos.shape}, expected {(length, half)}")
         kept = (batch, length, self.heads) if qk_norm else (0, 0, 0)  # nothing to keep without the norm
         self.normalized, self.rstd = xp.empty(kept + self.layout[-1:], dtype), xp.empty(kept, dtype)
         self.kernels.rotary_qk_norm_forward(out, self.heads, self.cos, self.sin, float(eps), qk_norm, self.normalized,

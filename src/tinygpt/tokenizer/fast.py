@@ -9,44 +9,49 @@ read from numba's cache), only when a tokenizer is made (`prepare`): a command t
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-from pathlib import Path
+import functools
+import threading
+from typing import Callable
 
 import numpy as np
 
 from tinygpt.tokenizer.bpe import encode_chunk
 
-os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "tinygpt" / "numba"))
+LOOPS = ("_slot", "lookup", "heap_push", "heap_pop", "push_pair", "encode_one", "fill_table", "encode_all")
+_compiling = threading.RLock()  # re-entered by a warm-up, which calls prepare() again
 
 
-def numba_njit(**options):
-    """numba.njit(**options), numba imported at the first call."""
+@functools.cache
+def jit():
+    """numba.njit, numba imported at the first call; None where numba cannot be imported or its DISABLE_JIT is on
+    (these loops would then run as Python, slower than bpe.encode_chunk and `regex`)."""
+    from tinygpt.kernels import prepare_numba  # numba's cache directory, as for the model's kernels
+
+    try:
+        prepare_numba()
+    except ImportError:
+        return None
     import numba
 
-    return numba.njit(**options)
+    return None if numba.config.DISABLE_JIT else numba.njit
 
 
-# under NUMBA_DISABLE_JIT these loops would run as Python, slower than bpe.encode_chunk and `regex`
-JIT_DISABLED = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
-njit = numba_njit if importlib.util.find_spec("numba") is not None and not JIT_DISABLED else None
-LOOPS = ("_slot", "lookup", "heap_push", "heap_pop", "push_pair", "encode_one", "fill_table", "encode_all")
-
-
-def compile_loops(namespace: dict, names: tuple[str, ...]) -> bool:
-    """The first time only, replace the functions `names` of a module's globals by numba's compilations of them (a
-    call among them then reaches the compiled one); whether it did so now."""
-    if njit is None or hasattr(namespace[names[-1]], "py_func"):  # py_func: the function a numba dispatcher compiles
-        return False
-    for name in names:
-        namespace[name] = njit(cache=True)(namespace[name])
-    return True
+def compile_loops(namespace: dict, names: tuple[str, ...], warm_up: Callable[[], object]) -> None:
+    """The first time only: replace the functions `names` of a module's globals by numba's compilations of them (a
+    call among them then reaches the compiled one) and run warm_up, which compiles them or reads them from numba's
+    cache. Nothing where numba cannot compile."""
+    with _compiling:
+        if namespace.get("_compiled") or jit() is None:
+            return
+        for name in names:
+            namespace[name] = jit()(cache=True)(namespace[name])
+        namespace["_compiled"] = True
+        warm_up()
 
 
 def prepare() -> None:
     """This file's loops compiled (read from numba's cache after the first time) now, not in the first encode."""
-    if compile_loops(globals(), LOOPS):
-        MergeTable({(97, 97): 256}).encode_chunks([b"aaa"])
+    compile_loops(globals(), LOOPS, lambda: MergeTable({(97, 97): 256}).encode_chunks([b"aaa"]))
 
 
 ID_BITS = 24
@@ -61,7 +66,7 @@ class MergeTable:
         self.keys = np.full(size, EMPTY, dtype=np.int64)
         self.values = np.zeros(size, dtype=np.int64)
         self.merges = merges
-        if njit is not None and merges:
+        if jit() is not None and merges:
             prepare()
             pairs = np.array(list(merges), dtype=np.int64)
             fill_table(pairs[:, 0] << ID_BITS | pairs[:, 1], np.fromiter(merges.values(), np.int64, len(merges)),
@@ -69,7 +74,7 @@ class MergeTable:
 
     def encode_chunks(self, chunks: list[bytes]) -> list[list[int]]:
         """bpe.encode_chunk of each chunk."""
-        if njit is None:
+        if jit() is None:
             return [encode_chunk(chunk, self.merges) for chunk in chunks]
         prepare()
         data = np.frombuffer(b"".join(chunks), dtype=np.uint8)

@@ -15,9 +15,8 @@ from typing import Callable
 import numpy as np
 import regex
 
-from tinygpt.tokenizer.checks import compile_pattern, split_with_timeout
 from tinygpt.tokenizer import fast, scanner
-from tinygpt.tokenizer.fast import njit
+from tinygpt.tokenizer.checks import compile_pattern, split_with_timeout
 from tinygpt.tokenizer.formats import compile_original_pattern
 from tinygpt.tokenizer.scanner import distinct, scan, scan_distinct
 
@@ -53,7 +52,7 @@ class SplitPattern:
     def split(self, text: str) -> list[str]:
         """Every match of the pattern in `text`, in order: by the compiled scanner, or without numba by `re`
         (ASCII-only text) or `regex`."""
-        if njit is not None:
+        if fast.jit() is not None:
             return scan(text, self.gpt4_rules)
         if text.isascii():
             return self.ascii_splitter.findall(text)
@@ -61,7 +60,7 @@ class SplitPattern:
 
     def split_distinct(self, text: str) -> tuple[list[str], np.ndarray]:
         """The distinct chunks of `text` in order of first appearance, and which of them each chunk is."""
-        return scan_distinct(text, self.gpt4_rules) if njit is not None else distinct(self.split(text))
+        return scan_distinct(text, self.gpt4_rules) if fast.jit() is not None else distinct(self.split(text))
 
 
 SPLIT_PATTERNS = {
@@ -99,6 +98,5 @@ def splitter(pattern: str, original: bool = False) -> tuple[Callable, Callable]:
 def prepare_fast_paths() -> None:
     """The compiled scanner and encoder read from numba's cache (compiled the first time) now, not in the first
     split or encode; nothing without numba."""
-    if njit is not None:
-        scanner.prepare()
-        fast.prepare()
+    scanner.prepare()
+    fast.prepare()

@@ -172,6 +172,4 @@ def distinct_chunks(code_points, starts, ends):
 
 def prepare() -> None:
     """This file's loops compiled (read from numba's cache after the first time) now, for ASCII and for other text."""
-    if compile_loops(globals(), LOOPS):
-        for sample in ("a", "\u00e4"):
-            scan_distinct(sample, gpt4=True)
+    compile_loops(globals(), LOOPS, lambda: [scan_distinct(sample, gpt4=True) for sample in ("a", "\u00e4")])
