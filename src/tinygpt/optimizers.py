@@ -12,7 +12,7 @@ from tinygpt.distributed import get_world
 from tinygpt.module import Module
 from tinygpt.serialization import load_arrays, save_arrays
 from tinygpt.tensor import Tensor
-from tinygpt.utils import check_finite, check_fraction, is_real, pack, unpack
+from tinygpt.utils import check_count, check_finite, check_fraction, is_real, pack, unpack
 
 LearningRate = float | Callable[[int], float]
 
@@ -336,8 +336,9 @@ class Muon(Optimizer):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"Muon: momentum must be in [0, 1), got {momentum}")
         weight_decay, eps = check_finite("weight_decay", weight_decay), check_finite("eps", eps)
-        if not isinstance(ns_steps, int) or not 1 <= ns_steps <= MAX_NS_STEPS:
-            raise ValueError(f"Muon: ns_steps must be an integer in [1, {MAX_NS_STEPS}], got {ns_steps!r}")
+        ns_steps = check_count("Muon: ns_steps", ns_steps)
+        if ns_steps > MAX_NS_STEPS:
+            raise ValueError(f"Muon: ns_steps must be at most {MAX_NS_STEPS}, got {ns_steps}")
         for name, tensor in module.named_parameters():
             if tensor.requires_grad and tensor.ndim != 2:
                 raise ValueError(f"Muon updates matrices only: {name} has shape {tensor.shape} (give it to AdamW)")

@@ -100,7 +100,7 @@ def build_optimizer(model: GPT, config: TrainConfig) -> Optimizer | OptimizerGro
     floor = config.min_lr / config.learning_rate if config.learning_rate else 0.0
     muon = Muon(ParameterGroup(model, is_hidden_matrix), build_schedule(config, config.muon_learning_rate,
                 config.muon_learning_rate * floor), weight_decay=config.weight_decay, momentum=config.muon_momentum,
-                ns_steps=int(config.muon_ns_steps))
+                ns_steps=config.muon_ns_steps)
     adamw = AdamW(ParameterGroup(model, lambda name, tensor: not is_hidden_matrix(name, tensor)), adamw_schedule,
                   (config.beta1, config.beta2), weight_decay=config.weight_decay, decay_matrices_only=True)
     return OptimizerGroups(muon, adamw)
@@ -476,7 +476,7 @@ def finish_run(run: Run, started: float) -> TrainResult:
     rate = trained * run.tokens_per_iteration / run.step_seconds if trained else 0.0
     result = TrainResult(model=run.model, tokenizer=run.tokenizer, config=config, history=run.history,
                          final_eval=final_eval, wall_seconds=0.0, tokens_per_second=rate, checkpoint_dir=run.directory)
-    result.sample = closing_sample(run, lambda: run.draw((run.iteration, final_eval["whole_val_loss"])), result)
+    result.plot, result.sample = plot_and_sample(run, (run.iteration, final_eval["whole_val_loss"]))
     result.wall_seconds = time.perf_counter() - started
     run.log(f"done: {trained} iterations, {run.step_seconds:.1f} s of training steps at {rate:,.0f} tokens/s, "
             f"{result.wall_seconds:.1f} s in all (start-up, evaluations, checkpoints, plot, sample); checkpoint in "
@@ -486,9 +486,9 @@ def finish_run(run: Run, started: float) -> TrainResult:
     return result
 
 
-def closing_sample(run: Run, draw: Callable[[], Path | None], result: TrainResult) -> str:
-    """The run's closing sample. With several ranks the last draws it while rank 0 draws the plot (`draw`, its path
-    kept in result.plot); an error on the sampling rank reaches rank 0 through the gather, so no rank waits for it."""
+def plot_and_sample(run: Run, final: tuple[int, float]) -> tuple[Path | None, str]:
+    """Rank 0's loss plot (`final` marked) and the closing sample, which with several ranks the last rank draws in
+    the meantime; an error on the sampling rank reaches rank 0 through the gather, so no rank waits for it."""
     config, sampler = run.config, run.world.world_size - 1
     sample, failure = "", None
     if config.sample_tokens and run.world.rank == sampler:
@@ -497,12 +497,12 @@ def closing_sample(run: Run, draw: Callable[[], Path | None], result: TrainResul
                                  seed=config.seed, device=config.device)
         except Exception as error:  # noqa: BLE001  (raised again below, once every rank has reached the gather)
             failure = error
-    result.plot = draw()
+    plot = run.draw(final)
     gathered = run.world.gather((sample, failure))  # every rank's on rank 0, None elsewhere
     sample, failure = gathered[sampler] if gathered else (sample, failure)
     if failure is not None:
         raise failure
-    return sample
+    return plot, sample
 
 
 def sample_text(model: GPT, tokenizer: BPETokenizer, prompt: str, max_new_tokens: int, temperature: float = 0.8,

@@ -36,22 +36,25 @@ def jit():
     return None if numba.config.DISABLE_JIT else numba.njit
 
 
-def compile_loops(namespace: dict, names: tuple[str, ...], warm_up: Callable[[], object]) -> None:
-    """The first time only: replace the functions `names` of a module's globals by numba's compilations of them (a
-    call among them then reaches the compiled one) and run warm_up, which compiles them or reads them from numba's
-    cache. Nothing where numba cannot compile."""
+def compile_loops(namespace: dict, names: tuple[str, ...], warm_up: Callable[[], object]) -> bool:
+    """Whether the compiled loops are in place: the first time, replace the functions `names` of a module's globals
+    by numba's compilations of them (a call among them then reaches the compiled one) and run warm_up, which
+    compiles them or reads them from numba's cache. False where numba cannot compile."""
     with _compiling:
-        if namespace.get("_compiled") or jit() is None:
-            return
-        for name in names:
-            namespace[name] = jit()(cache=True)(namespace[name])
-        namespace["_compiled"] = True
-        warm_up()
+        if jit() is None:
+            return False
+        if not namespace.get("_compiled"):
+            for name in names:
+                namespace[name] = jit()(cache=True)(namespace[name])
+            namespace["_compiled"] = True
+            warm_up()
+        return True
 
 
-def prepare() -> None:
-    """This file's loops compiled (read from numba's cache after the first time) now, not in the first encode."""
-    compile_loops(globals(), LOOPS, lambda: MergeTable({(97, 97): 256}).encode_chunks([b"aaa"]))
+def prepare() -> bool:
+    """This file's loops compiled (read from numba's cache after the first time) now, not in the first encode;
+    whether they are."""
+    return compile_loops(globals(), LOOPS, lambda: MergeTable({(97, 97): 256}).encode_chunks([b"aaa"]))
 
 
 ID_BITS = 24
@@ -66,17 +69,16 @@ class MergeTable:
         self.keys = np.full(size, EMPTY, dtype=np.int64)
         self.values = np.zeros(size, dtype=np.int64)
         self.merges = merges
-        if jit() is not None and merges:
-            prepare()
+        self.compiled = prepare()
+        if self.compiled and merges:
             pairs = np.array(list(merges), dtype=np.int64)
             fill_table(pairs[:, 0] << ID_BITS | pairs[:, 1], np.fromiter(merges.values(), np.int64, len(merges)),
                        self.keys, self.values)
 
     def encode_chunks(self, chunks: list[bytes]) -> list[list[int]]:
         """bpe.encode_chunk of each chunk."""
-        if jit() is None:
+        if not self.compiled:
             return [encode_chunk(chunk, self.merges) for chunk in chunks]
-        prepare()
         data = np.frombuffer(b"".join(chunks), dtype=np.uint8)
         ends = np.cumsum(np.fromiter(map(len, chunks), np.int64, len(chunks)))
         ids, id_ends = encode_all(data, ends, self.keys, self.values)

@@ -170,6 +170,7 @@ def distinct_chunks(code_points, starts, ends):
     return firsts[:count], which
 
 
-def prepare() -> None:
-    """This file's loops compiled (read from numba's cache after the first time) now, for ASCII and for other text."""
-    compile_loops(globals(), LOOPS, lambda: [scan_distinct(sample, gpt4=True) for sample in ("a", "\u00e4")])
+def prepare() -> bool:
+    """This file's loops compiled (read from numba's cache after the first time) now, for ASCII and for other text;
+    whether they are."""
+    return compile_loops(globals(), LOOPS, lambda: [scan_distinct(sample, gpt4=True) for sample in ("a", "\u00e4")])
