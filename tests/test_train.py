@@ -211,6 +211,7 @@ def test_loss_curve_is_saved_when_matplotlib_is_installed(tmp_path, corpus):
     (dict(n_head=3), "not divisible by n_head 3"),
     (dict(dropout=1.0), "dropout must be in"),
     (dict(vocab_size=100), "vocab_size must be >= 256"),
+    (dict(eval_interval=-1), "eval_interval must be an integer >= 0"),
     (dict(data="does-not-exist.txt"), "does not exist"),
 ])
 def test_bad_settings_raise_config_error(tmp_path, corpus, changes, message):
@@ -257,6 +258,16 @@ def test_metrics_jsonl_holds_every_logged_iteration_and_every_evaluation(tmp_pat
     evals = [record for record in records if record["type"] == "eval"]
     assert [(record["iter"], record["val_loss"]) for record in evals] == \
         [(record["iteration"], record["val_loss"]) for record in result.history["evals"]]
+
+
+def test_eval_interval_zero_evaluates_and_saves_at_the_end_only(tmp_path, corpus):
+    every = train(tiny_config(tmp_path / "every", corpus, eval_interval=4), verbose=False)
+    at_end = train(tiny_config(tmp_path / "end", corpus, eval_interval=0), verbose=False)
+    assert [record["iteration"] for record in every.history["evals"]] == [0, 4, 8]
+    assert [record["iteration"] for record in at_end.history["evals"]] == [8]
+    assert at_end.history["evals"][0] == every.history["evals"][-1]  # the estimate does not touch training
+    assert at_end.history["losses"] == every.history["losses"]
+    assert load_checkpoint(tmp_path / "end").state["iteration"] == 8
 
 
 def test_a_resumed_run_keeps_the_metrics_before_its_checkpoint(tmp_path, corpus):

@@ -132,7 +132,7 @@ class TrainConfig:
     muon_ns_steps: int = _setting(5, "Newton-Schulz iterations that orthogonalise Muon's update")
     schedule: str = _setting("cosine", "cosine, or wsd (warmup, stable, then a linear decay to --min-lr)")
     decay_fraction: float = _setting(0.5, "wsd: the share of --max-iters spent decaying")
-    eval_interval: int = _setting(250, "evaluate and save a checkpoint every this many iterations")
+    eval_interval: int = _setting(250, "evaluate and save a checkpoint every this many iterations (0: at the end only)")
     eval_iters: int = _setting(20, "batches per evaluation")
     log_interval: int = _setting(10, "write a line to metrics.jsonl (and, when not a terminal, to stderr) every this many iterations")
     log_stats: bool = _setting(False, "at --log-interval, each parameter's gradient norm and update / weight ratio and "
@@ -170,11 +170,11 @@ class TrainConfig:
         settings = self.settings()
         self._check_types(settings)
         positive = ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps",
-                    "eval_interval", "eval_iters", "log_interval")
+                    "eval_iters", "log_interval")
         for name in positive:
             if not isinstance(settings[name], int) or settings[name] < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {settings[name]!r}")
-        for name in ("max_iters", "warmup_iters", "sample_tokens"):
+        for name in ("max_iters", "warmup_iters", "sample_tokens", "eval_interval"):
             if settings[name] < 0:
                 raise ConfigError(f"{name} must be >= 0, got {settings[name]}")
         if self.model.vocab_size < 256:

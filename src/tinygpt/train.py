@@ -440,16 +440,17 @@ def resumed_state(checkpoint: Checkpoint, optimizer, data_rng: np.random.Generat
 
 
 def run_loop(run: Run) -> None:
-    """Evaluate every eval_interval iterations, save a checkpoint after each evaluation, step, until max_iters; the
-    first Ctrl-C or SIGTERM saves and raises TrainingInterrupted (on every rank together)."""
+    """Evaluate every eval_interval iterations (0: at the end only), save a checkpoint after each evaluation, step,
+    until max_iters; the first Ctrl-C or SIGTERM saves and raises TrainingInterrupted (on every rank together)."""
     config = run.config
     with deferred_interrupt() as interrupted:
         try:
             while True:
                 at_end = run.iteration >= config.max_iters
-                if (at_end or run.iteration % config.eval_interval == 0) and run.iteration not in run.evaluated:
+                due = at_end or (config.eval_interval > 0 and run.iteration % config.eval_interval == 0)
+                if due and run.iteration not in run.evaluated:
                     run.evaluate()
-                if at_end or (run.iteration > run.start and run.iteration % config.eval_interval == 0):
+                if due and (at_end or run.iteration > run.start):
                     check_finite_before_saving(run.model, run.history["evals"][-1], run.iteration, run.directory)
                     run.save()
                 if at_end:
