@@ -5,7 +5,8 @@ The merges live in an open-addressing hash table (`MergeTable`): a pair (a, b) i
 a slice of one buffer of bytes; its parts are a linked list and its pairs wait in a binary heap of
 rank * 2^32 + left start, so a chunk of n bytes costs O(n log n), as in bpe.encode_chunk. Where numba
 cannot be imported, bpe.encode_chunk runs for each chunk instead. numba is imported, and the loops compiled (or
-read from numba's cache), only when a tokenizer is made (`prepare`): a command that makes none never waits for them.
+read from numba's cache), only when a tokenizer first encodes (`prepare`): a command that encodes nothing (a run on
+an already tokenised corpus) never waits for them.
 """
 from __future__ import annotations
 
@@ -52,8 +53,7 @@ def compile_loops(namespace: dict, names: tuple[str, ...], warm_up: Callable[[],
 
 
 def prepare() -> bool:
-    """This file's loops compiled (read from numba's cache after the first time) now, not in the first encode;
-    whether they are."""
+    """This file's loops compiled (read from numba's cache after the first time); whether they are."""
     return compile_loops(globals(), LOOPS, lambda: MergeTable({(97, 97): 256}).encode_chunks([b"aaa"]))
 
 

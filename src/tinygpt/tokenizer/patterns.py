@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import regex
 
-from tinygpt.tokenizer import fast, scanner
+from tinygpt.tokenizer import fast
 from tinygpt.tokenizer.checks import compile_pattern, split_with_timeout
 from tinygpt.tokenizer.formats import compile_original_pattern
 from tinygpt.tokenizer.scanner import distinct, scan, scan_distinct
@@ -94,9 +94,3 @@ def splitter(pattern: str, original: bool = False) -> tuple[Callable, Callable]:
         return split_with_timeout(for_ascii if text.isascii() else compiled, text)
     return split, lambda text: distinct(split(text))
 
-
-def prepare_fast_paths() -> None:
-    """The compiled scanner and encoder read from numba's cache (compiled the first time) now, not in the first
-    split or encode; nothing without numba."""
-    scanner.prepare()
-    fast.prepare()

@@ -19,7 +19,7 @@ from tinygpt.tokenizer.bpe import PairStatistics
 from tinygpt.tokenizer.checks import MAX_TOKEN_ID, MAX_VOCAB_BYTES, check_special_tokens
 from tinygpt.tokenizer.fast import MergeTable, gather
 from tinygpt.tokenizer.formats import model_text, read_model, render_token, vocab_text, write_text
-from tinygpt.tokenizer.patterns import RegexPatterns, prepare_fast_paths, splitter
+from tinygpt.tokenizer.patterns import RegexPatterns, splitter
 
 REPLACEMENT_CHARACTER = "\ufffd".encode("utf-8")
 CHUNK_CACHE_LIMIT = 1_000_000
@@ -51,7 +51,6 @@ class BPETokenizer:
     def _use_pattern(self, pattern: str, original: bool) -> None:
         """Split with `pattern`, read as the original TinyGPT read it (`re`, verbose) if `original`."""
         self._split, self._split_distinct = splitter(pattern, original)
-        prepare_fast_paths()
         self._pattern, self.original_format = pattern, original
 
     def split_into_chunks(self, text: str) -> list[str]:
