@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tinygpt.bench import blas_kernel, busy_cores, load_report, spread, start_load
+from tinygpt.config import PRESETS
 from tinygpt.dataset import default_corpus_path
 
 NANOGPT_RECIPE = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
@@ -72,9 +73,9 @@ def run_tinygpt(arguments: list[str], out_dir: Path, quick: bool) -> tuple[float
 
 def stretched(nanogpt_seconds: float, preset_seconds: float, scratch: Path, quick: bool) -> str:
     """The preset with as many more iterations as nanoGPT's time allows (overheads scale too: a lower bound)."""
-    iterations = max(400, int(400 * nanogpt_seconds / preset_seconds))
-    seconds, loss = run_tinygpt(["--preset", SPEEDRUN, "--max-iters", str(iterations), "--eval-interval",
-                                 str(iterations // 2)], scratch / "stretch", quick)
+    preset = PRESETS[SPEEDRUN]["max_iters"]
+    iterations = max(preset, int(preset * nanogpt_seconds / preset_seconds))
+    seconds, loss = run_tinygpt(["--preset", SPEEDRUN, "--max-iters", str(iterations)], scratch / "stretch", quick)
     return (f"the preset stretched to {iterations} iterations: whole-split val loss {loss:.4f} in {seconds:.1f} s "
             f"({seconds / nanogpt_seconds:.2f}x nanoGPT's median time)")
 
