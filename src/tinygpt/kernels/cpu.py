@@ -27,6 +27,9 @@ Slots, SlotRows = float32[:, :, :, ::1], float32[:, :, ::1]  # (B, T, slots, d) 
 # Sums may be reordered (so that the compiler vectorises them) and a * b + c fused; nothing is assumed about
 # NaN or infinity
 FAST = {"reassoc", "contract"}
+# Cached on disk; a division by zero gives inf or NaN, as in numpy, instead of Python's ZeroDivisionError,
+# whose check in every iteration would keep a loop from vectorising
+COMPILE = dict(cache=True, error_model="numpy")
 
 GELU_C = np.float32(math.sqrt(2.0 / math.pi))
 GELU_CUBIC = np.float32(0.044715)
@@ -48,7 +51,7 @@ EXP_LOWEST, EXP_HIGHEST = np.float32(-87.33654), np.float32(88.72283)  # e^x is 
 POWERS_OF_TWO = np.array([2.0 ** n for n in range(-127, 128)], dtype=np.float32)
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", **COMPILE)
 def exp(x):
     """e^x in float32 (within 1-2 ulp): x = n ln2 + r with |r| <= ln2 / 2, e^r by a polynomial, 2^n from a table
     (2^128, past float32's powers, as 2 x 2^127); 0 below EXP_LOWEST, inf above EXP_HIGHEST, NaN for NaN.
@@ -68,7 +71,7 @@ def exp(x):
     return e_x
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", **COMPILE)
 def tanh(u):
     """tanh(u) = p(u) / q(u), odd polynomial p of degree 13, even q of degree 6, u clamped to +-7.9."""
     u = min(max(u, -TANH_CLAMP), TANH_CLAMP)
@@ -82,7 +85,7 @@ def tanh(u):
     return u * p / q
 
 
-@njit(void(Vector, Vector), cache=True)
+@njit(void(Vector, Vector), **COMPILE)
 def gelu_forward(x, out):
     """out = x/2 (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2/pi), over flat arrays."""
     for i in range(x.size):
@@ -90,7 +93,7 @@ def gelu_forward(x, out):
         out[i] = np.float32(0.5) * xi * (np.float32(1.0) + tanh(GELU_C * (xi + GELU_CUBIC * xi * xi * xi)))
 
 
-@njit(void(Vector, Vector, Vector), cache=True)
+@njit(void(Vector, Vector, Vector), **COMPILE)
 def gelu_backward(grad, x, grad_x):
     """grad_x = grad * ((1 + t)/2 + x/2 (1 - t^2) c (1 + 3*0.044715 x^2)), t = tanh(c (x + 0.044715 x^3))."""
     for i in range(x.size):
@@ -101,7 +104,7 @@ def gelu_backward(grad, x, grad_x):
         grad_x[i] = grad[i] * slope
 
 
-@njit(void(Matrix, Vector, Vector, float64, Matrix, Vector, Vector), cache=True, fastmath=FAST)
+@njit(void(Matrix, Vector, Vector, float64, Matrix, Vector, Vector), **COMPILE, fastmath=FAST)
 def layer_norm_forward(x, weight, bias, eps, out, mean, rstd):
     """out = (x - mean) * rstd * weight + bias per row, rstd = 1 / sqrt(var + eps)."""
     rows, width = x.shape
@@ -120,7 +123,7 @@ def layer_norm_forward(x, weight, bias, eps, out, mean, rstd):
         mean[r], rstd[r] = m, s
 
 
-@njit(void(Matrix, Matrix, Vector, Vector, Vector, Matrix, Vector, Vector), cache=True, fastmath=FAST)
+@njit(void(Matrix, Matrix, Vector, Vector, Vector, Matrix, Vector, Vector), **COMPILE, fastmath=FAST)
 def layer_norm_backward(grad, x, weight, mean, rstd, grad_x, grad_weight, grad_bias):
     """With xh = (x - mean) rstd and dxh = grad * weight:
     grad_x = rstd (dxh - mean(dxh) - xh mean(dxh xh)), grad_weight = sum_rows grad xh, grad_bias = sum_rows grad."""
@@ -147,7 +150,7 @@ def layer_norm_backward(grad, x, weight, mean, rstd, grad_x, grad_weight, grad_b
         grad_bias[c] = bias_sums[c]
 
 
-@njit(void(Slots, int64, Matrix, Matrix, float64, boolean, Slots, SlotRows), cache=True, fastmath=FAST)
+@njit(void(Slots, int64, Matrix, Matrix, float64, boolean, Slots, SlotRows), **COMPILE, fastmath=FAST)
 def rotary_qk_norm_forward(qkv, heads, cos, sin, eps, qk_norm, normalized, rstd):
     """In place on the first `heads` slots of each (b, t) of qkv (B, T, slots, d): x <- x rstd with
     rstd = 1 / sqrt(mean(x^2) + eps) if qk_norm (x rstd kept in normalized), then, if cos has rows, the halves
@@ -173,7 +176,7 @@ def rotary_qk_norm_forward(qkv, heads, cos, sin, eps, qk_norm, normalized, rstd)
                         qkv[b, t, h, half + i] = second * cos[t, i] + first * sin[t, i]
 
 
-@njit(void(Slots, int64, Matrix, Matrix, boolean, Slots, SlotRows), cache=True, fastmath=FAST)
+@njit(void(Slots, int64, Matrix, Matrix, boolean, Slots, SlotRows), **COMPILE, fastmath=FAST)
 def rotary_qk_norm_backward(grad, heads, cos, sin, qk_norm, normalized, rstd):
     """In place on the first `heads` slots of grad (B, T, slots, d): turned back (the transpose of the
     rotation) if cos has rows, then, if qk_norm, g <- rstd (g - xh mean(g xh)) with xh = normalized."""
@@ -196,7 +199,7 @@ def rotary_qk_norm_backward(grad, heads, cos, sin, qk_norm, normalized, rstd):
                         grad[b, t, h, i] = (grad[b, t, h, i] - normalized[b, t, h, i] * mean) * rstd[b, t, h]
 
 
-@njit(void(Matrix, Ids, Vector, Vector), cache=True, fastmath=FAST)
+@njit(void(Matrix, Ids, Vector, Vector), **COMPILE, fastmath=FAST)
 def cross_entropy_forward(logits, targets, losses, log_normalizer):
     """log_normalizer = logsumexp(logits) per row (shifted by the row max), losses = log_normalizer - logits[target].
     In float32 but for the sum of the exponentials, as PyTorch's log-softmax."""
@@ -212,7 +215,7 @@ def cross_entropy_forward(logits, targets, losses, log_normalizer):
         losses[r] = log_normalizer[r] - logits[r, targets[r]]
 
 
-@njit(void(Matrix, Ids, Vector, Vector, Matrix), cache=True, fastmath=FAST)
+@njit(void(Matrix, Ids, Vector, Vector, Matrix), **COMPILE, fastmath=FAST)
 def cross_entropy_backward(logits, targets, log_normalizer, grad_rows, grad_logits):
     """grad_logits = grad_rows * (softmax(logits) - onehot(targets)), softmax = exp(logits - log_normalizer), in float32."""
     rows, classes = logits.shape
@@ -222,7 +225,7 @@ def cross_entropy_backward(logits, targets, log_normalizer, grad_rows, grad_logi
         grad_logits[r, targets[r]] -= grad_rows[r]
 
 
-@njit(void(Ids, Matrix, Matrix), cache=True)
+@njit(void(Ids, Matrix, Matrix), **COMPILE)
 def embedding_backward(ids, grad, grad_weight):
     """grad_weight[ids[r]] += grad[r] for each row r (repeated ids accumulate)."""
     rows, width = grad.shape
@@ -255,7 +258,7 @@ def attention_backward(grad, q, k, v, scale, keep, log_normalizer, grad_q, grad_
     np.matmul(dscores.swapaxes(2, 3), q, out=grad_k)
 
 
-@njit(void(Scores, float64, Heads, HeadRows), cache=True, fastmath=FAST)
+@njit(void(Scores, float64, Heads, HeadRows), **COMPILE, fastmath=FAST)
 def causal_softmax(scores, scale, keep, log_normalizer):
     """In place, row by row of (B, H, Tq, Tk) scores: P = softmax(scores scale) over the keys query i sees
     (0 .. i + Tk - Tq; the others 0), scores = P * keep (keep: dropout factors or empty),
@@ -280,7 +283,7 @@ def causal_softmax(scores, scale, keep, log_normalizer):
         log_normalizer[b, h, i] = largest + math.log(total)
 
 
-@njit(void(Scores, Scores, float64, Heads, HeadRows), cache=True, fastmath=FAST)
+@njit(void(Scores, Scores, float64, Heads, HeadRows), **COMPILE, fastmath=FAST)
 def causal_softmax_backward(probs, dscores, scale, keep, log_normalizer):
     """In place, row by row, from scores = q k^T and dscores = grad v^T: probs = A = P * keep with
     P = exp(scores scale - log_normalizer) (0 where the query does not see the key), dscores = dS scale with
@@ -304,7 +307,7 @@ def causal_softmax_backward(probs, dscores, scale, keep, log_normalizer):
 
 
 @njit(void(Vector, Vector, Vector, Vector, int64, float64, float64, float64, float64, float64, float64),
-      cache=True)
+      **COMPILE)
 def adam_update(values, grads, exp_avg, exp_avg_sq, decayed, learning_rate, beta1, beta2, eps, weight_decay, step):
     """p *= 1 - lr wd (the first `decayed` values), m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2,
     p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps), over flat arrays (torch.optim.AdamW's steps)."""
@@ -320,7 +323,7 @@ def adam_update(values, grads, exp_avg, exp_avg_sq, decayed, learning_rate, beta
         exp_avg[i], exp_avg_sq[i] = m, v
 
 
-@njit(void(Vector, Vector, Vector, float64, float64, float64, float64, boolean, boolean), cache=True)
+@njit(void(Vector, Vector, Vector, float64, float64, float64, float64, boolean, boolean), **COMPILE)
 def sgd_update(values, grads, momentum_buffer, learning_rate, momentum, dampening, weight_decay, nesterov, first_step):
     """g += wd p; b = g (first step) or momentum b + (1 - dampening) g; p -= lr (g + momentum b if nesterov else b),
     over flat arrays (torch.optim.SGD's steps); without momentum p -= lr g and the buffer is not touched."""
