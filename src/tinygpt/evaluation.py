@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from tinygpt import kernels
 from tinygpt.checkpoint import check_same_data, data_record, load_checkpoint
 from tinygpt.config import ConfigError, TrainConfig, check_device, setting_schema
 from tinygpt.corpus import bytes_per_token, checked_text_file, corpus_path, data_files, load_tokens, read_tokens
@@ -117,6 +118,7 @@ def _evaluate_checkpoint(out_dir: str | Path, data: str | Path | None, device: s
             raise ConfigError(f"{path} has {len(tokens)} tokens, fewer than one window of block size "
                               f"{config.model.max_seq_length} + 1")
         max_tokens, source = len(tokens), str(path)
+    kernels.for_device(device)  # loading the compiled kernels is start-up, as in training's rate: not timed
     started = time.perf_counter()
     loss, covered = whole_split_loss(model, tokens, config, max_tokens=max_tokens)
     return {"loss": loss, "bpb": loss / math.log(2) / bytes_per_token(tokens, checkpoint.tokenizer), "tokens": covered,
