@@ -141,9 +141,17 @@ def cpu_seconds(function) -> float:
     return time.process_time() - start
 
 
+def load_numba_loops() -> None:
+    """numba's loops (the scanner's, the encoder's) loaded once per process, before anything is timed."""
+    tokenizer = BPETokenizer()
+    tokenizer.train("warm up numba's kernels: héllo wörld 123 😀", 300)
+    tokenizer.encode("load them before the rounds, ça va 42")
+
+
 def measure(text: str, vocab_sizes: tuple[int, ...], models: dict[str, list[str]]) -> dict[str, float]:
     """CPU seconds of training, of cold and then warm encoding at each vocab size, and of encoding with each
     model (one run each)."""
+    load_numba_loops()
     seconds = {}
     for vocab_size in vocab_sizes:
         trained = {}
@@ -278,8 +286,7 @@ def main() -> None:
     print(f"command: python {' '.join(sys.argv)}")
     print(f"python {platform.python_version()}, {os.cpu_count()} cores, GPT-4 pattern, vocab {vocab_size}, "
           f"{args.repeats} rounds: median (min-max) of wall seconds")
-    BPETokenizer().train("warm up numba's kernels: héllo wörld 123 😀", 300)
-    BPETokenizer().train("load them before the rounds, ça va 42", 270)
+    load_numba_loops()
     ratios = {}
     for name, text in texts.items():
         megabytes = len(text.encode("utf-8")) / 1e6

@@ -82,6 +82,15 @@ TINY_TRAIN_FLAGS = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--bloc
 
 
 @pytest.fixture(scope="module")
+def compiled_tokenizer_loops() -> None:
+    """The tokenizer's numba loops compiled before a test times an encode (a cold cache takes seconds)."""
+    from tinygpt.tokenizer import fast, scanner
+
+    scanner.prepare()
+    fast.prepare()
+
+
+@pytest.fixture(scope="module")
 def workspace(tmp_path_factory, request) -> Path:
     """A directory with a small corpus (the head of Tiny Shakespeare), one per test module."""
     root = tmp_path_factory.mktemp(request.module.__name__.removeprefix("test_"))

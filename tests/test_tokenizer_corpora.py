@@ -13,6 +13,8 @@ from tinygpt.tokenizer import SPLIT_PATTERNS, BPETokenizer, RegexPatterns, save_
 from tinygpt.tokenizer.fast import jit
 from tinygpt.tokenizer.scanner import scan
 
+pytestmark = pytest.mark.usefixtures("compiled_tokenizer_loops")  # encodes are timed below
+
 tiktoken = pytest.importorskip("tiktoken", reason="tiktoken is the oracle for encoding")
 tokenizers = pytest.importorskip("tokenizers", reason="Hugging Face tokenizers is the oracle for its files")
 

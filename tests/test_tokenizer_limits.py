@@ -13,6 +13,8 @@ from conftest import assert_one_line_error, run_capped
 from tinygpt.tokenizer import MAX_TOKEN_ID, MAX_VOCAB_BYTES, BPETokenizer, RegexPatterns
 from tinygpt.tokenizer.checks import MAX_PATTERN_CHARACTERS
 
+pytestmark = pytest.mark.usefixtures("compiled_tokenizer_loops")  # encodes are timed below
+
 CATASTROPHIC_PATTERN = r"(?:a|a)+$|\s|."
 
 

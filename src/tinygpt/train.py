@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from tinygpt import backend
+from tinygpt import backend, kernels
 from tinygpt.checkpoint import (CHECKPOINT_DIR, HISTORY_SERIES, TOKENIZER_PREFIX, Checkpoint, check_architecture,
                                 check_same_data, data_record, find_checkpoint, load_checkpoint, out_dir_lock,
                                 random_state, read_checkpoint_config, removed_if_left_empty, restore_training_state,
@@ -355,6 +355,7 @@ def prepare_run(config: TrainConfig, verbose: bool) -> Run:
     tokenizer = run_tokenizer(config, path, data, checkpoint, pretrained, log)
     splits = dict(zip(("train", "val"), load_tokens(path, tokenizer, config)))
     model = run_model(config, checkpoint, pretrained, world)
+    kernels.for_device(config.device)  # loaded (or compiled) now, as start-up, not inside the first step's time
     optimizer = build_optimizer(model, config)
     data_rng = np.random.default_rng([config.seed, DATA_STREAM])
     history: dict[str, list] = {"iterations": [], "losses": [], "learning_rates": [], "evals": []}

@@ -28,7 +28,7 @@ Slots, SlotRows = float32[:, :, :, ::1], float32[:, :, ::1]  # (B, T, slots, d) 
 # NaN or infinity
 FAST = {"reassoc", "contract"}
 # Cached on disk; a division by zero gives inf or NaN, as in numpy, instead of Python's ZeroDivisionError,
-# whose check in every iteration would keep a loop from vectorising
+# whose check in every iteration would keep a loop from vectorising (with NUMBA_DISABLE_JIT=1 it raises again)
 COMPILE = dict(cache=True, error_model="numpy")
 
 GELU_C = np.float32(math.sqrt(2.0 / math.pi))

@@ -4,9 +4,9 @@ The merges live in an open-addressing hash table (`MergeTable`): a pair (a, b) i
 (ids are below 2^24, checks.MAX_TOKEN_ID), its value the merged id, which is also its rank. Each chunk is
 a slice of one buffer of bytes; its parts are a linked list and its pairs wait in a binary heap of
 rank * 2^32 + left start, so a chunk of n bytes costs O(n log n), as in bpe.encode_chunk. Where numba
-cannot be imported, bpe.encode_chunk runs for each chunk instead. numba is imported, and the loops compiled (or
-read from numba's cache), only when a tokenizer first encodes (`prepare`): a command that encodes nothing (a run on
-an already tokenised corpus) never waits for them.
+cannot be imported, bpe.encode_chunk runs for each chunk instead. numba is imported at a tokenizer's first split
+(training splits too), and these loops compiled (or read from numba's cache) at its first encode (`prepare`): a
+command that splits and encodes nothing (a run on an already tokenised corpus) never waits for them.
 """
 from __future__ import annotations
 

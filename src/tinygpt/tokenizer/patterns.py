@@ -93,4 +93,3 @@ def splitter(pattern: str, original: bool = False) -> tuple[Callable, Callable]:
     def split(text: str) -> list[str]:
         return split_with_timeout(for_ascii if text.isascii() else compiled, text)
     return split, lambda text: distinct(split(text))
-
