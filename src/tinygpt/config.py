@@ -176,9 +176,6 @@ class TrainConfig:
         for name in positive:
             if not isinstance(settings[name], int) or settings[name] < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {settings[name]!r}")
-        for name in ("max_iters", "warmup_iters", "sample_tokens", "eval_interval"):
-            if settings[name] < 0:
-                raise ConfigError(f"{name} must be >= 0, got {settings[name]}")
         if self.model.vocab_size < 256:
             raise ConfigError(f"vocab_size must be >= 256 (the byte tokens), got {self.model.vocab_size}")
         for name in ("learning_rate", "weight_decay", "grad_clip"):
