@@ -22,6 +22,7 @@ from tinygpt.corpus import bytes_per_token, checked_text_file, corpus_path, data
 from tinygpt.dataset import get_batch
 from tinygpt.distributed import World, get_world
 from tinygpt.losses import CrossEntropyLoss
+from tinygpt.memory import keep_freed_memory
 from tinygpt.nn import GPT
 from tinygpt.tensor import Tensor, no_grad
 from tinygpt.threads import engine_threads
@@ -119,6 +120,7 @@ def _evaluate_checkpoint(out_dir: str | Path, data: str | Path | None, device: s
                               f"{config.model.max_seq_length} + 1")
         max_tokens, source = len(tokens), str(path)
     kernels.for_device(device)  # loading the compiled kernels is start-up, as in training's rate: not timed
+    keep_freed_memory()  # every batch frees and reallocates the same arrays: reuse them (memory.py)
     started = time.perf_counter()
     loss, covered = whole_split_loss(model, tokens, config, max_tokens=max_tokens)
     return {"loss": loss, "bpb": loss / math.log(2) / bytes_per_token(tokens, checkpoint.tokenizer), "tokens": covered,

@@ -14,6 +14,7 @@ from tinygpt.config import check_device
 from tinygpt.corpus import corpus_path, load_tokens, rank_batch, train_tokenizer
 from tinygpt.train import DATA_STREAM, build_model, build_optimizer, train_step
 from tinygpt.distributed import get_world
+from tinygpt.memory import keep_freed_memory
 
 
 class TimedOptimizer:
@@ -37,6 +38,7 @@ def profile_training(config: TrainConfig, steps: int = 3) -> Profile:
         raise ConfigError(f"--steps must be at least 1, got {steps}")
     config.validate()
     check_device(config.device)
+    keep_freed_memory()  # as the trainer does: otherwise every product's output faults its pages in again
     path = corpus_path(config)
     tokens = load_tokens(path, train_tokenizer(path, config.model.vocab_size), config)[0]
     model = build_model(config).to(config.device)
