@@ -1,4 +1,5 @@
 """Every benchmark runs end to end at a tiny size (a smoke test: no timing is asserted)."""
+import json
 import os
 import re
 import subprocess
@@ -35,9 +36,9 @@ SUMMARY_LINES = {
                         rf"^  vocab\s+512 \(\s*\d+ ids\)(\s+{NUMBER}){{3}}\s+{NUMBER}x\s+{NUMBER}x$",
                         r"^ids identical to tiktoken's: yes$"],
     "bench_training": [rf"^  tinygpt / torch eager at its best \(1 process x \d threads?\): {NUMBER}x \(rounds {NUMBER}-{NUMBER}, "
-                       rf"spread 0%: quotable\), peak memory ratio {NUMBER}$",
+                       rf"spread 0%: quotable\), peak memory ratio {NUMBER} \(summed per process {NUMBER}\)$",
                        rf"^  tinygpt / torch DDP: {NUMBER}x \(rounds {NUMBER}-{NUMBER}, spread 0%: quotable\), "
-                       rf"peak memory ratio {NUMBER}$",
+                       rf"peak memory ratio {NUMBER} \(summed per process {NUMBER}\)$",
                        r"^command: tinygpt bench --quick$", r"^machine load before: ", r"^machine load after: ",
                        r"^  round 1/1: \d+ ranks? x 1 thread +\d+\.\d+ ms/step$"],
 }
@@ -102,3 +103,26 @@ def test_bench_load_keeps_about_a_third_of_a_core_busy():
         load.wait()
     share = (after - before) / os.sysconf("SC_CLK_TCK") / 3.0
     assert 0.15 < share < 0.5  # about LOAD_SHARE of a core, whatever else runs (it can only get less)
+
+
+def test_bench_counts_a_file_that_processes_share_once_at_its_largest():
+    from tinygpt import bench
+
+    ranks = [{"peak_mb": 200.0, "files_mb": {"libnumba": 80.0, "libc": 5.0}},
+             {"peak_mb": 190.0, "files_mb": {"libnumba": 78.0, "libc": 5.0, "shm": 2.0}}]
+    assert bench.memory_together(ranks) == (390.0, 390.0 - (85.0 + 85.0) + (80.0 + 5.0 + 2.0))
+    assert bench.memory_together(ranks[:1]) == (200.0, 200.0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_bench_memory_use_finds_the_libraries_a_process_maps():
+    """Two processes that import numpy hold its libraries once: counted once they weigh less than summed, by
+    at most what each has resident of its files."""
+    from tinygpt import bench
+
+    code = "import json, numpy; from tinygpt import bench; print(json.dumps(bench.memory_use()))"
+    uses = [json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                      timeout=120).stdout) for _ in range(2)]
+    summed, once = bench.memory_together(uses)
+    assert all(use["peak_mb"] > sum(use["files_mb"].values()) > 5.0 for use in uses)  # python, libc, numpy, OpenBLAS
+    assert summed - min(sum(use["files_mb"].values()) for use in uses) <= once < summed

@@ -154,6 +154,35 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def memory_use() -> dict:
+    """This process's peak resident memory, and the MB now resident of each file it maps (libraries, shared
+    memory segments), by device and inode: the ranks of one program map the same files, which the machine
+    holds once however many ranks count them."""
+    files: dict[str, float] = {}
+    key = None
+    try:
+        with open("/proc/self/smaps") as smaps:
+            for line in smaps:
+                fields = line.split()
+                if "-" in fields[0] and len(fields) >= 5:  # a mapping's header: address perms offset device inode path
+                    key = f"{fields[3]}:{fields[4]}" if fields[4] != "0" else None
+                elif key is not None and fields[0] == "Rss:":
+                    files[key] = files.get(key, 0.0) + int(fields[1]) / 1024
+    except OSError:  # no /proc (not Linux): every process is counted whole
+        pass
+    return {"peak_mb": peak_rss_mb(), "files_mb": files}
+
+
+def memory_together(uses: list[dict]) -> tuple[float, float]:
+    """The peak memory of processes together: summed as each counts itself, and with each file they map
+    counted once (at the most any one of them has resident), as the machine holds it."""
+    summed = sum(use["peak_mb"] for use in uses)
+    files = {key for use in uses for key in use["files_mb"]}
+    counted = sum(sum(use["files_mb"].values()) for use in uses)
+    once = sum(max(use["files_mb"].get(key, 0.0) for use in uses) for key in files)
+    return summed, summed - counted + once
+
+
 def timed_steps(step, config: dict, steps: int, warmup: int, rank: int, ranks: int) -> tuple[list[float], list[float]]:
     """Seconds and loss of each step after `warmup`; every rank takes its share of the same global batches."""
     share = slice(rank * config["batch_size"] // ranks, (rank + 1) * config["batch_size"] // ranks)
@@ -175,7 +204,7 @@ def worker(setup: str, config_name: str, steps: int, warmup: int, threads: int =
     else:
         times, losses, memory, layout = torch_worker(config, steps, warmup, threads, distributed=setup == "ddp")
     if memory is not None:
-        print(json.dumps({"times": times, "losses": losses, "peak_rss_mb": memory, "layout": layout,
+        print(json.dumps({"times": times, "losses": losses, "summed_peak_mb": memory[0], "peak_mb": memory[1], "layout": layout,
                           "blas": blas_kernel("tinygpt" if setup == "tinygpt" else "torch")}), flush=True)
     if setup == "ddp":  # gloo's threads can abort the interpreter's teardown ("terminate called without an active
         os._exit(0)     # exception") after the work is done and reported: end the process without it
@@ -192,9 +221,9 @@ def tinygpt_worker(config: dict, steps: int, warmup: int):
         _, step = tinygpt_stepper(config, world)
         times, losses = timed_steps(step, config, steps, warmup, world.rank, world.world_size)
         threads = get_num_threads()
-    memory = world.gather(peak_rss_mb())
+    uses = world.gather(memory_use())
     layout = f"{world.world_size} rank{'s' if world.world_size > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}"
-    return times, losses, sum(memory) if memory is not None else None, layout
+    return times, losses, memory_together(uses) if uses is not None else None, layout
 
 
 def torch_worker(config: dict, steps: int, warmup: int, threads: int, distributed: bool):
@@ -208,13 +237,13 @@ def torch_worker(config: dict, steps: int, warmup: int, threads: int, distribute
         dist.init_process_group("gloo", rank=rank, world_size=ranks)
     step = torch_stepper(config, weights, torch.nn.parallel.DistributedDataParallel if distributed else (lambda model: model))
     times, losses = timed_steps(step, config, steps, warmup, rank, ranks)
-    memory = [peak_rss_mb()]
+    uses = [memory_use()]
     if distributed:
-        memory = [None] * ranks
-        dist.all_gather_object(memory, peak_rss_mb())
+        uses = [None] * ranks
+        dist.all_gather_object(uses, memory_use())
         dist.destroy_process_group()
     layout = f"DDP {ranks} ranks x {threads} thread" if distributed else f"1 process x {threads} thread{'s' if threads > 1 else ''}"
-    return times, losses, sum(memory) if rank == 0 else None, layout
+    return times, losses, memory_together(uses) if rank == 0 else None, layout
 
 
 def blas_kernel(framework: str) -> str:
@@ -349,15 +378,25 @@ def run(config_name: str, steps: int, warmup: int, rounds: int = 5, cores: int |
     tokens = CONFIGS[config_name]["batch_size"] * CONFIGS[config_name]["block_size"]
     rows = {name: {"layout": results[0]["layout"], "ms_per_step": 1000 * float(np.median(medians[name])),
                    "tokens_per_s": tokens / float(np.median(medians[name])),
-                   "peak_rss_mb": max(result["peak_rss_mb"] for result in results)} for name, results in runs.items()}
+                   "peak_mb": max(result["peak_mb"] for result in results),
+                   "summed_peak_mb": max(result["summed_peak_mb"] for result in results)} for name, results in runs.items()}
     return {"config": config_name, "steps": steps, "warmup": warmup, "rounds": rounds, "rows": rows, "best_eager": best,
             "blas": {"tinygpt": runs["tinygpt"][0]["blas"], "torch": runs["ddp"][0]["blas"]},
             "ratios": {peer: float(np.median(values)) for peer, values in per_round.items()},
             "round_ratios": per_round, "spread": {peer: spread(values) for peer, values in per_round.items()},
-            "memory_ratio": {"eager": rows["tinygpt"]["peak_rss_mb"] / rows[best]["peak_rss_mb"],
-                             "ddp": rows["tinygpt"]["peak_rss_mb"] / rows["ddp"]["peak_rss_mb"]},
+            "memory_ratio": {peer: rows["tinygpt"]["peak_mb"] / rows[name]["peak_mb"]
+                             for peer, name in (("eager", best), ("ddp", "ddp"))},
+            "summed_memory_ratio": {peer: rows["tinygpt"]["summed_peak_mb"] / rows[name]["summed_peak_mb"]
+                                    for peer, name in (("eager", best), ("ddp", "ddp"))},
             "max_loss_difference": float(np.abs(np.array(runs["tinygpt"][0]["losses"])
                                                 - np.array(runs[best][0]["losses"])).max())}
+
+
+def memory_cell(row: dict) -> str:
+    """A setup's peak memory, its files counted once; for several processes also their own peaks summed."""
+    if row["summed_peak_mb"] - row["peak_mb"] < 0.5:
+        return f"{row['peak_mb']:.0f} MB"
+    return f"{row['peak_mb']:.0f} MB ({row['summed_peak_mb']:.0f} MB summed per process)"
 
 
 def report(result: dict) -> str:
@@ -371,13 +410,14 @@ def report(result: dict) -> str:
                      "not the one it would pick for this processor")
     for name, row in result["rows"].items():
         lines.append(f"  {'tinygpt' if name == 'tinygpt' else 'torch':8s} {row['layout']:<24} {row['ms_per_step']:8.2f} "
-                     f"ms/step {row['tokens_per_s']:10,.0f} tokens/s, peak memory {row['peak_rss_mb']:.0f} MB")
+                     f"ms/step {row['tokens_per_s']:10,.0f} tokens/s, peak memory {memory_cell(row)}")
     for peer, label in (("eager", f"torch eager at its best ({result['rows'][result['best_eager']]['layout']})"),
                         ("ddp", "torch DDP")):
         rounds, width = result["round_ratios"][peer], result["spread"][peer]
         verdict = "quotable" if width <= SPREAD_TOLERANCE else "too wide to quote"
         lines.append(f"  tinygpt / {label}: {result['ratios'][peer]:.2f}x (rounds {min(rounds):.2f}-{max(rounds):.2f}, "
-                     f"spread {width:.0%}: {verdict}), peak memory ratio {result['memory_ratio'][peer]:.2f}")
+                     f"spread {width:.0%}: {verdict}), peak memory ratio {result['memory_ratio'][peer]:.2f} "
+                     f"(summed per process {result['summed_memory_ratio'][peer]:.2f})")
     lines.append(f"  largest loss difference from torch over the run: {result['max_loss_difference']:.1e}")
     return "\n".join(lines)
 
