@@ -370,3 +370,70 @@ def test_adamw_decay_matrices_only_matches_torch_parameter_groups(thread_count, 
                                   {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0}], lr=0.01)
     ours, theirs = train_both(lambda m: AdamW(m, 0.01, weight_decay=0.2, decay_matrices_only=True), torch_groups)
     assert_same_parameters(ours, theirs)
+
+
+def clipped_steps(model, optimizer, batches_, max_norm: float, keep_grads_apart: bool) -> list[list[np.ndarray]]:
+    """AdamW steps with clipping; keep_grads_apart: every gradient in its own array (no flat storage)."""
+    grads = []
+    for inputs, targets in batches_:
+        if keep_grads_apart:
+            for _, parameter in model.named_parameters():
+                parameter.keep_grad_in(None)
+        optimizer.zero_grad()
+        CrossEntropyLoss()(model(Tensor(inputs)), Tensor(targets), reduction="sum").backward()
+        clip_grad_norm(model, max_norm)
+        grads.append([parameter.grad.numpy().copy() for _, parameter in model.named_parameters()])
+        optimizer.step()
+    return grads
+
+
+def test_after_the_first_update_adamw_gradients_live_in_one_flat_array_and_match_torch():
+    """From the second step on, backward writes every gradient into AdamW's flat storage, which clipping scales
+    in place and the update reads as it is: the parameters still follow torch's clip_grad_norm_ + AdamW."""
+    ours, theirs = make_models()
+    optimizer = AdamW(ours, 1e-2, weight_decay=0.1)
+    their_optimizer = torch.optim.AdamW(theirs.parameters(), 1e-2, weight_decay=0.1)
+    for step, (inputs, targets) in enumerate(batches(6)):
+        optimizer.zero_grad()
+        CrossEntropyLoss()(ours(Tensor(inputs)), Tensor(targets), reduction="sum").backward()
+        assert (ours.packed_gradients() is not None) == (step > 0)
+        clip_grad_norm(ours, 0.5)
+        optimizer.step()
+        their_optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(theirs(torch.tensor(inputs)), torch.tensor(targets), reduction="sum").backward()
+        torch.nn.utils.clip_grad_norm_(theirs.parameters(), 0.5)
+        their_optimizer.step()
+    assert_same_parameters(ours, theirs)
+
+
+def test_the_flat_gradient_storage_gives_bit_for_bit_the_steps_of_gradients_in_their_own_arrays():
+    data = batches(5)
+    runs = []
+    for apart in (False, True):
+        model = make_models()[0]
+        grads = clipped_steps(model, AdamW(model, 1e-2, weight_decay=0.1), data, 0.5, keep_grads_apart=apart)
+        runs.append((grads, [parameter.numpy() for _, parameter in model.named_parameters()]))
+    (flat_grads, flat_values), (apart_grads, apart_values) = runs
+    for got, want in zip(flat_grads + [flat_values], apart_grads + [apart_values], strict=True):
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_a_second_backward_adds_into_the_flat_gradient_storage():
+    model = make_models()[0]
+    optimizer = AdamW(model, 1e-2)
+    (inputs, targets), (more, more_targets) = batches(2)
+    our_step(model, optimizer, inputs, targets)  # builds the storage
+
+    def gradients(x, y, zero: bool = True):
+        if zero:
+            optimizer.zero_grad()
+        CrossEntropyLoss()(model(Tensor(x)), Tensor(y), reduction="sum").backward()
+        return [parameter.grad.numpy().copy() for _, parameter in model.named_parameters()]
+
+    first, second = gradients(inputs, targets), gradients(more, more_targets)
+    gradients(inputs, targets)
+    both = gradients(more, more_targets, zero=False)
+    assert model.packed_gradients() is not None
+    for got, a, b in zip(both, first, second, strict=True):
+        np.testing.assert_array_equal(got, a + b)

@@ -148,6 +148,10 @@ class Buffer:
             return self.xp.ascontiguousarray(self.array)
         return self.array
 
+    def contiguous_view(self, shape: tuple[int, ...], offset: int) -> "Buffer":
+        """A C-contiguous view of `shape` into this buffer's storage, starting `offset` elements in."""
+        return self._view(tuple(shape), contiguous_stride(tuple(shape)), offset)
+
     def rehome(self, storage, offset: int) -> None:
         """Make this (contiguous) buffer a view into `storage` at `offset`; the caller copied the values there."""
         self._set_view(storage, self.shape, contiguous_stride(self.shape), offset, self.dtype, self.device)

@@ -86,10 +86,16 @@ class World:
         return self.all_reduce(np.array(values, dtype=np.float64)).tolist()
 
     def average_gradients(self, module: Module, loss: float) -> float:
-        """Replace every gradient of `module` by its mean over the ranks, and return the mean `loss`, in one
-        all-reduce of one flat buffer (the gradients, then the loss)."""
+        """Replace every gradient of `module` by its mean over the ranks, and return the mean `loss`: in place in
+        the optimizer's flat gradient storage when the gradients live there, else through one flat copy of
+        them (the gradients, then the loss)."""
         if self.world_size == 1:
             return loss
+        flat = module.packed_gradients()
+        if flat is not None:  # the optimizer's flat gradient storage (Module.pack_gradients): in place, no copies
+            self.all_reduce(flat)
+            flat /= self.world_size
+            return float(self.all_reduce(np.array([loss], dtype=flat.dtype))[0] / self.world_size)
         tensors = [tensor for _, tensor in module.named_parameters() if tensor.grad is not None]
         grads = [tensor.grad.buffer.array for tensor in tensors]
         xp, dtype = (tensors[0].grad.buffer.xp, grads[0].dtype) if tensors else (np, np.float32)

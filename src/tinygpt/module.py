@@ -6,6 +6,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from tinygpt.buffer import Buffer
 from tinygpt.serialization import load_arrays, save_arrays
 from tinygpt.tensor import Tensor
 from tinygpt.utils import pack, tree_flatten, tree_map, tree_unflatten
@@ -168,6 +169,30 @@ class Module(dict):
         for buffer, offset in zip(buffers, itertools.accumulate((buffer.numel for buffer in buffers), initial=0)):
             buffer.rehome(flat, offset)
         return flat
+
+    def pack_gradients(self, names: Sequence[str]):
+        """One flat array for the gradients of the named parameters, in this order: each parameter's gradient
+        is written into its slot at every backward (Tensor.keep_grad_in), so that the all-reduce, the clipping
+        and the optimizer read all of them as one array. Returns that array."""
+        tensors = dict(self.named_parameters())
+        chosen = [tensors[name] for name in names]
+        storage = Buffer.from_array(chosen[0].buffer.xp.empty(sum(t.numel for t in chosen), dtype=chosen[0].dtype.numpy))
+        for tensor, offset in zip(chosen, itertools.accumulate((tensor.numel for tensor in chosen), initial=0)):
+            tensor.keep_grad_in(storage.contiguous_view(tensor.shape, offset))
+        return storage.data
+
+    def packed_gradients(self, names: Sequence[str] | None = None):
+        """The array of pack_gradients when it holds the gradients of exactly the named parameters (by default:
+        every trainable one), each in its slot; else None (some gradient is missing or lives elsewhere)."""
+        tensors = dict(self.named_parameters())
+        chosen = [tensors[name] for name in names] if names is not None else [t for t in tensors.values() if t.requires_grad]
+        homes = [tensor.grad_home() for tensor in chosen]
+        if not homes or any(home is None for home in homes):
+            return None
+        storage = homes[0].data
+        if any(home.data is not storage for home in homes) or sum(home.numel for home in homes) != storage.size:
+            return None
+        return storage
 
     def update(self, parameters: dict) -> "Module":  # type: ignore[override]
         """Replace parameters by the Tensors of a nested dict shaped like `parameters()`."""

@@ -226,7 +226,7 @@ class FlatParameters:
         xp, shapes = self.tensors[0].buffer.xp, [tensor.shape for tensor in self.tensors]
         self.decayed = sum(tensor.numel for tensor in self.tensors if optimizer.decays(tensor))
         self.exp_avg, self.exp_avg_sq = xp.zeros_like(self.values), xp.zeros_like(self.values)
-        self.grads = xp.empty_like(self.values)
+        self.module, self.grads = optimizer.module, optimizer.module.pack_gradients(self.names)
         self.step_number = 0.0
         moments = {key: unpack(getattr(self, key), shapes) for key in ("exp_avg", "exp_avg_sq")}
         for index, name in enumerate(self.names):
@@ -244,7 +244,8 @@ class FlatParameters:
                 and {id(t) for _, t in parameters} == {id(t) for t in self.tensors})
 
     def step(self, optimizer: Adam, learning_rate: float) -> None:
-        pack([tensor.grad.buffer.array for tensor in self.tensors], self.grads)
+        if self.module.packed_gradients(self.names) is not self.grads:  # a gradient was replaced or accumulated elsewhere
+            pack([tensor.grad.buffer.array for tensor in self.tensors], self.grads)
         self.step_number += 1.0
         optimizer.adam_update(self.device, self.values, self.grads, self.exp_avg, self.exp_avg_sq, self.decayed,
                               self.step_number, learning_rate)
@@ -288,7 +289,10 @@ def clip_grad_norm(module: Module, max_norm: float) -> float:
         return 0.0
     total = math.sqrt(sum(float(_squared_norm(g)) for g in grads))
     scale = max_norm / (total + 1e-6)
-    if scale < 1.0:
+    flat = module.packed_gradients()
+    if scale < 1.0 and flat is not None:  # in place, in the optimizer's flat gradient storage
+        flat *= scale
+    elif scale < 1.0:
         for _, tensor in module.named_parameters():
             if tensor.grad is not None:
                 tensor.grad = Tensor._wrap(tensor.grad.buffer * scale)

@@ -99,7 +99,8 @@ def _as_buffer(data: Any, dtype: DType | None, device: str | None) -> Buffer:
 class Tensor:
     """An n-d array that records the operations applied to it, so that backward() can compute gradients."""
 
-    __slots__ = ("buffer", "requires_grad", "grad_fn", "grad", "_version_counter", "_retains_grad", "__weakref__")
+    __slots__ = ("buffer", "requires_grad", "grad_fn", "grad", "_version_counter", "_retains_grad", "_grad_home",
+                 "__weakref__")
     __array_priority__ = 1000  # numpy scalars defer to Tensor's reflected operators
 
     def __init__(self, data: Any, dtype: DType | None = None, requires_grad: bool = False, device: str | None = None) -> None:
@@ -111,13 +112,13 @@ class Tensor:
         self.grad: Tensor | None = None
         shares_storage = isinstance(data, Tensor) and self.buffer.data is data.buffer.data
         self._version_counter = data._version_counter if shares_storage else [0]
-        self._retains_grad = False
+        self._retains_grad, self._grad_home = False, None
 
     @classmethod
     def _wrap(cls, buffer: Buffer, requires_grad: bool = False) -> "Tensor":
         tensor = cls.__new__(cls)
         tensor.buffer, tensor.requires_grad, tensor.grad_fn, tensor.grad = buffer, requires_grad, None, None
-        tensor._version_counter, tensor._retains_grad = [0], False
+        tensor._version_counter, tensor._retains_grad, tensor._grad_home = [0], False, None
         return tensor
 
     def _alias(self, buffer: Buffer) -> "Tensor":
@@ -217,10 +218,29 @@ class Tensor:
     def zero_grad(self) -> None:
         self.grad = None
 
+    def keep_grad_in(self, home: Buffer | None) -> None:
+        """Write this tensor's gradient into `home` (a buffer of its shape, usually a view into one flat array of
+        many tensors' gradients) instead of a new array at each backward: the all-reduce, the clipping and
+        the optimizer then read one array. A .grad kept from one step sees the next step's values there
+        (copy it to keep it), as PyTorch's gradients in DDP's buckets. None: a new array at each backward."""
+        if home is not None and home.shape != self.shape:
+            raise ValueError(f"a gradient home of shape {home.shape} for a tensor of shape {self.shape}")
+        self._grad_home = home
+
+    def grad_home(self) -> Buffer | None:
+        """The buffer given to keep_grad_in when this tensor's .grad is there now; else None."""
+        return self._grad_home if self.grad is not None and self.grad.buffer is self._grad_home else None
+
     def _accumulate_grad(self, grad: Buffer) -> None:
         if grad.shape != self.shape:
             raise RuntimeError(f"an op returned a gradient of shape {grad.shape} for a tensor of shape {self.shape}")
-        if self.grad is None:
+        home = self._grad_home
+        if home is not None and self.grad is None:
+            home.array[...] = grad.array
+            self.grad = Tensor._wrap(home)
+        elif home is not None and self.grad.buffer is home:
+            grad.xp.add(home.array, grad.array, out=home.array)
+        elif self.grad is None:
             self.grad = Tensor._wrap(Buffer.from_array(grad.xp.array(grad.array)))  # an owned, contiguous copy
         else:
             self.grad = Tensor._wrap(self.grad.buffer + grad)
