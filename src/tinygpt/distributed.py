@@ -99,7 +99,7 @@ class World:
         tensors = [tensor for _, tensor in module.named_parameters() if tensor.grad is not None]
         grads = [tensor.grad.buffer.array for tensor in tensors]
         xp, dtype = (tensors[0].grad.buffer.xp, grads[0].dtype) if tensors else (np, np.float32)
-        flat = pack(grads, self._flat_buffer(xp, sum(grad.size for grad in grads) + 1, dtype))
+        flat = pack(grads, xp.empty(sum(grad.size for grad in grads) + 1, dtype=dtype))
         flat[-1] = loss
         self.all_reduce(flat)
         flat /= self.world_size
@@ -118,13 +118,6 @@ class World:
         flat = self.broadcast(pack([buffer.array for buffer in buffers]), root)
         for buffer, value in zip(buffers, unpack(flat, [buffer.shape for buffer in buffers])):
             buffer.array[...] = value
-
-    def _flat_buffer(self, xp, size: int, dtype):
-        """A reused 1-D array of `size` elements (gradients keep their shapes from step to step)."""
-        flat = getattr(self, "_flat", None)
-        if flat is None or flat.size != size or flat.dtype != dtype or not isinstance(flat, xp.ndarray):
-            flat = self._flat = xp.empty(size, dtype=dtype)
-        return flat
 
 
 class MPIWorld(World):
