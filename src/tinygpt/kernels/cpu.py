@@ -48,22 +48,28 @@ LN2_HI, LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)  # ln 2 in 
 EXP_P = tuple(np.float32(c) for c in (5.0000001201e-1, 1.6666665459e-1, 4.1665795894e-2, 8.3334519073e-3,
                                       1.3981999507e-3, 1.9875691500e-4))  # Cephes' expf polynomial
 EXP_LOWEST, EXP_HIGHEST = np.float32(-87.33654), np.float32(88.72283)  # e^x is below float32's normals, above its largest
-POWERS_OF_TWO = np.array([2.0 ** n for n in range(-127, 128)], dtype=np.float32)
+EXPONENT_BIAS, MANTISSA_BITS = np.int32(127), np.int32(23)  # float32's layout: 2^k has the bits (k + 127) << 23
+
+
+@njit(inline="always", **COMPILE)
+def power_of_two(k):
+    """2^k for an int32 k in [-126, 127], built from its bits (a table lookup would be a gather, which is slow)."""
+    return np.int32((k + EXPONENT_BIAS) << MANTISSA_BITS).view(np.float32)
 
 
 @njit(inline="always", **COMPILE)
 def exp(x):
-    """e^x in float32 (within 1-2 ulp): x = n ln2 + r with |r| <= ln2 / 2, e^r by a polynomial, 2^n from a table
-    (2^128, past float32's powers, as 2 x 2^127); 0 below EXP_LOWEST, inf above EXP_HIGHEST, NaN for NaN.
-    Unlike math.exp, a scalar libm call, it vectorises."""
+    """e^x in float32 (within 1-2 ulp): x = n ln2 + r with |r| <= ln2 / 2, e^r by a polynomial, 2^n as
+    2^(n // 2) 2^(n - n // 2), both halves normal floats for n in [-127, 128]; 0 below EXP_LOWEST, inf above
+    EXP_HIGHEST, NaN for NaN. Unlike math.exp, a scalar libm call, it vectorises."""
     n = min(max(np.floor(x * LOG2E + np.float32(0.5)), np.float32(-127.0)), np.float32(128.0))
     r = x - n * LN2_HI - n * LN2_LO
     p = EXP_P[5]
     for i in range(4, -1, -1):
         p = p * r + EXP_P[i]
-    n = n if n == n else np.float32(0.0)  # NaN (min and max keep it): any index; the result is NaN anyway
-    index = min(max(np.int32(n) + np.int32(127), np.int32(0)), np.int32(254))
-    e_x = (p * r * r + r + np.float32(1.0)) * POWERS_OF_TWO[index] * (np.float32(2.0) if n > 127 else np.float32(1.0))
+    k = np.int32(n if n == n else np.float32(0.0))  # NaN (min and max keep it): any k; the result is NaN anyway
+    half = k >> np.int32(1)
+    e_x = (p * r * r + r + np.float32(1.0)) * power_of_two(half) * power_of_two(k - half)
     if x < EXP_LOWEST:
         return np.float32(0.0)
     if x > EXP_HIGHEST:
@@ -265,20 +271,25 @@ def causal_softmax(scores, scale, keep, log_normalizer):
     log_normalizer = logsumexp of the row's scaled scores."""
     batch, heads, queries, keys = scores.shape
     dropout = keep.size > 0
-    for b, h, i in np.ndindex(batch, heads, queries):
+    for b, h, i in np.ndindex(batch, heads, queries):  # one loop per step: each vectorises on its own
         seen = i + keys - queries + 1
         s = scores[b, h, i]
         largest = np.float32(-np.inf)
         for j in range(seen):
-            s[j] *= np.float32(scale)
             largest = max(largest, s[j])
+        largest *= np.float32(scale)  # the largest scaled score: scale > 0 keeps the order
+        for j in range(seen):
+            s[j] = exp(s[j] * np.float32(scale) - largest)
         total = 0.0
         for j in range(seen):
-            s[j] = exp(s[j] - largest)
             total += s[j]
         inverse = np.float32(1.0 / total)
-        for j in range(seen):
-            s[j] *= keep[b, h, i, j] * inverse if dropout else inverse
+        if dropout:
+            for j in range(seen):
+                s[j] *= keep[b, h, i, j] * inverse
+        else:
+            for j in range(seen):
+                s[j] *= inverse
         s[seen:] = 0.0
         log_normalizer[b, h, i] = largest + math.log(total)
 
@@ -290,18 +301,21 @@ def causal_softmax_backward(probs, dscores, scale, keep, log_normalizer):
     dP = dscores * keep, dS = P (dP - sum_j P dP)."""
     batch, heads, queries, keys = probs.shape
     dropout = keep.size > 0
-    for b, h, i in np.ndindex(batch, heads, queries):
+    for b, h, i in np.ndindex(batch, heads, queries):  # one loop per step: each vectorises on its own
         seen = i + keys - queries + 1
         p, d = probs[b, h, i], dscores[b, h, i]
-        projection = 0.0
         for j in range(seen):
             p[j] = exp(p[j] * np.float32(scale) - log_normalizer[b, h, i])
-            if dropout:
+        if dropout:
+            for j in range(seen):
                 d[j] *= keep[b, h, i, j]
+        projection = 0.0
+        for j in range(seen):
             projection += p[j] * d[j]
         for j in range(seen):
             d[j] = p[j] * (d[j] - np.float32(projection)) * np.float32(scale)
-            if dropout:
+        if dropout:
+            for j in range(seen):
                 p[j] *= keep[b, h, i, j]
         p[seen:], d[seen:] = 0.0, 0.0
 
