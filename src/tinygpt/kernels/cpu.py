@@ -324,16 +324,19 @@ def causal_softmax_backward(probs, dscores, scale, keep, log_normalizer):
       **COMPILE)
 def adam_update(values, grads, exp_avg, exp_avg_sq, decayed, learning_rate, beta1, beta2, eps, weight_decay, step):
     """p *= 1 - lr wd (the first `decayed` values), m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2,
-    p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps), over flat arrays (torch.optim.AdamW's steps)."""
-    step_size = learning_rate / (1.0 - beta1 ** step)
-    correction = math.sqrt(1.0 - beta2 ** step)
-    decay = 1.0 - learning_rate * weight_decay
+    p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps), over flat arrays (torch.optim.AdamW's steps),
+    in float32 as torch's: the factors are computed in float64 once, then rounded."""
+    step_size = np.float32(learning_rate / (1.0 - beta1 ** step))
+    correction = np.float32(math.sqrt(1.0 - beta2 ** step))
+    decay = np.float32(1.0 - learning_rate * weight_decay)
+    b1, b2, eps32 = np.float32(beta1), np.float32(beta2), np.float32(eps)
+    one_minus_b1, one_minus_b2 = np.float32(1.0 - beta1), np.float32(1.0 - beta2)
     for i in range(values.size):
         g = grads[i]
-        m = beta1 * exp_avg[i] + (1.0 - beta1) * g
-        v = beta2 * exp_avg_sq[i] + (1.0 - beta2) * g * g
+        m = b1 * exp_avg[i] + one_minus_b1 * g
+        v = b2 * exp_avg_sq[i] + one_minus_b2 * (g * g)
         p = values[i] * decay if i < decayed else values[i]
-        values[i] = p - step_size * m / (math.sqrt(v) / correction + eps)
+        values[i] = p - step_size * m / (np.sqrt(v) / correction + eps32)
         exp_avg[i], exp_avg_sq[i] = m, v
 
 
