@@ -36,6 +36,18 @@ def _modules_in(value: Any) -> list["Module"]:
     return [leaf for _, leaf in tree_flatten(value, is_leaf=_is_module) if _is_module(leaf)]
 
 
+def gradient_storage(tensors: Sequence[Tensor]):
+    """The one flat array of Module.pack_gradients that holds exactly these tensors' gradients, each in its
+    slot; None when some gradient is missing or lives elsewhere."""
+    homes = [tensor.grad_home() for tensor in tensors]
+    if not homes or any(home is None for home in homes):
+        return None
+    storage = homes[0].data
+    if any(home.data is not storage for home in homes) or sum(home.numel for home in homes) != storage.size:
+        return None
+    return storage
+
+
 class Module(dict):
     """Base class of layers: entries are parameters and sub-modules; `__call__` runs `forward`."""
 
@@ -130,8 +142,20 @@ class Module(dict):
         return self._tree(lambda tensor: tensor.requires_grad)
 
     def named_parameters(self) -> list[tuple[str, Tensor]]:
-        """[("blocks.0.attn.c_attn.weights", tensor), ...] in insertion order."""
-        return tree_flatten(self.parameters(), is_leaf=_is_tensor)
+        """[("blocks.0.attn.c_attn.weights", tensor), ...] in insertion order: the leaves of parameters(), found
+        in one walk (a training step asks several times)."""
+        named: list[tuple[str, Tensor]] = []
+
+        def visit(value, prefix: str) -> None:
+            if isinstance(value, Tensor):
+                named.append((prefix, value))
+                return
+            entries = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, child in entries:
+                if not (isinstance(value, Module) and key.startswith("_")):
+                    visit(child, f"{prefix}.{key}" if prefix else str(key))
+        visit(self, "")
+        return named
 
     def children(self) -> dict:
         """The direct sub-modules (a list entry of modules stays a list)."""
@@ -181,18 +205,10 @@ class Module(dict):
             tensor.keep_grad_in(storage.contiguous_view(tensor.shape, offset))
         return storage.data
 
-    def packed_gradients(self, names: Sequence[str] | None = None):
-        """The array of pack_gradients when it holds the gradients of exactly the named parameters (by default:
-        every trainable one), each in its slot; else None (some gradient is missing or lives elsewhere)."""
-        tensors = dict(self.named_parameters())
-        chosen = [tensors[name] for name in names] if names is not None else [t for t in tensors.values() if t.requires_grad]
-        homes = [tensor.grad_home() for tensor in chosen]
-        if not homes or any(home is None for home in homes):
-            return None
-        storage = homes[0].data
-        if any(home.data is not storage for home in homes) or sum(home.numel for home in homes) != storage.size:
-            return None
-        return storage
+    def packed_gradients(self):
+        """The array of pack_gradients when it holds the gradients of every trainable parameter, each in its
+        slot; else None (some gradient is missing or lives elsewhere)."""
+        return gradient_storage([tensor for _, tensor in self.named_parameters() if tensor.requires_grad])
 
     def update(self, parameters: dict) -> "Module":  # type: ignore[override]
         """Replace parameters by the Tensors of a nested dict shaped like `parameters()`."""

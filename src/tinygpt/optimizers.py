@@ -9,7 +9,7 @@ import numpy as np
 from tinygpt import backend, kernels
 from tinygpt.buffer import Buffer
 from tinygpt.distributed import get_world
-from tinygpt.module import Module
+from tinygpt.module import Module, gradient_storage
 from tinygpt.serialization import load_arrays, save_arrays
 from tinygpt.tensor import Tensor
 from tinygpt.utils import check_count, check_finite, check_fraction, is_real, pack, unpack
@@ -226,7 +226,7 @@ class FlatParameters:
         xp, shapes = self.tensors[0].buffer.xp, [tensor.shape for tensor in self.tensors]
         self.decayed = sum(tensor.numel for tensor in self.tensors if optimizer.decays(tensor))
         self.exp_avg, self.exp_avg_sq = xp.zeros_like(self.values), xp.zeros_like(self.values)
-        self.module, self.grads = optimizer.module, optimizer.module.pack_gradients(self.names)
+        self.grads = optimizer.module.pack_gradients(self.names)
         self.step_number = 0.0
         moments = {key: unpack(getattr(self, key), shapes) for key in ("exp_avg", "exp_avg_sq")}
         for index, name in enumerate(self.names):
@@ -244,7 +244,7 @@ class FlatParameters:
                 and {id(t) for _, t in parameters} == {id(t) for t in self.tensors})
 
     def step(self, optimizer: Adam, learning_rate: float) -> None:
-        if self.module.packed_gradients(self.names) is not self.grads:  # a gradient was replaced or accumulated elsewhere
+        if gradient_storage(self.tensors) is not self.grads:  # a gradient was replaced or accumulated elsewhere
             pack([tensor.grad.buffer.array for tensor in self.tensors], self.grads)
         self.step_number += 1.0
         optimizer.adam_update(self.device, self.values, self.grads, self.exp_avg, self.exp_avg_sq, self.decayed,
@@ -284,16 +284,17 @@ def _squared_norm(array):
 
 def clip_grad_norm(module: Module, max_norm: float) -> float:
     """Scale all gradients so that their global L2 norm is at most max_norm; return the norm before clipping."""
-    grads = [tensor.grad.buffer.array for _, tensor in module.named_parameters() if tensor.grad is not None]
+    tensors = [tensor for _, tensor in module.named_parameters()]
+    grads = [tensor.grad.buffer.array for tensor in tensors if tensor.grad is not None]
     if not grads:
         return 0.0
     total = math.sqrt(sum(float(_squared_norm(g)) for g in grads))
     scale = max_norm / (total + 1e-6)
-    flat = module.packed_gradients()
+    flat = gradient_storage([tensor for tensor in tensors if tensor.requires_grad])
     if scale < 1.0 and flat is not None:  # in place, in the optimizer's flat gradient storage
         flat *= scale
     elif scale < 1.0:
-        for _, tensor in module.named_parameters():
+        for tensor in tensors:
             if tensor.grad is not None:
                 tensor.grad = Tensor._wrap(tensor.grad.buffer * scale)
     return total
