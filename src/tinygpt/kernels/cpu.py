@@ -118,12 +118,12 @@ def layer_norm_forward(x, weight, bias, eps, out, mean, rstd):
         total = 0.0
         for c in range(width):
             total += x[r, c]
-        m = total / width
+        m = np.float32(total / width)  # the sums in float64, the values' arithmetic in float32 (twice the lanes)
         squares = 0.0
         for c in range(width):
             centred = x[r, c] - m
             squares += centred * centred
-        s = 1.0 / math.sqrt(squares / width + eps)
+        s = np.float32(1.0 / math.sqrt(squares / width + eps))
         for c in range(width):
             out[r, c] = (x[r, c] - m) * s * weight[c] + bias[c]
         mean[r], rstd[r] = m, s
@@ -136,21 +136,20 @@ def layer_norm_backward(grad, x, weight, mean, rstd, grad_x, grad_weight, grad_b
     rows, width = x.shape
     weight_sums = np.zeros(width)
     bias_sums = np.zeros(width)
+    xh = np.empty(width, dtype=np.float32)  # one row's normalised values
     for r in range(rows):
         mean_dxh = 0.0
         mean_dxh_xh = 0.0
         for c in range(width):
-            xh = (x[r, c] - mean[r]) * rstd[r]
+            xh[c] = (x[r, c] - mean[r]) * rstd[r]
             dxh = grad[r, c] * weight[c]
             mean_dxh += dxh
-            mean_dxh_xh += dxh * xh
-            weight_sums[c] += grad[r, c] * xh
+            mean_dxh_xh += dxh * xh[c]
+            weight_sums[c] += grad[r, c] * xh[c]
             bias_sums[c] += grad[r, c]
-        mean_dxh /= width
-        mean_dxh_xh /= width
+        shift, slope = np.float32(mean_dxh / width), np.float32(mean_dxh_xh / width)
         for c in range(width):
-            xh = (x[r, c] - mean[r]) * rstd[r]
-            grad_x[r, c] = rstd[r] * (grad[r, c] * weight[c] - mean_dxh - xh * mean_dxh_xh)
+            grad_x[r, c] = rstd[r] * (grad[r, c] * weight[c] - shift - xh[c] * slope)
     for c in range(width):
         grad_weight[c] = weight_sums[c]
         grad_bias[c] = bias_sums[c]
