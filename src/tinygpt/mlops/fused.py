@@ -255,8 +255,10 @@ class ScaledDotProductAttention(Operation):
         """out = attention of (B, H, T, d) arrays q, k, v (any strides), keeping what the backward needs."""
         self.q, self.k, self.v, self.scale = q, k, v, 1.0 / math.sqrt(q.shape[-1])
         self.kernels = kernels.for_device(like.device)
-        keep_shape = q.shape[:-1] + (k.shape[-2],) if dropout_p > 0.0 else (0, 0, 0, 0)
-        self.keep = Buffer.dropout_scale(keep_shape, dropout_p, like.dtype, like.device).array
+        if dropout_p != 0.0:  # dropout_scale refuses a p outside [0, 1)
+            self.keep = Buffer.dropout_scale(q.shape[:-1] + (k.shape[-2],), dropout_p, like.dtype, like.device).array
+        else:  # no dropout: the kernels take an empty array
+            self.keep = like.xp.empty((0, 0, 0, 0), dtype=q.dtype)
         self.log_normalizer = like.xp.empty(q.shape[:-1], dtype=q.dtype)
         if q.shape[-2]:
             self.kernels.attention_forward(q, k, v, self.scale, self.keep, out, self.log_normalizer)
