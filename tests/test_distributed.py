@@ -80,6 +80,55 @@ def test_a_world_of_one_leaves_gradients_and_the_loss_alone():
     assert isinstance(get_world(), World)
 
 
+class DoublingWorld(World):
+    """Two ranks that computed the same gradients and loss: each all-reduce doubles its array, in place."""
+
+    world_size = 2
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def all_reduce(self, array):
+        self.sizes.append(array.size)
+        array *= 2
+        return array
+
+
+def test_gradients_in_the_optimizers_storage_are_averaged_in_place_as_a_flat_copy_would_be():
+    """From AdamW's second update on, average_gradients all-reduces its flat gradient storage itself (then
+    the loss) instead of a copy with the loss at its end: the same losses and parameters, bit for bit."""
+    from tinygpt.losses import CrossEntropyLoss
+    from tinygpt.nn import MLP
+    from tinygpt.optimizers import AdamW, clip_grad_norm
+    import tinygpt
+
+    rng = np.random.default_rng(0)
+    data = [(rng.normal(size=(8, 4)).astype(np.float32), rng.integers(0, 3, 8)) for _ in range(4)]
+    runs = []
+    for in_storage in (True, False):
+        tinygpt.manual_seed(0)
+        model, world = MLP(4, [8, 3], "tanh"), DoublingWorld()
+        optimizer = AdamW(model, 1e-2, weight_decay=0.1)
+        losses = []
+        for x, y in data:
+            if not in_storage:
+                for _, parameter in model.named_parameters():
+                    parameter.keep_grad_in(None)
+            optimizer.zero_grad()
+            loss = CrossEntropyLoss()(model(Tensor(x)), Tensor(y), reduction="mean")
+            loss.backward()
+            losses.append(world.average_gradients(model, loss.item()))
+            clip_grad_norm(model, 0.3)
+            optimizer.step()
+        runs.append((losses, [parameter.numpy() for _, parameter in model.named_parameters()], world.sizes))
+    (losses, values, sizes), (copy_losses, copy_values, copy_sizes) = runs
+    gradients = sum(parameter.size for parameter in values)
+    assert sizes == [gradients + 1] + [gradients, 1] * 3 and copy_sizes == [gradients + 1] * 4
+    assert losses == copy_losses
+    for got, want in zip(values, copy_values, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 COLLECTIVES = """
 import json, sys
 import numpy as np

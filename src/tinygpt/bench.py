@@ -156,8 +156,8 @@ def peak_rss_mb() -> float:
 
 def memory_use() -> dict:
     """This process's peak resident memory, and the MB now resident of each file it maps (libraries, shared
-    memory segments), by device and inode: the ranks of one program map the same files, which the machine
-    holds once however many ranks count them."""
+    memory segments) as the file's own pages, not the private copies the process wrote, by device and inode:
+    the ranks of one program map the same files, which the machine holds once however many ranks count them."""
     files: dict[str, float] = {}
     key = None
     try:
@@ -166,8 +166,9 @@ def memory_use() -> dict:
                 fields = line.split()
                 if "-" in fields[0] and len(fields) >= 5:  # a mapping's header: address perms offset device inode path
                     key = f"{fields[3]}:{fields[4]}" if fields[4] != "0" else None
-                elif key is not None and fields[0] == "Rss:":
-                    files[key] = files.get(key, 0.0) + int(fields[1]) / 1024
+                elif key is not None and fields[0] in ("Rss:", "Anonymous:"):  # a private copy of a page is its own
+                    sign = 1 if fields[0] == "Rss:" else -1
+                    files[key] = files.get(key, 0.0) + sign * int(fields[1]) / 1024
     except OSError:  # no /proc (not Linux): every process is counted whole
         pass
     return {"peak_mb": peak_rss_mb(), "files_mb": files}
@@ -175,7 +176,7 @@ def memory_use() -> dict:
 
 def memory_together(uses: list[dict]) -> tuple[float, float]:
     """The peak memory of processes together: summed as each counts itself, and with each file they map
-    counted once (at the most any one of them has resident), as the machine holds it."""
+    counted once, at the most any one of them has resident (a lower bound of the pages they hold together)."""
     summed = sum(use["peak_mb"] for use in uses)
     files = {key for use in uses for key in use["files_mb"]}
     counted = sum(sum(use["files_mb"].values()) for use in uses)

@@ -1,8 +1,9 @@
 """Keeping freed memory in the process: a training step allocates and frees the same large arrays over and
 over, and glibc's malloc hands big blocks back to the kernel on free (mmap/trim), so that every step
-faults the same pages in again, thousands of page faults a step (docs/operation.md). `keep_freed_memory()` raises the two thresholds (mallopt) so that freed blocks are
-reused instead. It changes the whole process's allocator, so TinyGPT never calls it at import: the trainer
-and `tinygpt bench` call it, a user may."""
+faults the same pages in again, thousands of page faults a step (docs/operation.md). `keep_freed_memory()`
+raises the two thresholds (mallopt) so that freed blocks are reused instead. It changes the whole process's
+allocator, so TinyGPT never calls it at import: the commands that run many steps or batches call it
+(`tinygpt train`, `eval`, `profile` and `bench`), a user may."""
 from __future__ import annotations
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)

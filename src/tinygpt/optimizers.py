@@ -290,13 +290,15 @@ def clip_grad_norm(module: Module, max_norm: float) -> float:
         return 0.0
     total = math.sqrt(sum(float(_squared_norm(g)) for g in grads))
     scale = max_norm / (total + 1e-6)
+    if scale >= 1.0:
+        return total
     flat = gradient_storage([tensor for tensor in tensors if tensor.requires_grad])
-    if scale < 1.0 and flat is not None:  # in place, in the optimizer's flat gradient storage
+    if flat is not None:  # in place, in the optimizer's flat gradient storage
         flat *= scale
-    elif scale < 1.0:
-        for tensor in tensors:
-            if tensor.grad is not None:
-                tensor.grad = Tensor._wrap(tensor.grad.buffer * scale)
+        return total
+    for tensor in tensors:
+        if tensor.grad is not None:
+            tensor.grad = Tensor._wrap(tensor.grad.buffer * scale)
     return total
 
 

@@ -219,10 +219,8 @@ class Tensor:
         self.grad = None
 
     def keep_grad_in(self, home: Buffer | None) -> None:
-        """Write this tensor's gradient into `home` (a buffer of its shape, usually a view into one flat array of
-        many tensors' gradients) instead of a new array at each backward: the all-reduce, the clipping and
-        the optimizer then read one array. A .grad kept from one step sees the next step's values there
-        (copy it to keep it), as PyTorch's gradients in DDP's buckets. None: a new array at each backward."""
+        """Write this tensor's gradient into `home` (a view into one flat array of many gradients) at each
+        backward, not into a new array; a .grad kept from one step then shows the next one's (None: new arrays)."""
         if home is not None and home.shape != self.shape:
             raise ValueError(f"a gradient home of shape {home.shape} for a tensor of shape {self.shape}")
         self._grad_home = home
