@@ -510,6 +510,29 @@ def test_causal_attention_at_gpt_sizes_matches_torch_sdpa(rng, kernel_set):
     check_against_torch(_attention, lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), [q, k, v])
 
 
+@pytest.mark.parametrize("query_length, key_length", [(150, 150), (130, 200), (64, 65), (1, 300)])
+def test_attention_over_several_blocks_of_queries_matches_an_explicit_mask(query_length, key_length, rng, kernel_set):
+    """The CPU kernels take the queries in blocks of 64, each with only the keys it sees: several blocks, a
+    partial last one, and more keys than queries give what the whole masked matrix gives."""
+    q = random_values(rng, (1, 2, query_length, 8))
+    k, v = random_values(rng, (1, 2, key_length, 8)), random_values(rng, (1, 2, key_length, 8))
+    check_against_torch(_attention, _explicit_causal_attention, [q, k, v], ["contiguous", "permuted", "stepped"])
+
+
+def test_attention_dropout_over_several_blocks_of_queries_uses_each_blocks_own_factors(rng, kernel_set):
+    q, k, v = (random_values(rng, (1, 2, 130, 4)) for _ in range(3))
+    ours_inputs = [Tensor(a, requires_grad=True) for a in (q, k, v)]
+    out = _attention(*ours_inputs, dropout_p=0.5)
+    torch_inputs = [to_torch(t) for t in ours_inputs]
+    ref = _explicit_causal_attention(*torch_inputs, keep=torch.tensor(out.grad_fn.operation.keep))
+    assert_close(out, ref)
+    incoming = rng.standard_normal(ref.shape).astype(np.float32)
+    out.backward(Tensor(incoming))
+    ref.backward(torch.tensor(incoming))
+    for mine, theirs in zip(ours_inputs, torch_inputs):
+        assert_close(mine.grad, theirs.grad)
+
+
 @pytest.mark.parametrize("query_length, key_length", [(3, 7), (1, 6), (4, 4), (1, 1), (0, 0), (0, 3)])
 def test_attention_with_fewer_queries_than_keys_matches_an_explicit_kv_cache_mask(query_length, key_length, rng, kernel_set):
     q = random_values(rng, (2, 2, query_length, 8))
