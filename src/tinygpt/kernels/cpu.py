@@ -255,13 +255,26 @@ def _block_of(keep, start: int, stop: int, seen: int):
     return keep[:, :, start:stop, :seen] if keep.size else keep
 
 
+def _scores(work, q, start: int, stop: int, seen: int):
+    """A C-contiguous (B, H, stop - start, seen) array at the start of the flat `work` (the largest block's size):
+    one allocation per call serves every block."""
+    shape = q.shape[:2] + (stop - start, seen)
+    return work[:math.prod(shape)].reshape(shape)
+
+
+def _work(q, k):
+    """Room for the scores of attention's largest block of queries."""
+    return np.empty(q.shape[0] * q.shape[1] * min(QUERY_BLOCK, q.shape[2]) * k.shape[2], dtype=np.float32)
+
+
 def attention_forward(q, k, v, scale, keep, out, log_normalizer):
     """P = softmax(q k^T scale) over the keys each query sees (query i: keys 0 .. i + Tk - Tq), out = (P * keep) v,
     log_normalizer = logsumexp of each row of scaled scores, all of shape (B, H, T, .); keep: dropout factors or empty.
     By blocks of queries, each with the keys it sees; the scores live only during this call (the backward
     recomputes them)."""
+    work = _work(q, k)
     for start, stop, seen in query_blocks(q.shape[2], k.shape[2]):
-        scores = np.empty(q.shape[:2] + (stop - start, seen), dtype=np.float32)
+        scores = _scores(work, q, start, stop, seen)
         np.matmul(q[:, :, start:stop], k[:, :, :seen].swapaxes(2, 3), out=scores)
         rows = np.empty(q.shape[:2] + (stop - start,), dtype=np.float32)
         causal_softmax(scores, scale, _block_of(keep, start, stop, seen), rows)
@@ -273,9 +286,9 @@ def attention_backward(grad, q, k, v, scale, keep, log_normalizer, grad_q, grad_
     """With P = exp(q k^T scale - log_normalizer) (causal) recomputed and A = P * keep:
     grad_v = A^T grad, dP = (grad v^T) * keep, dS = P (dP - sum_j P dP), grad_q = dS k scale, grad_k = dS^T q scale.
     By blocks of queries, as the forward; the last block sees every key and writes grad_k and grad_v, the others add."""
+    work, more_work = _work(q, k), _work(q, k)
     for index, (start, stop, seen) in enumerate(query_blocks(q.shape[2], k.shape[2])):
-        probs = np.empty(q.shape[:2] + (stop - start, seen), dtype=np.float32)
-        dscores = np.empty_like(probs)
+        probs, dscores = _scores(work, q, start, stop, seen), _scores(more_work, q, start, stop, seen)
         np.matmul(q[:, :, start:stop], k[:, :, :seen].swapaxes(2, 3), out=probs)
         np.matmul(grad[:, :, start:stop], v[:, :, :seen].swapaxes(2, 3), out=dscores)
         causal_softmax_backward(probs, dscores, scale, _block_of(keep, start, stop, seen),
