@@ -285,7 +285,8 @@ def attention_forward(q, k, v, scale, keep, out, log_normalizer):
 def attention_backward(grad, q, k, v, scale, keep, log_normalizer, grad_q, grad_k, grad_v):
     """With P = exp(q k^T scale - log_normalizer) (causal) recomputed and A = P * keep:
     grad_v = A^T grad, dP = (grad v^T) * keep, dS = P (dP - sum_j P dP), grad_q = dS k scale, grad_k = dS^T q scale.
-    By blocks of queries, as the forward; the last block sees every key and writes grad_k and grad_v, the others add."""
+    By blocks of queries, as the forward; the last block sees every key and writes grad_k and grad_v, the others
+    add (so there is at least one query: the op itself answers zeros for none)."""
     work, more_work = _work(q, k), _work(q, k)
     for index, (start, stop, seen) in enumerate(query_blocks(q.shape[2], k.shape[2])):
         probs, dscores = _scores(work, q, start, stop, seen), _scores(more_work, q, start, stop, seen)
@@ -310,7 +311,7 @@ def causal_softmax(scores, scale, keep, log_normalizer):
     batch, heads, queries, keys = scores.shape
     dropout = keep.size > 0
     for b, h, i in np.ndindex(batch, heads, queries):  # one loop per step: each vectorises on its own
-        seen = i + keys - queries + 1
+        seen = max(i + keys - queries + 1, 0)  # a query before the first key sees none
         s = scores[b, h, i]
         largest = np.float32(-np.inf)
         for j in range(seen):
@@ -340,7 +341,7 @@ def causal_softmax_backward(probs, dscores, scale, keep, log_normalizer):
     batch, heads, queries, keys = probs.shape
     dropout = keep.size > 0
     for b, h, i in np.ndindex(batch, heads, queries):  # one loop per step: each vectorises on its own
-        seen = i + keys - queries + 1
+        seen = max(i + keys - queries + 1, 0)  # a query before the first key sees none
         p, d = probs[b, h, i], dscores[b, h, i]
         for j in range(seen):
             p[j] = exp(p[j] * np.float32(scale) - log_normalizer[b, h, i])
