@@ -21,7 +21,7 @@ from numba import boolean, float32, float64, int64, njit, void  # noqa: E402
 
 # The array types of the kernels' signatures: one compiled version of each kernel, compiled once
 Vector, Matrix, Ids = float32[::1], float32[:, ::1], int64[::1]
-Heads, HeadRows = float32[:, :, :, :], float32[:, :, ::1]  # (B, H, T, d) with any strides, (B, H, T)
+Heads, HeadRows = float32[:, :, :, :], float32[:, :, :]  # (B, H, T, d) and (B, H, T), any strides
 Scores = float32[:, :, :, ::1]  # (B, H, Tq, Tk), contiguous
 Slots, SlotRows = float32[:, :, :, ::1], float32[:, :, ::1]  # (B, T, slots, d) and (B, T, slots), contiguous
 # Sums may be reordered (so that the compiler vectorises them) and a * b + c fused; nothing is assumed about
@@ -276,9 +276,7 @@ def attention_forward(q, k, v, scale, keep, out, log_normalizer):
     for start, stop, seen in query_blocks(q.shape[2], k.shape[2]):
         scores = _scores(work, q, start, stop, seen)
         np.matmul(q[:, :, start:stop], k[:, :, :seen].swapaxes(2, 3), out=scores)
-        rows = np.empty(q.shape[:2] + (stop - start,), dtype=np.float32)
-        causal_softmax(scores, scale, _block_of(keep, start, stop, seen), rows)
-        log_normalizer[:, :, start:stop] = rows
+        causal_softmax(scores, scale, _block_of(keep, start, stop, seen), log_normalizer[:, :, start:stop])
         np.matmul(scores, v[:, :, :seen], out=out[:, :, start:stop])
 
 
@@ -292,8 +290,7 @@ def attention_backward(grad, q, k, v, scale, keep, log_normalizer, grad_q, grad_
         probs, dscores = _scores(work, q, start, stop, seen), _scores(more_work, q, start, stop, seen)
         np.matmul(q[:, :, start:stop], k[:, :, :seen].swapaxes(2, 3), out=probs)
         np.matmul(grad[:, :, start:stop], v[:, :, :seen].swapaxes(2, 3), out=dscores)
-        causal_softmax_backward(probs, dscores, scale, _block_of(keep, start, stop, seen),
-                                np.ascontiguousarray(log_normalizer[:, :, start:stop]))
+        causal_softmax_backward(probs, dscores, scale, _block_of(keep, start, stop, seen), log_normalizer[:, :, start:stop])
         np.matmul(dscores, k[:, :, :seen], out=grad_q[:, :, start:stop])
         if index == 0:
             np.matmul(probs.swapaxes(2, 3), grad[:, :, start:stop], out=grad_v[:, :, :seen])
