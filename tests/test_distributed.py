@@ -171,6 +171,87 @@ def test_collectives_over_two_ranks(mpi):
         assert first["mean"][name] == second["mean"][name]
 
 
+# Every rank: the same model and batches, trained by AdamW with the moments shared out among the ranks and by
+# AdamW in one process (no world), then by torch's; rank 0 prints what each rank found.
+SHARED_MOMENTS = """
+import json
+import numpy as np, torch, tinygpt
+from tinygpt.distributed import get_world
+from tinygpt.losses import CrossEntropyLoss
+from tinygpt.nn import MLP
+from tinygpt.optimizers import AdamW
+from tinygpt.tensor import Tensor
+world = get_world()
+rng = np.random.default_rng(0)
+batches = [(rng.normal(size=(8, 4)).astype(np.float32), rng.integers(0, 3, 8)) for _ in range(6)]
+
+def train(optimizer_world, bias_rests_at=None):
+    tinygpt.manual_seed(0)
+    model = MLP(4, [40, 3], "tanh")  # 323 values, 280 of them decayed: the shares split matrices and biases
+    optimizer = AdamW(model, 1e-2, (0.9, 0.95), weight_decay=0.1, decay_matrices_only=True, world=optimizer_world)
+    for step, (x, y) in enumerate(batches):
+        optimizer.zero_grad()
+        CrossEntropyLoss()(model(Tensor(x)), Tensor(y), reduction="mean").backward()
+        if step == bias_rests_at:  # one parameter without a gradient: the per-parameter path from here on
+            dict(model.named_parameters())["layers.1.bias"].grad = None
+        optimizer.step()
+    return model, optimizer
+
+def by_torch(model):
+    tinygpt.manual_seed(0)
+    start = {name: torch.tensor(tensor.numpy()) for name, tensor in MLP(4, [40, 3], "tanh").named_parameters()}
+    weights = {name: value.requires_grad_() for name, value in start.items()}
+    matrices = [value for value in weights.values() if value.dim() == 2]
+    optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": 0.1},
+                                   {"params": [v for v in weights.values() if v.dim() < 2], "weight_decay": 0.0}],
+                                  lr=1e-2, betas=(0.9, 0.95))
+    for x, y in batches:
+        optimizer.zero_grad()
+        hidden = torch.tanh(torch.from_numpy(x) @ weights["layers.0.weights"] + weights["layers.0.bias"])
+        logits = torch.tanh(hidden @ weights["layers.1.weights"] + weights["layers.1.bias"])  # MLP: tanh after each layer
+        torch.nn.functional.cross_entropy(logits, torch.from_numpy(y)).backward()
+        optimizer.step()
+    return max(float(np.abs(weights[name].detach().numpy() - tensor.numpy()).max())
+               for name, tensor in model.named_parameters())
+
+shared, shared_optimizer = train(world)
+alone, alone_optimizer = train(None)
+share = shared_optimizer._flat.exp_avg.size
+saved, alone_saved = shared_optimizer.state_arrays(), alone_optimizer.state_arrays()  # every rank: a collective
+same_state = (sorted(saved) == sorted(alone_saved) and all(np.array_equal(saved[k], alone_saved[k]) for k in saved)
+              if world.is_main else None)
+resting, resting_optimizer = train(world, bias_rests_at=4)
+alone_resting, alone_resting_optimizer = train(None, bias_rests_at=4)
+report = dict(
+    share=share, total=shared_optimizer._flat.values.size, same_state=same_state,
+    same=all(np.array_equal(a.numpy(), b.numpy()) for (_, a), (_, b) in zip(shared.named_parameters(), alone.named_parameters())),
+    same_resting=all(np.array_equal(a.numpy(), b.numpy())
+                     for (_, a), (_, b) in zip(resting.named_parameters(), alone_resting.named_parameters())),
+    same_resting_state=all(np.array_equal(resting_optimizer.state[name][key], alone_resting_optimizer.state[name][key])
+                           for name in alone_resting_optimizer.state for key in ("exp_avg", "exp_avg_sq")),
+    torch_difference=by_torch(shared))
+gathered = world.gather(report)
+if world.is_main:
+    print(json.dumps(gathered))
+"""
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_adamw_ranks_share_its_moments_and_step_as_one_process(mpi, ranks):
+    """ZeRO stage 1: each rank keeps the moments of its share of the parameters; the parameters after every
+    step, the state saved (gathered on rank 0) and the steps after a fall back to per-parameter updates (the
+    moments gathered whole on every rank) are one process's, bit for bit, and torch's to float32 rounding."""
+    result = run_ranks(ranks, ["-c", SHARED_MOMENTS], timeout=120)
+    assert result.returncode == 0, result.stderr
+    reports = json.loads(result.stdout)
+    assert sum(report["share"] for report in reports) == reports[0]["total"] == 323
+    assert all(report["share"] < report["total"] for report in reports)
+    assert reports[0]["same_state"] is True
+    for report in reports:
+        assert report["same"] and report["same_resting"] and report["same_resting_state"], report
+        assert report["torch_difference"] < 1e-6, report
+
+
 def test_ranks_share_the_cores(mpi):
     code = ("from tinygpt import get_num_threads; from tinygpt.distributed import get_world; w = get_world(); "
             "threads = w.gather(get_num_threads()); print(*(threads or []))")

@@ -102,10 +102,10 @@ from tinygpt import cli, train
 point = sys.argv[1]
 if point == "while-writing-files":  # the second save dies after weights.safetensors, before the optimizer state
     save_state = train.AdamW.save_state
-    def dying_save_state(self, path):
+    def dying_save_state(self, path, arrays=None):
         if self.step_count == 4:
             os._exit(1)
-        save_state(self, path)
+        save_state(self, path, arrays)
     train.AdamW.save_state = dying_save_state
 elif point == "between-renames":  # the old checkpoint is moved aside, the new one not yet in place
     rename = os.rename

@@ -105,7 +105,7 @@ def tinygpt_stepper(config: dict, world=None):
     world = world or World()
     model = build_tinygpt(config)
     world.broadcast_parameters(model)
-    optimizer = AdamW(model, ADAMW["lr"], ADAMW["betas"], ADAMW["eps"], ADAMW["weight_decay"])
+    optimizer = AdamW(model, ADAMW["lr"], ADAMW["betas"], ADAMW["eps"], ADAMW["weight_decay"], world=world)
     loss_fn = CrossEntropyLoss()
 
     def step(x: np.ndarray, y: np.ndarray) -> float:

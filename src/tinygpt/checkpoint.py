@@ -137,8 +137,9 @@ def load_checkpoint(out_dir: str | os.PathLike) -> Checkpoint:
 
 
 def save_checkpoint(out_dir: Path, model: GPT, optimizer: Optimizer, tokenizer: BPETokenizer,
-                    config: TrainConfig, state: dict[str, Any]) -> Path:
-    """Write a complete checkpoint next to the current one, then swap it in (see the module docstring)."""
+                    config: TrainConfig, state: dict[str, Any], optimizer_state: dict[str, Any] | None = None) -> Path:
+    """Write a complete checkpoint next to the current one, then swap it in (see the module docstring).
+    `optimizer_state`: the optimizer's state_arrays(), where the ranks gathered them (else taken here)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     current, previous = out_dir / CHECKPOINT_DIR, out_dir / PREVIOUS_CHECKPOINT_DIR
     if not current.exists() and previous.is_dir():
@@ -149,7 +150,7 @@ def save_checkpoint(out_dir: Path, model: GPT, optimizer: Optimizer, tokenizer: 
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out_dir))
     staging.chmod(0o755)  # mkdtemp makes it private; a checkpoint is an ordinary directory
     try:
-        _write_checkpoint_files(staging, model, optimizer, tokenizer, config, state)
+        _write_checkpoint_files(staging, model, optimizer, tokenizer, config, state, optimizer_state)
     except OSError as error:  # a full disk, most likely: the previous checkpoint is untouched
         shutil.rmtree(staging, ignore_errors=True)
         kept = f"the previous checkpoint {current} is kept" if current.exists() else "no earlier checkpoint exists"
@@ -222,9 +223,9 @@ def removed_if_left_empty(out_dir: Path) -> Iterator[None]:
 
 
 def _write_checkpoint_files(staging: Path, model: GPT, optimizer: Optimizer, tokenizer: BPETokenizer,
-                            config: TrainConfig, state: dict[str, Any]) -> None:
+                            config: TrainConfig, state: dict[str, Any], optimizer_state: dict[str, Any] | None) -> None:
     model.save_weights(str(staging / MODEL_FILE))
-    optimizer.save_state(str(staging / OPTIMIZER_FILE))
+    optimizer.save_state(str(staging / OPTIMIZER_FILE), optimizer_state)
     tokenizer.save(staging / TOKENIZER_PREFIX)
     settings = config.settings()
     for key in DATA_SETTINGS:  # absolute: the run's file, from whichever directory it is resumed or evaluated

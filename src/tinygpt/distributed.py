@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import array
 import ctypes
+import itertools
 import os
 import re
 import shutil
@@ -72,6 +73,16 @@ class World:
     def gather(self, value: Any) -> list[Any] | None:
         """Every rank's `value` (any picklable object), in rank order, on rank 0; None on the others."""
         return [value]
+
+    def all_gather(self, array: np.ndarray, counts: list[int]) -> np.ndarray:
+        """Give every rank every rank's part of the 1-D `array`, in place: rank r's part is its counts[r] values
+        after the sum(counts[:r]) before them. Returns `array`."""
+        return array
+
+    def gather_parts(self, part: np.ndarray, counts: list[int]) -> np.ndarray | None:
+        """The ranks' 1-D parts (counts[r] values each) one after another in one new array on rank 0; None on
+        the others."""
+        return part.copy()
 
     def barrier(self) -> None:
         """Wait until every rank gets here."""
@@ -147,6 +158,15 @@ class MPIWorld(World):
     def gather(self, value: Any) -> list[Any] | None:
         return self.comm.gather(value, root=0)
 
+    def all_gather(self, array: np.ndarray, counts: list[int]) -> np.ndarray:
+        self.comm.Allgatherv(self._mpi.IN_PLACE, [array, (counts, starts(counts))])
+        return array
+
+    def gather_parts(self, part: np.ndarray, counts: list[int]) -> np.ndarray | None:
+        whole = np.empty_like(part, shape=sum(counts)) if self.is_main else None
+        self.comm.Gatherv(part, [whole, (counts, starts(counts))] if self.is_main else None, root=0)
+        return whole
+
     def barrier(self) -> None:
         self.comm.Barrier()
 
@@ -155,6 +175,11 @@ class MPIWorld(World):
         wait_until_read(sys.stderr)  # else the launcher may end every rank before it has forwarded the line
         self.comm.Abort(status)
         raise SystemExit(status)  # not reached: Abort ends this process too
+
+
+def starts(counts: list[int]) -> list[int]:
+    """Where each of consecutive parts of these sizes starts."""
+    return list(itertools.accumulate(counts[:-1], initial=0))
 
 
 def wait_until_read(stream: TextIO, timeout: float = 2.0) -> None:

@@ -1,6 +1,7 @@
 """Optimizers (numerically those of PyTorch's of the same name), optimizer groups, schedules and gradient clipping."""
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Callable
 
@@ -8,7 +9,7 @@ import numpy as np
 
 from tinygpt import backend, kernels
 from tinygpt.buffer import Buffer
-from tinygpt.distributed import get_world
+from tinygpt.distributed import World, get_world
 from tinygpt.module import Module, gradient_storage
 from tinygpt.serialization import load_arrays, save_arrays
 from tinygpt.tensor import Tensor
@@ -71,9 +72,11 @@ class Optimizer:
         """The per-parameter state as {"<parameter name>.<field>": array}, as save_state writes it."""
         return {f"{name}.{key}": backend.to_numpy(value) for name, state in self.state.items() for key, value in state.items()}
 
-    def save_state(self, path: str) -> None:
-        """Write the per-parameter state and the step count (`.safetensors` or `.json`), atomically."""
-        save_arrays(path, self.state_arrays(), metadata={"step_count": str(self.step_count), "optimizer": type(self).__name__})
+    def save_state(self, path: str, arrays: dict[str, np.ndarray] | None = None) -> None:
+        """Write the per-parameter state and the step count (`.safetensors` or `.json`), atomically. `arrays`:
+        state_arrays() taken before, where that is a collective (AdamW sharing its moments among ranks)."""
+        arrays = self.state_arrays() if arrays is None else arrays
+        save_arrays(path, arrays, metadata={"step_count": str(self.step_count), "optimizer": type(self).__name__})
 
     def load_state(self, path_or_list, strict: bool = True) -> None:
         """Read state written by save_state; strict checks that it names only this module's parameters."""
@@ -155,15 +158,28 @@ class Adam(Optimizer):
     When every trainable parameter has a gradient, one step is one kernel over flat arrays: the optimizer
     asks the module to pack its parameters into one flat buffer (Module.pack_parameters), and the
     moments live in flat arrays too (see FlatParameters).
+
+    `world`: the data-parallel ranks (distributed.World) that train the same parameters on averaged gradients.
+    Given several, each rank keeps the moments of its share of the parameters only, and state_arrays (so
+    save_state) becomes a collective, every rank calling it, whose arrays rank 0 writes.
     """
 
     STATE_FIELDS = ("exp_avg", "exp_avg_sq", "step")
 
-    def __init__(self, module: Module, learning_rate: LearningRate = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    def __init__(self, module: Module, learning_rate: LearningRate = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, world: World | None = None) -> None:
         super().__init__(module, learning_rate)
         self.betas, self.eps = _check_betas(betas), check_finite("eps", eps)
-        self.weight_decay, self.decay_matrices_only = 0.0, False
+        self.weight_decay, self.decay_matrices_only, self.world = 0.0, False, world
         self._flat: FlatParameters | None = None
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        if self._flat is None or self._flat.world is None:
+            return super().state_arrays()
+        arrays = super().state_arrays()  # the steps: the moments are shared out among the ranks
+        for name, fields in self._flat.gathered_state().items():
+            arrays.update({f"{name}.{key}": backend.to_numpy(value) for key, value in fields.items()})
+        return arrays
 
     def load_state(self, path_or_list, strict: bool = True) -> None:
         super().load_state(path_or_list, strict)
@@ -195,13 +211,20 @@ class Adam(Optimizer):
         gradient, on one device, and all took the same number of steps so far; else one at a time, as PyTorch."""
         trainable = sum(parameter.requires_grad for _, parameter in self.module.named_parameters())
         if not parameters or len(parameters) != trainable or len({p.device for _, p in parameters}) > 1:
-            self._flat = None  # its step count would go stale: rebuilt (if the steps agree again) at a later update
+            self._release_flat()  # its step count would go stale: rebuilt (if the steps agree again) at a later update
             return super().apply_all(parameters)
         if self._flat is None or not self._flat.holds(parameters):
+            self._release_flat()
             if len({float(self.state.get(name, {}).get("step", 0.0)) for name, _ in parameters}) > 1:
                 return super().apply_all(parameters)
             self._flat = FlatParameters(parameters, self)
         self._flat.step(self, self.step_learning_rate)
+
+    def _release_flat(self) -> None:
+        """Stop updating through the flat arrays, the per-parameter state whole again."""
+        if self._flat is not None:
+            self._flat.release(self)
+        self._flat = None
 
 
 def _check_betas(betas: Any) -> tuple[float, float]:
@@ -216,26 +239,52 @@ def _check_betas(betas: Any) -> tuple[float, float]:
 class FlatParameters:
     """The trainable parameters packed by the module into one flat array (decayed ones first), with flat
     gradients and Adam moments. The per-parameter `state` entries of the optimizer are views into the flat
-    moments, so saving, loading and the per-parameter path all see the same numbers."""
+    moments, so saving, loading and the per-parameter path all see the same numbers.
+
+    With a world of several ranks (ZeRO stage 1) each rank keeps the moments of its own share of the flat
+    array only (`mine`) and updates that share; one all-gather then gives every rank all the parameters. The
+    `state` entries then hold the step alone: the moments come back whole through gathered_state (on rank 0)
+    or release (on every rank)."""
+
+    MOMENTS = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, parameters: list[tuple[str, Tensor]], optimizer: Adam) -> None:
         ordered = sorted(parameters, key=lambda item: not optimizer.decays(item[1]))  # stable: decayed first
         self.names, self.tensors = [name for name, _ in ordered], [tensor for _, tensor in ordered]
         self.device = self.tensors[0].device
         self.values = optimizer.module.pack_parameters(self.names)
-        xp, shapes = self.tensors[0].buffer.xp, [tensor.shape for tensor in self.tensors]
-        self.decayed = sum(tensor.numel for tensor in self.tensors if optimizer.decays(tensor))
-        self.exp_avg, self.exp_avg_sq = xp.zeros_like(self.values), xp.zeros_like(self.values)
         self.grads = optimizer.module.pack_gradients(self.names)
+        self.decayed = sum(tensor.numel for tensor in self.tensors if optimizer.decays(tensor))
+        world = optimizer.world
+        self.world = world if world is not None and world.world_size > 1 else None
+        self.counts = share_counts(self.values.size, world.world_size) if self.world else [self.values.size]
+        rank = self.world.rank if self.world else 0
+        self.mine = slice(sum(self.counts[:rank]), sum(self.counts[:rank + 1]))
+        self.exp_avg, self.exp_avg_sq = (backend.array_module(self.device).zeros_like(self.values[self.mine])
+                                         for _ in self.MOMENTS)
         self.step_number = 0.0
-        moments = {key: unpack(getattr(self, key), shapes) for key in ("exp_avg", "exp_avg_sq")}
-        for index, name in enumerate(self.names):
+        for name, tensor, (start, stop) in zip(self.names, self.tensors, self.bounds()):
             state = optimizer.state.setdefault(name, {})
-            for key, views in moments.items():
-                if key in state:
-                    views[index][...] = xp.asarray(state[key])
-                state[key] = views[index]
             self.step_number = float(state.get("step", self.step_number))
+            for key in self.MOMENTS:
+                self._take(key, state, start, stop, tensor.shape)
+
+    def bounds(self) -> list[tuple[int, int]]:
+        """Where each parameter lies in the flat array."""
+        starts = list(itertools.accumulate((tensor.numel for tensor in self.tensors), initial=0))
+        return list(zip(starts, starts[1:]))
+
+    def _take(self, key: str, state: dict[str, Any], start: int, stop: int, shape: tuple[int, ...]) -> None:
+        """Copy this rank's part of one parameter's moment `key` from its state entry, if it has one; without
+        ranks the entry then becomes a view of the flat moment, with ranks it is dropped."""
+        moment, first, last = getattr(self, key), max(start, self.mine.start), min(stop, self.mine.stop)
+        if key in state and first < last:
+            whole = backend.array_module(self.device).asarray(state[key]).reshape(-1)
+            moment[first - self.mine.start:last - self.mine.start] = whole[first - start:last - start]
+        if self.world:
+            state.pop(key, None)
+        else:
+            state[key] = moment[start:stop].reshape(shape)
 
     def holds(self, parameters: list[tuple[str, Tensor]]) -> bool:
         """Whether these are still the same parameters, still living in the flat storage."""
@@ -247,11 +296,48 @@ class FlatParameters:
         if gradient_storage(self.tensors) is not self.grads:  # a gradient was replaced or accumulated elsewhere
             pack([tensor.grad.buffer.array for tensor in self.tensors], self.grads)
         self.step_number += 1.0
-        optimizer.adam_update(self.device, self.values, self.grads, self.exp_avg, self.exp_avg_sq, self.decayed,
+        mine = self.mine
+        decayed = min(max(self.decayed - mine.start, 0), mine.stop - mine.start)
+        optimizer.adam_update(self.device, self.values[mine], self.grads[mine], self.exp_avg, self.exp_avg_sq, decayed,
                               self.step_number, learning_rate)
+        if self.world:
+            self.world.all_gather(self.values, self.counts)
         step = np.array(self.step_number, dtype=np.float32)
         for name in self.names:
             optimizer.state[name]["step"] = step
+
+    def gathered_state(self) -> dict[str, dict[str, Any]]:
+        """Each parameter's whole moments, gathered from the ranks' shares on rank 0 (a collective: every rank
+        calls it; the others get {})."""
+        whole = {key: self.world.gather_parts(getattr(self, key), self.counts) for key in self.MOMENTS}
+        if not self.world.is_main:
+            return {}
+        return self._split(whole)
+
+    def release(self, optimizer: Adam) -> None:
+        """Put the whole moments back into the per-parameter state of every rank (one all-gather each), for the
+        per-parameter path or a new FlatParameters; nothing to do without ranks (the state holds views)."""
+        if not self.world:
+            return
+        xp, whole = backend.array_module(self.device), {}
+        for key in self.MOMENTS:
+            whole[key] = xp.empty_like(self.values)
+            whole[key][self.mine] = getattr(self, key)
+            self.world.all_gather(whole[key], self.counts)
+        for name, fields in self._split(whole).items():
+            optimizer.state[name].update(fields)
+
+    def _split(self, whole: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Flat whole moments as {parameter name: {moment: array of the parameter's shape}}."""
+        return {name: {key: array[start:stop].reshape(tensor.shape) for key, array in whole.items()}
+                for name, tensor, (start, stop) in zip(self.names, self.tensors, self.bounds())}
+
+
+def share_counts(size: int, ranks: int, multiple: int = 16) -> list[int]:
+    """How many of `size` values each of `ranks` ranks takes: consecutive, equal to within `multiple`, each
+    share but the last a multiple of it (whole 64-byte lines of float32)."""
+    starts = [size * rank // ranks // multiple * multiple for rank in range(ranks)] + [size]
+    return [stop - start for start, stop in zip(starts, starts[1:])]
 
 
 class AdamW(Adam):
@@ -259,8 +345,9 @@ class AdamW(Adam):
     With decay_matrices_only, biases and LayerNorm parameters are not decayed (nanoGPT's parameter groups)."""
 
     def __init__(self, module: Module, learning_rate: LearningRate = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.01, decay_matrices_only: bool = False) -> None:
-        super().__init__(module, learning_rate, betas, eps)
+                 eps: float = 1e-8, weight_decay: float = 0.01, decay_matrices_only: bool = False,
+                 world: World | None = None) -> None:
+        super().__init__(module, learning_rate, betas, eps, world)
         self.weight_decay, self.decay_matrices_only = check_finite("weight_decay", weight_decay), decay_matrices_only
 
 
@@ -464,10 +551,14 @@ class OptimizerGroups:
     def _kind(self) -> str:
         return f"OptimizerGroups({', '.join(type(optimizer).__name__ for optimizer in self.optimizers)})"
 
-    def save_state(self, path: str) -> None:
-        """One file: group i's arrays under "i.<parameter name>.<field>", and the step count."""
-        arrays = {f"{index}.{key}": array for index, optimizer in enumerate(self.optimizers)
-                  for key, array in optimizer.state_arrays().items()}
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Group i's arrays under "i.<parameter name>.<field>"."""
+        return {f"{index}.{key}": array for index, optimizer in enumerate(self.optimizers)
+                for key, array in optimizer.state_arrays().items()}
+
+    def save_state(self, path: str, arrays: dict[str, np.ndarray] | None = None) -> None:
+        """One file: state_arrays() (taken before where that is a collective), and the step count."""
+        arrays = self.state_arrays() if arrays is None else arrays
         save_arrays(path, arrays, metadata={"step_count": str(self.step_count), "optimizer": self._kind()})
 
     def load_state(self, path: str, strict: bool = True) -> None:

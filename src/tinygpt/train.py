@@ -89,20 +89,21 @@ class TrainResult:
     plot: Path | None = field(default=None)
 
 
-def build_optimizer(model: GPT, config: TrainConfig) -> Optimizer | OptimizerGroups:
+def build_optimizer(model: GPT, config: TrainConfig, world: World | None = None) -> Optimizer | OptimizerGroups:
     """AdamW decaying only matrices and embeddings (nanoGPT's groups); with optimizer "muon", Muon for the hidden
     matrices and that AdamW for the rest. The schedule (nanoGPT's warmup + cosine, or warmup-stable-decay) runs
-    from learning_rate to min_lr, and Muon's from muon_learning_rate down in the same proportion."""
+    from learning_rate to min_lr, and Muon's from muon_learning_rate down in the same proportion. The ranks of
+    `world` share AdamW's moments out among them (ZeRO stage 1, see FlatParameters)."""
     adamw_schedule = build_schedule(config, config.learning_rate, config.min_lr)
     if config.optimizer != "muon":
         return AdamW(model, adamw_schedule, (config.beta1, config.beta2), weight_decay=config.weight_decay,
-                     decay_matrices_only=True)
+                     decay_matrices_only=True, world=world)
     floor = config.min_lr / config.learning_rate if config.learning_rate else 0.0
     muon = Muon(ParameterGroup(model, is_hidden_matrix), build_schedule(config, config.muon_learning_rate,
                 config.muon_learning_rate * floor), weight_decay=config.weight_decay, momentum=config.muon_momentum,
                 ns_steps=config.muon_ns_steps)
     adamw = AdamW(ParameterGroup(model, lambda name, tensor: not is_hidden_matrix(name, tensor)), adamw_schedule,
-                  (config.beta1, config.beta2), weight_decay=config.weight_decay, decay_matrices_only=True)
+                  (config.beta1, config.beta2), weight_decay=config.weight_decay, decay_matrices_only=True, world=world)
     return OptimizerGroups(muon, adamw)
 
 
@@ -292,12 +293,15 @@ class Run:
                  f"bits/byte), val loss {evaluation['val_loss']:.4f} ({evaluation['val_bpb']:.3f} bits/byte)")
 
     def save(self) -> None:
-        """A checkpoint of this iteration (rank 0 writes it; every rank gives its dropout generator's state)."""
+        """A checkpoint of this iteration (rank 0 writes it; every rank gives its dropout generator's state and its
+        share of AdamW's moments)."""
         dropout_rngs = self.world.gather(random_state(self.config.device))
+        optimizer_state = self.optimizer.state_arrays()
         if not self.world.is_main:
             return
         state = training_state(self.iteration, self.data_rng, dropout_rngs, self.history, self.train_seconds, self.data)
-        self.directory = save_checkpoint(self.out_dir, self.model, self.optimizer, self.tokenizer, self.config, state)
+        self.directory = save_checkpoint(self.out_dir, self.model, self.optimizer, self.tokenizer, self.config, state,
+                                         optimizer_state)
         self.metrics.publish()  # a run that replaces another takes the out dir's metrics.jsonl only now
 
     def step(self) -> None:
@@ -356,7 +360,7 @@ def prepare_run(config: TrainConfig, verbose: bool) -> Run:
     splits = dict(zip(("train", "val"), load_tokens(path, tokenizer, config)))
     model = run_model(config, checkpoint, pretrained, world)
     kernels.for_device(config.device)  # loaded (or compiled) now, as start-up, not inside the first step's time
-    optimizer = build_optimizer(model, config)
+    optimizer = build_optimizer(model, config, world)
     data_rng = np.random.default_rng([config.seed, DATA_STREAM])
     history: dict[str, list] = {"iterations": [], "losses": [], "learning_rates": [], "evals": []}
     start, train_seconds = 0, 0.0
