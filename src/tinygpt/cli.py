@@ -121,8 +121,8 @@ def add_profile_parser(subparsers) -> None:
 
 
 def run_profile(args: argparse.Namespace) -> int:
-    """Run --steps training steps of the run `tinygpt train` would run with the same flags (after one warm-up
-    step) and print where the time goes, by op and by module, with each row's FLOPs and the MFU
+    """Run --steps training steps of the run `tinygpt train` would run with the same flags (after two warm-up
+    steps) and print where the time goes, by op and by module, with each row's FLOPs and the MFU
     (docs/instruments.md)."""
     steps = vars(args).pop("steps")  # profile's own flag, not a training setting
     timed = profile_training(train_config(args), steps)
