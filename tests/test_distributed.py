@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinygpt.distributed import LAUNCHER_RANK_VARIABLES, World, get_world, launched_by_mpi
+from tinygpt.distributed import LAUNCHER_RANK_VARIABLES, World, get_world, launched_by_mpi, share_counts
 from tinygpt.nn import FullyConnectedLayer
 from tinygpt.tensor import Tensor
 
@@ -174,12 +174,13 @@ def test_collectives_over_two_ranks(mpi):
 # Every rank: the same model and batches, trained by AdamW with the moments shared out among the ranks and by
 # AdamW in one process (no world), then by torch's; rank 0 prints what each rank found.
 SHARED_MOMENTS = """
-import json
+import json, os, sys
 import numpy as np, torch, tinygpt
 from tinygpt.distributed import get_world
 from tinygpt.losses import CrossEntropyLoss
 from tinygpt.nn import MLP
 from tinygpt.optimizers import AdamW
+from tinygpt.serialization import load_arrays
 from tinygpt.tensor import Tensor
 world = get_world()
 rng = np.random.default_rng(0)
@@ -187,7 +188,8 @@ batches = [(rng.normal(size=(8, 4)).astype(np.float32), rng.integers(0, 3, 8)) f
 
 def train(optimizer_world, bias_rests_at=None):
     tinygpt.manual_seed(0)
-    model = MLP(4, [40, 3], "tanh")  # 323 values, 280 of them decayed: the shares split matrices and biases
+    model = MLP(4, [40, 3], "tanh")  # 323 values, 280 decayed: the last share holds decayed and undecayed values,
+                                     # and with 3 ranks a share ends inside a matrix
     optimizer = AdamW(model, 1e-2, (0.9, 0.95), weight_decay=0.1, decay_matrices_only=True, world=optimizer_world)
     for step, (x, y) in enumerate(batches):
         optimizer.zero_grad()
@@ -220,10 +222,16 @@ share = shared_optimizer._flat.exp_avg.size
 saved, alone_saved = shared_optimizer.state_arrays(), alone_optimizer.state_arrays()  # every rank: a collective
 same_state = (sorted(saved) == sorted(alone_saved) and all(np.array_equal(saved[k], alone_saved[k]) for k in saved)
               if world.is_main else None)
+shared_optimizer.save_state(f"{sys.argv[1]}/state-{world.rank}.safetensors")  # every rank calls it, rank 0 writes
+world.barrier()
+written = sorted(name for name in os.listdir(sys.argv[1]))
+from_file = load_arrays(f"{sys.argv[1]}/state-0.safetensors") if world.is_main else {}
+same_file = (sorted(from_file) == sorted(alone_saved) and all(np.array_equal(from_file[k], alone_saved[k]) for k in from_file)
+             if world.is_main else None)
 resting, resting_optimizer = train(world, bias_rests_at=4)
 alone_resting, alone_resting_optimizer = train(None, bias_rests_at=4)
 report = dict(
-    share=share, total=shared_optimizer._flat.values.size, same_state=same_state,
+    share=share, total=shared_optimizer._flat.values.size, same_state=same_state, same_file=same_file, written=written,
     same=all(np.array_equal(a.numpy(), b.numpy()) for (_, a), (_, b) in zip(shared.named_parameters(), alone.named_parameters())),
     same_resting=all(np.array_equal(a.numpy(), b.numpy())
                      for (_, a), (_, b) in zip(resting.named_parameters(), alone_resting.named_parameters())),
@@ -237,19 +245,28 @@ if world.is_main:
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
-def test_adamw_ranks_share_its_moments_and_step_as_one_process(mpi, ranks):
+def test_adamw_ranks_share_its_moments_and_step_as_one_process(mpi, ranks, tmp_path):
     """ZeRO stage 1: each rank keeps the moments of its share of the parameters; the parameters after every
     step, the state saved (gathered on rank 0) and the steps after a fall back to per-parameter updates (the
     moments gathered whole on every rank) are one process's, bit for bit, and torch's to float32 rounding."""
-    result = run_ranks(ranks, ["-c", SHARED_MOMENTS], timeout=120)
+    result = run_ranks(ranks, ["-c", SHARED_MOMENTS, str(tmp_path)], timeout=120)
     assert result.returncode == 0, result.stderr
     reports = json.loads(result.stdout)
     assert sum(report["share"] for report in reports) == reports[0]["total"] == 323
     assert all(report["share"] < report["total"] for report in reports)
-    assert reports[0]["same_state"] is True
+    assert reports[0]["same_state"] is True and reports[0]["same_file"] is True
+    assert reports[0]["written"] == ["state-0.safetensors"]  # save_state on every rank: rank 0 alone writes
     for report in reports:
         assert report["same"] and report["same_resting"] and report["same_resting_state"], report
         assert report["torch_difference"] < 1e-6, report
+
+
+@pytest.mark.parametrize("size, ranks", [(323, 2), (323, 3), (20, 2), (10_770_000, 2), (7, 4), (0, 2), (64, 1)])
+def test_the_ranks_shares_of_the_moments_cover_the_parameters_once(size, ranks):
+    counts = share_counts(size, ranks)
+    assert len(counts) == ranks and sum(counts) == size and min(counts) >= 0
+    assert all(count % 16 == 0 for count in counts[:-1])  # every share but the last starts and ends on a 64-byte line
+    assert all(abs(count - size / ranks) < 16 for count in counts)  # as equal as whole lines allow
 
 
 def test_ranks_share_the_cores(mpi):

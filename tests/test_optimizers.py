@@ -8,7 +8,7 @@ import tinygpt
 from tinygpt import Tensor
 from tinygpt.losses import CrossEntropyLoss
 from tinygpt.nn import MLP
-from tinygpt.optimizers import SGD, Adam, AdamW, Optimizer, clip_grad_norm, cosine_schedule, share_counts
+from tinygpt.optimizers import SGD, Adam, AdamW, Optimizer, clip_grad_norm, cosine_schedule
 
 torch = pytest.importorskip("torch", reason="torch.optim is the oracle for the optimizers")
 
@@ -287,14 +287,6 @@ def test_adamw_decaying_only_matrices_matches_torch_parameter_groups():
     ours, theirs = train_both(lambda m: AdamW(m, 0.01, betas=(0.9, 0.95), weight_decay=0.1, decay_matrices_only=True),
                               their_groups)
     assert_same_parameters(ours, theirs)
-
-
-@pytest.mark.parametrize("size, ranks", [(323, 2), (323, 3), (20, 2), (10_770_000, 2), (7, 4), (0, 2), (64, 1)])
-def test_the_ranks_shares_of_the_moments_cover_the_parameters_once(size, ranks):
-    counts = share_counts(size, ranks)
-    assert len(counts) == ranks and sum(counts) == size and min(counts) >= 0
-    assert all(count % 16 == 0 for count in counts[:-1])  # every share but the last starts and ends on a 64-byte line
-    assert all(abs(count - size / ranks) < 16 for count in counts)  # as equal as whole lines allow
 
 
 def test_flat_and_per_parameter_adam_paths_agree():

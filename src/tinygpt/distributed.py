@@ -182,6 +182,13 @@ def starts(counts: list[int]) -> list[int]:
     return list(itertools.accumulate(counts[:-1], initial=0))
 
 
+def share_counts(size: int, ranks: int, multiple: int = 16) -> list[int]:
+    """How many of `size` consecutive values each of `ranks` ranks takes: equal to within `multiple`, every
+    share but the last a multiple of it (whole 64-byte lines of float32)."""
+    bounds = [size * rank // ranks // multiple * multiple for rank in range(ranks)] + [size]
+    return [stop - start for start, stop in zip(bounds, bounds[1:])]
+
+
 def wait_until_read(stream: TextIO, timeout: float = 2.0) -> None:
     """When `stream` is a pipe (a launcher's, that forwards this rank's output), wait until its reader has taken
     everything written to it, for at most `timeout` seconds. Hydra sends a rank's output and its abort over one
@@ -336,5 +343,5 @@ def get_world() -> World:
 
 
 __all__ = ["World", "MPIWorld", "get_world", "launched_by_mpi", "share_cores", "usable_cores", "wait_until_read",
-           "default_ranks", "requested_ranks", "launch_ranks", "why_mpi_cannot_start", "mpiexec_path",
+           "default_ranks", "requested_ranks", "share_counts", "starts", "launch_ranks", "why_mpi_cannot_start", "mpiexec_path",
            "LAUNCHER_RANK_VARIABLES", "RANKS_VARIABLE", "SPLIT_BATCH_VARIABLE", "TERMINAL_VARIABLE"]

@@ -1,7 +1,6 @@
 """Optimizers (numerically those of PyTorch's of the same name), optimizer groups, schedules and gradient clipping."""
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any, Callable
 
@@ -9,7 +8,7 @@ import numpy as np
 
 from tinygpt import backend, kernels
 from tinygpt.buffer import Buffer
-from tinygpt.distributed import World, get_world
+from tinygpt.distributed import World, get_world, share_counts, starts
 from tinygpt.module import Module, gradient_storage
 from tinygpt.serialization import load_arrays, save_arrays
 from tinygpt.tensor import Tensor
@@ -22,6 +21,7 @@ class Optimizer:
     """Updates a module's trainable parameters from their .grad; `state` maps parameter names to per-parameter state."""
 
     STATE_FIELDS: tuple[str, ...] = ()  # the arrays each parameter's state holds, as save_state writes them
+    world: World | None = None  # the ranks this optimizer's state is shared out among, if any (Adam's moments)
 
     def __init__(self, module: Module, learning_rate: LearningRate = 1e-3) -> None:
         self.module = module
@@ -73,10 +73,12 @@ class Optimizer:
         return {f"{name}.{key}": backend.to_numpy(value) for name, state in self.state.items() for key, value in state.items()}
 
     def save_state(self, path: str, arrays: dict[str, np.ndarray] | None = None) -> None:
-        """Write the per-parameter state and the step count (`.safetensors` or `.json`), atomically. `arrays`:
-        state_arrays() taken before, where that is a collective (AdamW sharing its moments among ranks)."""
+        """Write the per-parameter state and the step count (`.safetensors` or `.json`), atomically. With the
+        state shared out among ranks every rank calls it (state_arrays is a collective) and rank 0 writes;
+        `arrays`: state_arrays() taken before (then only rank 0 needs to call it)."""
         arrays = self.state_arrays() if arrays is None else arrays
-        save_arrays(path, arrays, metadata={"step_count": str(self.step_count), "optimizer": type(self).__name__})
+        if _writes(self):
+            save_arrays(path, arrays, metadata={"step_count": str(self.step_count), "optimizer": type(self).__name__})
 
     def load_state(self, path_or_list, strict: bool = True) -> None:
         """Read state written by save_state; strict checks that it names only this module's parameters."""
@@ -161,7 +163,7 @@ class Adam(Optimizer):
 
     `world`: the data-parallel ranks (distributed.World) that train the same parameters on averaged gradients.
     Given several, each rank keeps the moments of its share of the parameters only, and state_arrays (so
-    save_state) becomes a collective, every rank calling it, whose arrays rank 0 writes.
+    save_state) becomes a collective: every rank calls it, and save_state writes on rank 0 only.
     """
 
     STATE_FIELDS = ("exp_avg", "exp_avg_sq", "step")
@@ -174,9 +176,9 @@ class Adam(Optimizer):
         self._flat: FlatParameters | None = None
 
     def state_arrays(self) -> dict[str, np.ndarray]:
+        arrays = super().state_arrays()  # with the moments shared out among ranks, the steps alone
         if self._flat is None or self._flat.world is None:
-            return super().state_arrays()
-        arrays = super().state_arrays()  # the steps: the moments are shared out among the ranks
+            return arrays
         for name, fields in self._flat.gathered_state().items():
             arrays.update({f"{name}.{key}": backend.to_numpy(value) for key, value in fields.items()})
         return arrays
@@ -227,6 +229,11 @@ class Adam(Optimizer):
         self._flat = None
 
 
+def _writes(*optimizers: Optimizer) -> bool:
+    """Whether this process writes the optimizers' state: rank 0 of the ranks their state is shared among."""
+    return all(optimizer.world is None or optimizer.world.is_main for optimizer in optimizers)
+
+
 def _check_betas(betas: Any) -> tuple[float, float]:
     """Adam's (beta1, beta2), each a real number in [0, 1)."""
     try:
@@ -238,8 +245,8 @@ def _check_betas(betas: Any) -> tuple[float, float]:
 
 class FlatParameters:
     """The trainable parameters packed by the module into one flat array (decayed ones first), with flat
-    gradients and Adam moments. The per-parameter `state` entries of the optimizer are views into the flat
-    moments, so saving, loading and the per-parameter path all see the same numbers.
+    gradients and Adam moments. In one process the per-parameter `state` entries of the optimizer are views
+    into the flat moments, so saving, loading and the per-parameter path all see the same numbers.
 
     With a world of several ranks (ZeRO stage 1) each rank keeps the moments of its own share of the flat
     array only (`mine`) and updates that share; one all-gather then gives every rank all the parameters. The
@@ -259,7 +266,7 @@ class FlatParameters:
         self.world = world if world is not None and world.world_size > 1 else None
         self.counts = share_counts(self.values.size, world.world_size) if self.world else [self.values.size]
         rank = self.world.rank if self.world else 0
-        self.mine = slice(sum(self.counts[:rank]), sum(self.counts[:rank + 1]))
+        self.mine = slice(starts(self.counts)[rank], starts(self.counts)[rank] + self.counts[rank])
         self.exp_avg, self.exp_avg_sq = (backend.array_module(self.device).zeros_like(self.values[self.mine])
                                          for _ in self.MOMENTS)
         self.step_number = 0.0
@@ -271,8 +278,8 @@ class FlatParameters:
 
     def bounds(self) -> list[tuple[int, int]]:
         """Where each parameter lies in the flat array."""
-        starts = list(itertools.accumulate((tensor.numel for tensor in self.tensors), initial=0))
-        return list(zip(starts, starts[1:]))
+        sizes = [tensor.numel for tensor in self.tensors]
+        return [(start, start + size) for start, size in zip(starts(sizes), sizes)]
 
     def _take(self, key: str, state: dict[str, Any], start: int, stop: int, shape: tuple[int, ...]) -> None:
         """Copy this rank's part of one parameter's moment `key` from its state entry, if it has one; without
@@ -331,13 +338,6 @@ class FlatParameters:
         """Flat whole moments as {parameter name: {moment: array of the parameter's shape}}."""
         return {name: {key: array[start:stop].reshape(tensor.shape) for key, array in whole.items()}
                 for name, tensor, (start, stop) in zip(self.names, self.tensors, self.bounds())}
-
-
-def share_counts(size: int, ranks: int, multiple: int = 16) -> list[int]:
-    """How many of `size` values each of `ranks` ranks takes: consecutive, equal to within `multiple`, each
-    share but the last a multiple of it (whole 64-byte lines of float32)."""
-    starts = [size * rank // ranks // multiple * multiple for rank in range(ranks)] + [size]
-    return [stop - start for start, stop in zip(starts, starts[1:])]
 
 
 class AdamW(Adam):
@@ -557,9 +557,10 @@ class OptimizerGroups:
                 for key, array in optimizer.state_arrays().items()}
 
     def save_state(self, path: str, arrays: dict[str, np.ndarray] | None = None) -> None:
-        """One file: state_arrays() (taken before where that is a collective), and the step count."""
+        """One file: state_arrays() and the step count (ranks that share a group's state: as Optimizer's)."""
         arrays = self.state_arrays() if arrays is None else arrays
-        save_arrays(path, arrays, metadata={"step_count": str(self.step_count), "optimizer": self._kind()})
+        if _writes(*self.optimizers):
+            save_arrays(path, arrays, metadata={"step_count": str(self.step_count), "optimizer": self._kind()})
 
     def load_state(self, path: str, strict: bool = True) -> None:
         """Read state written by save_state of groups of the same optimizers in the same order."""

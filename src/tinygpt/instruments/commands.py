@@ -47,8 +47,8 @@ def profile_training(config: TrainConfig, steps: int = 3) -> Profile:
     tokens = load_tokens(path, train_tokenizer(path, config.model.vocab_size), config)[0]
     model = build_model(config).to(config.device)
     model.train()
-    optimizer = build_optimizer(model, config)
     rng, world = np.random.default_rng([config.seed, DATA_STREAM]), get_world()
+    optimizer = build_optimizer(model, config, world)
     batch = config.batch_size * config.gradient_accumulation_steps
     for _ in range(WARM_UP_STEPS):
         train_step(model, optimizer, *rank_batch(tokens, config, rng, world, batch), config, world)
