@@ -13,7 +13,6 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -22,47 +21,20 @@ WARMUP = 3
 
 def timed_rounds(config_name: str, steps: int, rounds: int) -> None:
     """On every rank: `rounds` rounds of each optimizer, alternating; rank 0 prints the table."""
-    from tinygpt.bench import ADAMW, CONFIGS, batches, build_tinygpt
+    from tinygpt.bench import CONFIGS, timed_steps, tinygpt_stepper
     from tinygpt.distributed import get_world
-    from tinygpt.losses import CrossEntropyLoss
     from tinygpt.memory import keep_freed_memory
-    from tinygpt.optimizers import AdamW
-    from tinygpt.tensor import Tensor
 
     keep_freed_memory()  # as the trainer does
     config, world = CONFIGS[config_name], get_world()
-    mine = slice(world.rank * config["batch_size"] // world.world_size,
-                 (world.rank + 1) * config["batch_size"] // world.world_size)
-
-    def stepper(shared: bool):
-        model = build_tinygpt(config)
-        world.broadcast_parameters(model)
-        optimizer = AdamW(model, ADAMW["lr"], ADAMW["betas"], ADAMW["eps"], ADAMW["weight_decay"],
-                          world=world if shared else None)
-
-        def step(x, y) -> float:
-            loss = CrossEntropyLoss()(model(Tensor(x[mine])), Tensor(y[mine]), reduction="mean")
-            optimizer.zero_grad()
-            loss.backward()
-            value = world.average_gradients(model, loss.item())
-            optimizer.update()
-            return value
-        return step
-
-    steppers = {"shared": stepper(True), "whole": stepper(False)}
-    data = list(batches(config, WARMUP + steps))
+    steppers = {name: tinygpt_stepper(config, world, share_moments=name == "shared")[1] for name in ("shared", "whole")}
     times: dict[str, list[float]] = {name: [] for name in steppers}
     losses: dict[str, list[float]] = {name: [] for name in steppers}
     for round_index in range(rounds):
         for name in (("shared", "whole") if round_index % 2 == 0 else ("whole", "shared")):
-            for x, y in data[:WARMUP]:
-                losses[name].append(steppers[name](x, y))
-            world.barrier()
-            started = time.perf_counter()
-            for x, y in data[WARMUP:]:
-                losses[name].append(steppers[name](x, y))
-            world.barrier()
-            times[name].append((time.perf_counter() - started) / steps * 1e3)
+            seconds, round_losses = timed_steps(steppers[name], config, steps, WARMUP, world.rank, world.world_size)
+            times[name].append(float(np.mean(seconds)) * 1e3)
+            losses[name] += round_losses
     if world.is_main:
         ratios = [shared / whole for shared, whole in zip(times["shared"], times["whole"])]
         for name, values in times.items():

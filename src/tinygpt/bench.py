@@ -94,9 +94,9 @@ def build_torch(config: dict, weights: dict[str, np.ndarray]):
     return model
 
 
-def tinygpt_stepper(config: dict, world=None):
+def tinygpt_stepper(config: dict, world=None, share_moments: bool = True):
     """A training step as `tinygpt train` takes it: this rank's share of the batch, gradients averaged over the
-    ranks, AdamW."""
+    ranks, AdamW (its moments shared out among the ranks, as the trainer's, unless share_moments is False)."""
     from tinygpt.distributed import World
     from tinygpt.losses import CrossEntropyLoss
     from tinygpt.optimizers import AdamW
@@ -105,7 +105,8 @@ def tinygpt_stepper(config: dict, world=None):
     world = world or World()
     model = build_tinygpt(config)
     world.broadcast_parameters(model)
-    optimizer = AdamW(model, ADAMW["lr"], ADAMW["betas"], ADAMW["eps"], ADAMW["weight_decay"], world=world)
+    optimizer = AdamW(model, ADAMW["lr"], ADAMW["betas"], ADAMW["eps"], ADAMW["weight_decay"],
+                      world=world if share_moments else None)
     loss_fn = CrossEntropyLoss()
 
     def step(x: np.ndarray, y: np.ndarray) -> float:

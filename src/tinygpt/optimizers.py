@@ -266,7 +266,8 @@ class FlatParameters:
         self.world = world if world is not None and world.world_size > 1 else None
         self.counts = share_counts(self.values.size, world.world_size) if self.world else [self.values.size]
         rank = self.world.rank if self.world else 0
-        self.mine = slice(starts(self.counts)[rank], starts(self.counts)[rank] + self.counts[rank])
+        first = starts(self.counts)[rank]
+        self.mine = slice(first, first + self.counts[rank])
         self.exp_avg, self.exp_avg_sq = (backend.array_module(self.device).zeros_like(self.values[self.mine])
                                          for _ in self.MOMENTS)
         self.step_number = 0.0
@@ -335,9 +336,9 @@ class FlatParameters:
             optimizer.state[name].update(fields)
 
     def _split(self, whole: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        """Flat whole moments as {parameter name: {moment: array of the parameter's shape}}."""
-        return {name: {key: array[start:stop].reshape(tensor.shape) for key, array in whole.items()}
-                for name, tensor, (start, stop) in zip(self.names, self.tensors, self.bounds())}
+        """Flat whole moments as {parameter name: {moment: view of the parameter's shape}}."""
+        views = {key: unpack(array, [tensor.shape for tensor in self.tensors]) for key, array in whole.items()}
+        return {name: {key: views[key][index] for key in whole} for index, name in enumerate(self.names)}
 
 
 class AdamW(Adam):
